@@ -1,0 +1,1 @@
+"""expertise: scalable transfer learning with expert models."""

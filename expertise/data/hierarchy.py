@@ -1,0 +1,187 @@
+"""The label hierarchy: an is-a DAG over label nodes, with one root.
+
+Every upstream image carries a leaf and all of that leaf's ancestors (multi-label, as in
+ImageNet-21k and JFT). Expert domains are hierarchy nodes, chosen by subtree image count
+(paper 000, section 6.1: "the 50 synsets ... with the largest number of images").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from expertise.errors import DataError
+
+ROOT = "root"
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """An is-a DAG. ``parents[n]`` lists the direct parents of node ``n``; the root has none.
+
+    ``nodes`` is a topological order (every parent before its children), root first. Label vectors
+    index ``label_nodes``: every node but the root (the root is true of every image).
+    """
+
+    parents: Mapping[str, tuple[str, ...]]
+    nodes: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        roots = [n for n, ps in self.parents.items() if not ps]
+        if roots != [ROOT] and sorted(roots) != [ROOT]:
+            raise DataError(f"a hierarchy needs exactly one root named {ROOT!r}; found roots {roots}")
+        for n, ps in self.parents.items():
+            for p in ps:
+                if p not in self.parents:
+                    raise DataError(f"node {n!r} names parent {p!r}, which is not a node of the hierarchy")
+        object.__setattr__(self, "nodes", tuple(self._topological_order()))
+
+    def _topological_order(self) -> list[str]:
+        children = self.children_map
+        order: list[str] = []
+        indegree = {n: len(ps) for n, ps in self.parents.items()}
+        frontier = [ROOT]
+        while frontier:
+            n = frontier.pop(0)
+            order.append(n)
+            for c in children[n]:
+                indegree[c] -= 1
+                if indegree[c] == 0:
+                    frontier.append(c)
+        if len(order) != len(self.parents):
+            stuck = sorted(set(self.parents) - set(order))[:5]
+            raise DataError(f"the hierarchy has a cycle or unreachable nodes, e.g. {stuck}")
+        return order
+
+    @cached_property
+    def children_map(self) -> dict[str, tuple[str, ...]]:
+        kids: dict[str, list[str]] = {n: [] for n in self.parents}
+        for n, ps in self.parents.items():
+            for p in ps:
+                kids[p].append(n)
+        return {n: tuple(sorted(c)) for n, c in kids.items()}
+
+    def children(self, node: str) -> tuple[str, ...]:
+        return self.children_map[self._check(node)]
+
+    @cached_property
+    def leaves(self) -> tuple[str, ...]:
+        """Leaf nodes in topological order: the classes an image is drawn from."""
+        return tuple(n for n in self.nodes if not self.children_map[n])
+
+    @cached_property
+    def label_nodes(self) -> tuple[str, ...]:
+        """The nodes a label vector covers: every node but the root, in topological order."""
+        return tuple(n for n in self.nodes if n != ROOT)
+
+    @cached_property
+    def label_index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.label_nodes)}
+
+    @cached_property
+    def _ancestors(self) -> dict[str, frozenset[str]]:
+        anc: dict[str, frozenset[str]] = {}
+        for n in self.nodes:  # parents come first, so their ancestor sets are ready
+            acc: set[str] = set()
+            for p in self.parents[n]:
+                acc |= anc[p] | {p}
+            anc[n] = frozenset(acc)
+        return anc
+
+    def ancestors(self, node: str) -> frozenset[str]:
+        """Every strict ancestor of ``node``, the root included."""
+        return self._ancestors[self._check(node)]
+
+    def depth(self, node: str) -> int:
+        """Length of the longest path from the root."""
+        node = self._check(node)
+        return 0 if node == ROOT else 1 + max(self.depth(p) for p in self.parents[node])
+
+    def descendant_leaves(self, node: str) -> tuple[str, ...]:
+        node = self._check(node)
+        return tuple(leaf for leaf in self.leaves if leaf == node or node in self._ancestors[leaf])
+
+    @cached_property
+    def leaf_label_matrix(self) -> np.ndarray:
+        """bool [num_leaves, num_label_nodes]: row l marks leaf l and all its ancestors (root excluded)."""
+        m = np.zeros((len(self.leaves), len(self.label_nodes)), dtype=bool)
+        for i, leaf in enumerate(self.leaves):
+            for n in self._ancestors[leaf] | {leaf}:
+                if n != ROOT:
+                    m[i, self.label_index[n]] = True
+        return m
+
+    def label_matrix(self, leaf_ids: np.ndarray) -> np.ndarray:
+        """Multi-hot labels, float32 [N, num_label_nodes], for leaf indices into ``leaves``."""
+        return self.leaf_label_matrix[np.asarray(leaf_ids)].astype(np.float32)
+
+    def subtree_counts(self, leaf_counts: Mapping[str, int]) -> dict[str, int]:
+        """Images under each node: the sum over its descendant leaves (each leaf counted once)."""
+        unknown = set(leaf_counts) - set(self.leaves)
+        if unknown:
+            raise DataError(f"counts name nodes that are not leaves: {sorted(unknown)[:5]}")
+        counts = {n: 0 for n in self.nodes}
+        for leaf, c in leaf_counts.items():
+            counts[leaf] += int(c)
+            for a in self._ancestors[leaf]:
+                counts[a] += int(c)
+        return counts
+
+    def choose_expert_domains(self, leaf_counts: Mapping[str, int], k: int) -> list[str]:
+        """The top-``k`` nodes by subtree image count, root excluded; ties go to the shallower, then
+        alphabetically earlier node, so the choice is deterministic."""
+        if k < 1:
+            raise DataError(f"the number of expert domains must be at least 1, got {k}")
+        counts = self.subtree_counts(leaf_counts)
+        ranked = sorted(
+            (n for n in self.nodes if n != ROOT), key=lambda n: (-counts[n], self.depth(n), n)
+        )
+        return ranked[:k]
+
+    def _check(self, node: str) -> str:
+        if node not in self.parents:
+            raise DataError(f"unknown hierarchy node {node!r}")
+        return node
+
+    # -- I/O -----------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"format": 1, "root": ROOT, "parents": {n: list(self.parents[n]) for n in self.nodes}}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Hierarchy:
+        if "parents" not in data:
+            raise DataError("a hierarchy file needs a 'parents' object mapping each node to its parent list")
+        return cls({str(n): tuple(str(p) for p in ps) for n, ps in data["parents"].items()})
+
+    def save(self, path: Path) -> None:
+        from expertise.io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Hierarchy:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"no hierarchy file at {path}") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} is not valid JSON ({e}); rewrite it or restore it from the library") from None
+        return cls.from_json(data)
+
+    @classmethod
+    def from_edges(cls, edges: Iterable[tuple[str, str]]) -> Hierarchy:
+        """Build from (child, parent) pairs; nodes without a parent hang under the root."""
+        parents: dict[str, list[str]] = {ROOT: []}
+        for child, parent in edges:
+            parents.setdefault(parent, [])
+            parents.setdefault(child, []).append(parent)
+        for n, ps in parents.items():
+            if n != ROOT and not ps:
+                ps.append(ROOT)
+        return cls({n: tuple(ps) for n, ps in parents.items()})

@@ -1,0 +1,1 @@
+"""Models: BiT-style ResNet-v2 backbones and the pool-member contract."""

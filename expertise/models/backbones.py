@@ -1,0 +1,200 @@
+"""BiT-style ResNet-v2 backbones (pre-activation, GroupNorm, weight-standardised convolutions),
+built with timm, and the pool-member contract every model in a library obeys.
+
+A pool member is an ``nn.Module`` with
+
+* ``embed(x) -> [N, D]``: the pre-logits representation (what selection and kNN use),
+* ``upstream_logits(x) -> [N, L]`` where it has an upstream head (label matching, LEEP),
+* ``preprocessing``: input size, mean and std, kept with the weights,
+* ``member_config() -> dict``: JSON that rebuilds the module (``model_from_config``).
+
+``x`` is always a float tensor [N, 3, S, S] already prepared with :func:`prepare`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import GroupNormAct, StdConv2d
+from timm.models.resnetv2 import ResNetV2
+from torch import nn
+
+from expertise.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How uint8 RGB images become a model's input: resize to ``size``, scale to [0, 1], normalise."""
+
+    size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
+
+
+def prepare(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32 [N, 3, size, size], normalised. Resizes with antialiasing."""
+    x = images.float().div_(255.0)
+    if x.shape[-1] != prep.size or x.shape[-2] != prep.size:
+        x = F.interpolate(x, size=(prep.size, prep.size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(prep.mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A ResNet-v2 shape. ``stem='small'`` is a single 3x3 convolution for low-resolution inputs;
+    ``stem='bit'`` is BiT's 7x7 stride-2 convolution with max pooling (for 128 px and up)."""
+
+    name: str = "bit_s"
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    layers: tuple[int, ...] = (1, 1, 1, 1)
+    basic: bool = True
+    stem: str = "small"
+    stem_stride: int = 2
+    stem_channels: int | None = None
+    groups: int = 8
+    resolution: int = 32
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != len(self.layers):
+            raise ConfigError(f"backbone {self.name}: {len(self.channels)} channel widths but {len(self.layers)} stage depths")
+        if self.stem not in ("small", "bit"):
+            raise ConfigError(f"backbone {self.name}: stem must be 'small' or 'bit', got {self.stem!r}")
+        for c in (*self.channels, self.stem_width):
+            if c % self.groups:
+                raise ConfigError(f"backbone {self.name}: width {c} is not divisible by {self.groups} GroupNorm groups")
+
+    @property
+    def stem_width(self) -> int:
+        return self.stem_channels or self.channels[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BackboneConfig:
+        d = dict(d)
+        d["channels"], d["layers"] = tuple(d["channels"]), tuple(d["layers"])
+        return cls(**d)
+
+
+# Named backbone shapes, like timm's registry: tests use bit_xs, the cpu demo bit_s, a GPU bit_r50x1.
+BACKBONES: dict[str, BackboneConfig] = {
+    "bit_xs": BackboneConfig("bit_xs", channels=(16, 32, 64, 128), groups=8, resolution=16, stem_stride=1),
+    "bit_s": BackboneConfig("bit_s", channels=(32, 64, 128, 256), groups=8, resolution=32, stem_stride=2),
+    "bit_m": BackboneConfig("bit_m", channels=(48, 96, 192, 384), layers=(1, 2, 2, 1), groups=8, resolution=32),
+    "bit_r50x1": BackboneConfig(
+        "bit_r50x1", channels=(256, 512, 1024, 2048), layers=(3, 4, 6, 3), basic=False,
+        stem="bit", stem_channels=64, groups=32, resolution=128,
+    ),
+}
+
+
+def create_backbone(cfg: BackboneConfig) -> ResNetV2:
+    """A timm ResNetV2 without classifier (``num_classes=0``); ``forward_head(pre_logits=True)``
+    after ``forward_features`` gives the pooled, normalised pre-logits representation."""
+    norm = partial(GroupNormAct, num_groups=cfg.groups)
+    net = ResNetV2(
+        layers=list(cfg.layers), channels=cfg.channels, num_classes=0, stem_chs=cfg.stem_width,
+        stem_type="fixed" if cfg.stem == "bit" else "", basic=cfg.basic,
+        norm_layer=norm, conv_layer=StdConv2d, zero_init_last=True,
+    )
+    if cfg.stem == "small":
+        net.stem = nn.Sequential(StdConv2d(3, cfg.stem_width, 3, stride=cfg.stem_stride, padding=1))
+    return net
+
+
+class ExpertModel(nn.Module):
+    """The project's own pool member: a ResNet-v2 backbone plus an optional linear head.
+
+    The head is the upstream head (one logit per hierarchy label node) on upstream models, and a
+    new, zero-initialised task head after :meth:`reset_head` for fine-tuning.
+    """
+
+    def __init__(self, backbone: BackboneConfig, num_outputs: int = 0, preprocessing: Preprocessing | None = None,
+                 head_kind: str = "upstream") -> None:
+        super().__init__()
+        self.backbone_config = backbone
+        self.preprocessing = preprocessing or Preprocessing(backbone.resolution)
+        self.backbone = create_backbone(backbone)
+        self.num_features = int(self.backbone.num_features)
+        self.head_kind = head_kind
+        self.head: nn.Linear | None = nn.Linear(self.num_features, num_outputs) if num_outputs else None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise ConfigError("this model has no head; call reset_head(num_classes) before training it")
+        return self.head(self.embed(x))
+
+    def upstream_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None or self.head_kind != "upstream":
+            raise ConfigError("this model has no upstream head")
+        return self.head(self.embed(x))
+
+    @property
+    def has_upstream_head(self) -> bool:
+        return self.head is not None and self.head_kind == "upstream"
+
+    def reset_head(self, num_classes: int) -> None:
+        """Replace the head by a new, zero-initialised one for a downstream task (BiT's recipe)."""
+        self.head = nn.Linear(self.num_features, num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.head_kind = "task"
+
+    def member_config(self) -> dict[str, Any]:
+        return {
+            "class": "ExpertModel",
+            "backbone": self.backbone_config.to_json(),
+            "num_outputs": 0 if self.head is None else self.head.out_features,
+            "head_kind": self.head_kind,
+            "preprocessing": self.preprocessing.to_json(),
+        }
+
+
+_BUILDERS: dict[str, Any] = {}
+
+
+def register_member_class(name: str):
+    """Register a builder ``config dict -> nn.Module`` so libraries can rebuild other member kinds."""
+
+    def deco(fn):
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_member_class("ExpertModel")
+def _build_expert_model(cfg: dict[str, Any]) -> ExpertModel:
+    return ExpertModel(
+        BackboneConfig.from_json(cfg["backbone"]), int(cfg["num_outputs"]),
+        Preprocessing.from_json(cfg["preprocessing"]), cfg.get("head_kind", "upstream"),
+    )
+
+
+def model_from_config(cfg: dict[str, Any]) -> nn.Module:
+    """Rebuild an (untrained) member from its ``member_config()``; load weights separately."""
+    kind = cfg.get("class")
+    if kind not in _BUILDERS:
+        raise ConfigError(f"unknown member class {kind!r}; known: {sorted(_BUILDERS)}")
+    return _BUILDERS[kind](cfg)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
