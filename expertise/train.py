@@ -1,0 +1,174 @@
+"""The one training loop. Upstream baseline, experts and downstream fine-tuning all call
+:func:`fit`; what differs between them is the batch source, the loss and the schedule.
+
+Schedule (BiT-HyperRule style): SGD with momentum 0.9, linear warm-up, then the learning rate
+drops by ``decay_factor`` at each fraction of training listed in ``decay_at``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from expertise.errors import ConfigError
+from expertise.progress import progress_bar
+from expertise.runtime import autocast
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    decay_at: tuple[float, ...] = (0.3, 0.6, 0.9)
+    decay_factor: float = 0.1
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(f"training needs steps >= 1, batch_size >= 1 and lr > 0; got {self}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(f"warmup_steps must be within [0, steps]; got {self.warmup_steps} of {self.steps}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        drops = sum(step >= f * self.steps for f in self.decay_at)
+        return self.lr * self.decay_factor**drops
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-max(1, len(self.losses) // 10):]
+        return float(np.mean(tail)) if tail else float("nan")
+
+    def to_json(self) -> dict:
+        return {"steps": self.steps, "images": self.images, "seconds": round(self.seconds, 3), "final_loss": self.final_loss}
+
+
+def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sigmoid cross-entropy over every label node, summed over nodes and averaged over the batch
+    (BiT's upstream loss on multi-label data)."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+
+
+def softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets)
+
+
+def fit(
+    model: nn.Module,
+    batches: Callable[[int], Batch],
+    cfg: TrainConfig,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    params: Iterable[nn.Parameter] | None = None,
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device = torch.device("cpu"),
+    desc: str = "train",
+    show_progress: bool = True,
+) -> TrainStats:
+    """Train ``model`` for ``cfg.steps`` steps. ``batches(step)`` returns (inputs, targets) on CPU;
+    ``params`` restricts what learns (default: every parameter that requires grad); ``forward``
+    maps (model, inputs) to logits (default: ``model(inputs)``)."""
+    trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if not trainable:
+        raise ConfigError(f"{desc}: nothing to train (no parameter requires grad)")
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum,
+    )
+    forward = forward or (lambda m, x: m(x))
+    model.to(device).train()
+    stats = TrainStats()
+    start = time.perf_counter()
+    with progress_bar(desc, total=cfg.steps, enabled=show_progress) as advance:
+        for step in range(cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step)
+            x, y = batches(step)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device):
+                logits = forward(model, x)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            opt.step()
+            stats.losses.append(loss.item())
+            stats.images += int(x.shape[0])
+            stats.steps += 1
+            advance(1, loss=stats.losses[-1])
+    model.eval()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+class EpochSampler:
+    """Seeded sampling of batch indices: a fresh permutation of ``indices`` each epoch, so every
+    example is seen once per epoch; deterministic given the seed, and ``batch(step)`` is a pure
+    function of the step, so a run can restart from any step."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int) -> None:
+        if len(indices) == 0:
+            raise ConfigError("cannot sample batches from an empty set of examples")
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed = seed
+        self._epoch = -1
+        self._perm = self.indices
+
+    def batch(self, step: int) -> np.ndarray:
+        n = len(self.indices)
+        out = np.empty(self.batch_size, dtype=np.int64)
+        pos = step * self.batch_size
+        filled = 0
+        while filled < self.batch_size:
+            epoch, offset = divmod(pos + filled, n)
+            if epoch != self._epoch:
+                self._perm = self.indices[np.random.default_rng([self.seed, epoch]).permutation(n)]
+                self._epoch = epoch
+            take = min(self.batch_size - filled, n - offset)
+            out[filled:filled + take] = self._perm[offset:offset + take]
+            filled += take
+        return out
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: torch.device = torch.device("cpu"),
+            forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Batched forward pass over prepared inputs; returns float32 outputs on CPU."""
+    forward = forward or (lambda m, v: m(v))
+    model.to(device).eval()
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        with autocast(device):
+            outs.append(forward(model, x[i:i + batch_size].to(device)).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
