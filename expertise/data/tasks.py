@@ -2,7 +2,8 @@
 
 Images are kept as uint8 tensors [N, 3, H, W] (RGB); each model's preprocessing turns them into
 its own input. Built-in tasks come from the embedded world (``expertise.data.world``) and from
-scikit-learn's bundled handwritten digits; any ImageFolder directory loads as a task too.
+scikit-learn's bundled handwritten digits; any ImageFolder directory loads as a task too
+(the readers live in ``expertise.data.loaders``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,120 @@
+"""Named scale presets. A preset is a config, not a code path: ``tiny`` for tests (seconds),
+``cpu`` for the demo on two cores (minutes), ``gpu`` for an accelerator (BiT R50x1 at 128 px).
+
+Every field can be overridden: ``get_preset("cpu", num_experts=4)`` or, from the command line,
+``--set num_experts=4``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from expertise.data.world import WorldConfig
+from expertise.errors import ConfigError
+from expertise.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    world: WorldConfig
+    backbone: str                      # a key of expertise.models.backbones.BACKBONES
+    baseline: TrainConfig              # baseline B on all upstream data
+    expert: TrainConfig                # each full expert: B tuned on one node's slice, same steps for all
+    num_experts: int                   # K: the top-K hierarchy nodes by subtree image count
+    finetune: TrainConfig              # downstream: new zero-init head, whole network tuned
+    tasks: tuple[str, ...] = ()        # the demo's tasks; empty means every built-in task
+    embed_batch: int = 500
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        world=WorldConfig(seed=0, resolution=16, upstream_size=3_000, holdout_size=500, test_size=300),
+        backbone="bit_xs",
+        baseline=TrainConfig(steps=120, batch_size=64, lr=0.1, warmup_steps=10, weight_decay=1e-4),
+        expert=TrainConfig(steps=30, batch_size=64, lr=0.03, warmup_steps=5, weight_decay=1e-4),
+        num_experts=3,
+        finetune=TrainConfig(steps=40, batch_size=32, lr=0.01, warmup_steps=5),
+        tasks=("glyph_digits", "count", "sklearn_digits"),
+        embed_batch=256,
+    ),
+    "cpu": Preset(
+        name="cpu",
+        world=WorldConfig(seed=0, resolution=32, upstream_size=60_000, holdout_size=5_000, test_size=1_000),
+        backbone="bit_s",
+        baseline=TrainConfig(steps=4_000, batch_size=128, lr=0.1, warmup_steps=200, weight_decay=1e-4),
+        expert=TrainConfig(steps=600, batch_size=128, lr=0.03, warmup_steps=50, weight_decay=1e-4),
+        num_experts=8,
+        finetune=TrainConfig(steps=500, batch_size=64, lr=0.01, warmup_steps=50),
+    ),
+    "gpu": Preset(
+        name="gpu",
+        world=WorldConfig(seed=0, resolution=64, upstream_size=300_000, holdout_size=10_000, test_size=2_000),
+        backbone="bit_r50x1",
+        baseline=TrainConfig(steps=10_000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=1e-4),
+        expert=TrainConfig(steps=2_000, batch_size=256, lr=0.03, warmup_steps=100, weight_decay=1e-4),
+        num_experts=12,
+        finetune=TrainConfig(steps=500, batch_size=128, lr=0.01, warmup_steps=50),
+        embed_batch=256,
+    ),
+}
+
+
+def _coerce(current: Any, value: str) -> Any:
+    if isinstance(current, bool):
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, tuple):
+        return tuple(v for v in value.split(",") if v)
+    return value
+
+
+def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
+    """Look up a preset and apply overrides. Keys may be dotted (``baseline.steps``, ``world.seed``);
+    string values are converted to the field's type, so command-line ``--set`` works."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    for key, value in (overrides or {}).items():
+        preset = _override(preset, key.split("."), value, key)
+    return preset
+
+
+def _override(obj: Any, path: list[str], value: Any, full: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    if path[0] not in names:
+        raise ConfigError(f"unknown setting {full!r}; {type(obj).__name__} has {sorted(names)}")
+    current = getattr(obj, path[0])
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"setting {full!r}: {path[0]} has no sub-settings")
+        new = _override(current, path[1:], value, full)
+    else:
+        new = _coerce(current, value) if isinstance(value, str) else value
+    try:
+        return dataclasses.replace(obj, **{path[0]: new})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting {full!r} to {value!r}: {e}") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}`` with a clear error for a malformed item."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. baseline.steps=100), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
