@@ -117,14 +117,14 @@ def plot_knn(rows: list[dict], names: list[str], path: Path) -> None:
 
     data = np.array([[r["knn"][n] for n in names] for r in rows])
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 1.0 + 0.45 * len(rows)))
-    im = ax.imshow(data - data.mean(1, keepdims=True), cmap="RdBu", vmin=-0.15, vmax=0.15, aspect="auto")
+    im = ax.imshow(data - data.mean(1, keepdims=True), cmap="RdBu", vmin=-0.05, vmax=0.05, aspect="auto")
     for i, r in enumerate(rows):
         for j, n in enumerate(names):
             ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     fontweight="bold" if n == r["selected"] else "normal")
     ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), [f"{r['task']} ({r['group'][:4]})" for r in rows], fontsize=8)
-    ax.set_title("kNN leave-one-out accuracy (colour: difference from the task's mean; bold: selected)", fontsize=9)
+    ax.set_yticks(range(len(rows)), [f"{r['task']} ({r['group']})" for r in rows], fontsize=8)
+    ax.set_title("kNN leave-one-out accuracy per task and member\n(colour: difference from the task's mean, clipped at ±0.05; bold: selected)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

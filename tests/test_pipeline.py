@@ -53,3 +53,13 @@ def test_demo_rerun_reuses_everything(demo_run):
     assert all(r["embedded_images"] == 0 for r in second["metrics"]["tasks"])  # embeddings from the cache
     assert [r["test_selected"] for r in second["metrics"]["tasks"]] == [r["test_selected"] for r in first["metrics"]["tasks"]]
     assert len(lib) == 1 + preset.num_experts
+
+
+def test_resuming_with_other_upstream_settings_is_refused(demo_run):
+    from expertise.errors import LibraryError
+    from expertise.pipeline import build_library
+
+    preset, out, _ = demo_run
+    other = get_preset("tiny", {"baseline.steps": "77"})
+    with pytest.raises(LibraryError, match="other upstream settings"):
+        build_library(other, out / "library", device=__import__("torch").device("cpu"), progress=False, log=lambda *a: None)
