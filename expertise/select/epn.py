@@ -1,0 +1,124 @@
+"""The expert prediction network (EPN) of paper 000, section 5 (domain prediction).
+
+The EPN learns the hard-coded upstream routing: from an image alone, which experts' domains
+(hierarchy nodes) it belongs to. It is trained once upstream, on the same data as the experts; at
+transfer time :func:`epn_probabilities` scores a task's images and
+:func:`expertise.select.strategies.domain_prediction` picks the expert with the highest geometric
+mean probability. Domains nest and overlap in the hierarchy (an image under ``animal/cat`` is in
+both domains), so the EPN is multi-label: one sigmoid per node, trained with
+:func:`expertise.train.multilabel_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from expertise.data.hierarchy import ROOT, Hierarchy
+from expertise.data.upstream import UpstreamData
+from expertise.errors import ConfigError, DataError
+from expertise.models.backbones import BACKBONES, ExpertModel, Preprocessing, prepare
+from expertise.runtime import autocast, derive_seed
+from expertise.train import EpochSampler, TrainConfig, fit, multilabel_loss
+
+
+def _check_nodes(hierarchy: Hierarchy, nodes: Sequence[str]) -> tuple[str, ...]:
+    nodes = tuple(nodes)
+    if not nodes:
+        raise ConfigError("the EPN needs at least one expert domain (hierarchy node) to predict")
+    if len(set(nodes)) != len(nodes):
+        raise ConfigError(f"expert domains repeat: {sorted({n for n in nodes if nodes.count(n) > 1})}; list each once")
+    unknown = [n for n in nodes if n not in hierarchy.parents]
+    if unknown:
+        raise DataError(f"expert domains {unknown[:5]} are not nodes of the upstream hierarchy")
+    return nodes
+
+
+def leaf_routes(hierarchy: Hierarchy, nodes: Sequence[str]) -> np.ndarray:
+    """float32 [num_leaves, E]: 1 where leaf l lies under node e (the root covers every leaf).
+
+    Routing depends only on an image's leaf, so this table turns leaf ids into targets cheaply.
+    """
+    nodes = _check_nodes(hierarchy, nodes)
+    cols = [np.ones(len(hierarchy.leaves), dtype=bool) if n == ROOT
+            else hierarchy.leaf_label_matrix[:, hierarchy.label_index[n]] for n in nodes]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def routing_targets(data: UpstreamData, nodes: Sequence[str], indices: np.ndarray | None = None) -> torch.Tensor:
+    """float32 [N, E] (N = all images, or ``len(indices)``): 1 where the image is in node e's slice,
+    i.e. ``data.slice(nodes[e])`` contains it. Rows may hold several 1s, since domains overlap."""
+    table = leaf_routes(data.hierarchy, nodes)
+    if indices is None:
+        return torch.from_numpy(table[data.leaf_ids])
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or (idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= len(data))):
+        raise DataError(f"{data.name}: indices must be a 1-D integer array within [0, {len(data)})")
+    return torch.from_numpy(table[data.leaf_ids[idx.astype(np.int64)]])
+
+
+@dataclass(frozen=True)
+class RoutingBatches:
+    """Batches of (prepared images [B, 3, S, S], routing targets float32 [B, E]) drawn from
+    ``indices`` of ``data``; ``routes`` is :func:`leaf_routes` [num_leaves, E]."""
+
+    data: UpstreamData
+    indices: np.ndarray
+    routes: np.ndarray
+    batch_size: int
+    prep: Preprocessing
+    seed: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_sampler", EpochSampler(self.indices, self.batch_size, self.seed))
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._sampler.batch(step)  # type: ignore[attr-defined]
+        return prepare(self.data.images(idx), self.prep), torch.from_numpy(self.routes[self.data.leaf_ids[idx]])
+
+
+def train_epn(train: UpstreamData, nodes: Sequence[str], backbone: str, cfg: TrainConfig, seed: int,
+              device: torch.device = torch.device("cpu"), progress: bool = True) -> ExpertModel:
+    """An EPN: ``ExpertModel(BACKBONES[backbone], num_outputs=E)`` trained from scratch on every
+    upstream image with a sigmoid loss on its routing targets (output e = "in ``nodes[e]``'s slice").
+
+    The returned model carries ``epn_nodes`` (the E nodes, in output order) and ``epn_stats``
+    (the :class:`expertise.train.TrainStats`); store the nodes with the model (e.g. in its library
+    entry's ``extra``) to map outputs back to experts.
+    """
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    if len(train) == 0:
+        raise DataError(f"{train.name}: no upstream images to train the EPN on")
+    routes = leaf_routes(train.hierarchy, nodes)
+    torch.manual_seed(derive_seed(seed, "epn", "init"))
+    model = ExpertModel(BACKBONES[backbone], num_outputs=routes.shape[1])
+    batches = RoutingBatches(train, np.arange(len(train)), routes, cfg.batch_size, model.preprocessing,
+                             derive_seed(seed, "epn", "data"))
+    stats = fit(model, batches, cfg, multilabel_loss, device=device, desc="EPN", show_progress=progress)
+    model.epn_nodes = tuple(nodes)  # type: ignore[assignment]
+    model.epn_stats = stats  # type: ignore[assignment]
+    return model
+
+
+@torch.inference_mode()
+def epn_probabilities(model: ExpertModel, images: torch.Tensor | np.ndarray, batch_size: int = 500,
+                      device: torch.device = torch.device("cpu")) -> np.ndarray:
+    """float64 [N, E]: sigmoid of the EPN's outputs for uint8 images [N, 3, H, W], prepared with the
+    model's own preprocessing one batch at a time (the float copy of all images never sits in memory)."""
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
+        raise DataError(f"EPN inputs must be uint8 images [N, 3, H, W], got {x.dtype} {tuple(x.shape)}")
+    if model.head is None:
+        raise ConfigError("this model has no output head; it is not an EPN (train one with train_epn)")
+    model.to(device).eval()
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        batch = prepare(x[i:i + batch_size], model.preprocessing).to(device)
+        with autocast(device):
+            out.append(torch.sigmoid(model(batch).float()).cpu())
+    e = model.head.out_features
+    return torch.cat(out).double().numpy() if out else np.zeros((0, e), dtype=np.float64)
