@@ -9,6 +9,7 @@ by skipping the members already there.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,20 +34,24 @@ def expert_name(backbone: str, node: str) -> str:
 
 @dataclass(frozen=True)
 class UpstreamBatches:
-    """Batches of (prepared images, multi-hot targets) drawn from ``indices`` of ``data``."""
+    """Batches of (prepared images, targets) drawn from ``indices`` of ``data``. Targets are the
+    multi-hot hierarchy labels by default; ``targets(indices) -> float32 [B, T]`` swaps in another
+    objective (the EPN's routing targets) without another batch source."""
 
     data: UpstreamData
     indices: np.ndarray
     batch_size: int
     prep: Preprocessing
     seed: int
+    targets: Callable[[np.ndarray], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_sampler", EpochSampler(self.indices, self.batch_size, self.seed))
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._sampler.batch(step)  # type: ignore[attr-defined]
-        return prepare(self.data.images(idx), self.prep), self.data.targets(idx)
+        targets = self.targets or self.data.targets
+        return prepare(self.data.images(idx), self.prep), targets(idx)
 
 
 def leaf_accuracy(model: ExpertModel, data: UpstreamData, indices: np.ndarray | None = None,

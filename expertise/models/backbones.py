@@ -13,7 +13,7 @@ A pool member is an ``nn.Module`` with
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 

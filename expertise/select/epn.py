@@ -12,7 +12,6 @@ both domains), so the EPN is multi-label: one sigmoid per node, trained with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,9 +19,10 @@ import torch
 from expertise.data.hierarchy import ROOT, Hierarchy
 from expertise.data.upstream import UpstreamData
 from expertise.errors import ConfigError, DataError
-from expertise.models.backbones import BACKBONES, ExpertModel, Preprocessing, prepare
+from expertise.models.backbones import BACKBONES, ExpertModel, prepare
 from expertise.runtime import autocast, derive_seed
-from expertise.train import EpochSampler, TrainConfig, fit, multilabel_loss
+from expertise.train import TrainConfig, fit, multilabel_loss
+from expertise.upstream import UpstreamBatches
 
 
 def _check_nodes(hierarchy: Hierarchy, nodes: Sequence[str]) -> tuple[str, ...]:
@@ -60,26 +60,6 @@ def routing_targets(data: UpstreamData, nodes: Sequence[str], indices: np.ndarra
     return torch.from_numpy(table[data.leaf_ids[idx.astype(np.int64)]])
 
 
-@dataclass(frozen=True)
-class RoutingBatches:
-    """Batches of (prepared images [B, 3, S, S], routing targets float32 [B, E]) drawn from
-    ``indices`` of ``data``; ``routes`` is :func:`leaf_routes` [num_leaves, E]."""
-
-    data: UpstreamData
-    indices: np.ndarray
-    routes: np.ndarray
-    batch_size: int
-    prep: Preprocessing
-    seed: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_sampler", EpochSampler(self.indices, self.batch_size, self.seed))
-
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self._sampler.batch(step)  # type: ignore[attr-defined]
-        return prepare(self.data.images(idx), self.prep), torch.from_numpy(self.routes[self.data.leaf_ids[idx]])
-
-
 def train_epn(train: UpstreamData, nodes: Sequence[str], backbone: str, cfg: TrainConfig, seed: int,
               device: torch.device = torch.device("cpu"), progress: bool = True) -> ExpertModel:
     """An EPN: ``ExpertModel(BACKBONES[backbone], num_outputs=E)`` trained from scratch on every
@@ -96,8 +76,9 @@ def train_epn(train: UpstreamData, nodes: Sequence[str], backbone: str, cfg: Tra
     routes = leaf_routes(train.hierarchy, nodes)
     torch.manual_seed(derive_seed(seed, "epn", "init"))
     model = ExpertModel(BACKBONES[backbone], num_outputs=routes.shape[1])
-    batches = RoutingBatches(train, np.arange(len(train)), routes, cfg.batch_size, model.preprocessing,
-                             derive_seed(seed, "epn", "data"))
+    batches = UpstreamBatches(train, np.arange(len(train)), cfg.batch_size, model.preprocessing,
+                              derive_seed(seed, "epn", "data"),
+                              targets=lambda idx: torch.from_numpy(routes[train.leaf_ids[idx]]))
     stats = fit(model, batches, cfg, multilabel_loss, device=device, desc="EPN", show_progress=progress)
     model.epn_nodes = tuple(nodes)  # type: ignore[assignment]
     model.epn_stats = stats  # type: ignore[assignment]
