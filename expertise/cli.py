@@ -116,29 +116,59 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
 @app.command()
 @user_errors
 def select(library: LibOpt, task: TaskOpt,
+           strategy: Annotated[str, typer.Option("--strategy", "-s", help="random, task_agnostic, domain_prediction, "
+                                                 "label_matching, proxy or hybrid.")] = "proxy",
+           proxy: Annotated[str, typer.Option("--proxy", "-p", help="Proxy of 'proxy' and 'hybrid': knn_loo, knn_val, "
+                                              "linear_probe, ridge_loo, logme, hscore, regularized_hscore, leep, nce.")] = "knn_loo",
            budget: Annotated[int, typer.Option("--budget", "-b", help="How many members to pick.")] = 1,
-           cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder.")] = None,
+           cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
+           out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
+                                                          "default runs/select.")] = None,
            seed: int = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
-    """Rank every library member for TASK by kNN leave-one-out accuracy and print the picks."""
-    from expertise.pipeline import rank_members, resolve_task, world_of_library
+    """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
+    member's score (table, JSON and a bar chart) and the time each stage took."""
+    from expertise.io import atomic_write_json
+    from expertise.pipeline import resolve_task, world_of_library
+    from expertise.plots import plot_selection
     from expertise.runtime import configure
     from expertise.select.embed import EmbeddingCache
+    from expertise.select.run import ranking_table, run_selection
 
     dev = configure(device=device)
     lib = _open_library(library)
     t = resolve_task(task, _resolution(lib), world_of_library(lib), seed)
-    run = rank_members(lib, t, EmbeddingCache(cache or library / "cache"), device=dev, progress=not quiet, budget=budget)
-    table = Table(title=f"kNN leave-one-out accuracy on {t.name} ({len(t.trainval)} images)")
-    table.add_column("rank", justify="right")
-    table.add_column("member", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("kNN acc", justify="right")
-    for i, (name, score) in enumerate(run.selection.ranking, 1):
-        table.add_row(str(i), name + (" ✓" if name in run.selection.picks else ""), lib.info(name).kind, f"{score:.3f}")
+    run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(cache or library / "cache"), seed=seed,
+                        device=dev, progress=not quiet)
+    rows = ranking_table(run, lib)
+    score_label = SCORE_LABELS.get(run.proxy or strategy, "score")
+    table = Table(title=f"{run.label} on {t.name} ({len(t.trainval)} images): {score_label}")
+    for col, kw in (("rank", {"justify": "right"}), ("member", {"no_wrap": True}), ("kind", {"no_wrap": True}),
+                    ("domain", {"overflow": "fold"}), ("score", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for r in rows:
+        score = "-" if r["score"] is None else f"{r['score']:.4g}"
+        table.add_row(str(r["rank"]), r["member"] + (" ✓" if r["picked"] else ""), r["kind"], r["domain"] or "", score)
     out.print(table)
-    s = run.selection.seconds
-    out.print(f"picked: {', '.join(run.selection.picks)}   (embedding {s.get('embed', 0):.1f}s for "
-              f"{run.embed.images} images, scoring {s.get('score', 0):.2f}s)")
+    folder = out_dir or Path("runs/select")
+    stem = f"{t.name}.{run.label.replace('(', '-').replace(')', '')}"
+    atomic_write_json(folder / f"{stem}.json", run.to_json())
+    png = plot_selection(rows, f"{run.label} on {t.name}", score_label, folder / f"{stem}.png")
+    s = run.seconds
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in s.items())
+    out.print(f"picked: {', '.join(run.selection.picks)}")
+    out.print(f"time: {stages}; {len(run.members_embedded)} member(s) x {run.images_per_member} images needed "
+              f"({run.embed.cached} read from the cache)")
+    out.print(f"wrote {folder / (stem + '.json')} and {png}")
+
+
+SCORE_LABELS = {
+    "knn_loo": "kNN leave-one-out accuracy", "knn_val": "1-NN validation accuracy (800/200)",
+    "linear_probe": "linear probe validation accuracy", "ridge_loo": "ridge leave-one-out accuracy",
+    "logme": "LogME evidence per sample", "hscore": "H-score", "regularized_hscore": "regularised H-score",
+    "leep": "LEEP", "nce": "NCE", "random": "random order (higher = earlier)",
+    "task_agnostic": "upstream holdout accuracy", "label_matching": "-KL(task labels || expert prior)",
+    "domain_prediction": "mean log EPN probability",
+}
 
 
 @app.command()

@@ -26,6 +26,8 @@ class Preset:
     expert: TrainConfig                # each full expert: B tuned on one node's slice, same steps for all
     num_experts: int                   # K: the top-K hierarchy nodes by subtree image count
     finetune: TrainConfig              # downstream: new zero-init head, whole network tuned
+    epn: TrainConfig = TrainConfig(steps=60, batch_size=64, lr=0.1, warmup_steps=5, weight_decay=1e-4)
+    epn_backbone: str = ""             # the expert prediction network's shape; "" = the preset's backbone
     tasks: tuple[str, ...] = ()        # the demo's tasks; empty means every built-in task
     embed_batch: int = 500
     seed: int = 0
@@ -44,6 +46,7 @@ PRESETS: dict[str, Preset] = {
         expert=TrainConfig(steps=30, batch_size=64, lr=0.03, warmup_steps=5, weight_decay=1e-4),
         num_experts=3,
         finetune=TrainConfig(steps=40, batch_size=32, lr=0.01, warmup_steps=5),
+        epn=TrainConfig(steps=60, batch_size=64, lr=0.1, warmup_steps=5, weight_decay=1e-4),
         tasks=("glyph_digits", "count", "sklearn_digits"),
         embed_batch=256,
     ),
@@ -55,6 +58,7 @@ PRESETS: dict[str, Preset] = {
         expert=TrainConfig(steps=600, batch_size=128, lr=0.03, warmup_steps=50, weight_decay=1e-4),
         num_experts=8,
         finetune=TrainConfig(steps=500, batch_size=64, lr=0.01, warmup_steps=50),
+        epn=TrainConfig(steps=1_000, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
     ),
     "gpu": Preset(
         name="gpu",
@@ -64,6 +68,7 @@ PRESETS: dict[str, Preset] = {
         expert=TrainConfig(steps=2_000, batch_size=256, lr=0.03, warmup_steps=100, weight_decay=1e-4),
         num_experts=12,
         finetune=TrainConfig(steps=500, batch_size=128, lr=0.01, warmup_steps=50),
+        epn=TrainConfig(steps=3_000, batch_size=256, lr=0.1, warmup_steps=200, weight_decay=1e-4),
         embed_batch=256,
     ),
 }

@@ -1,8 +1,9 @@
 """``expertise demo``: the whole pipeline of paper 000 (figure 1) on the embedded world.
 
-Upstream: baseline B and the top-K full experts. Selection: kNN leave-one-out accuracy of every
-member on each task's 1,000 images. Transfer: fine-tune B and the selected expert, test both.
-Writes ``OUT/results.md``, ``OUT/results.json``, ``OUT/knn.png`` and ``OUT/world.png``.
+Upstream: baseline B, the top-K full experts and the expert prediction network. Selection: kNN
+leave-one-out accuracy of every member on each task's 1,000 images, beside the pick of every other
+strategy. Transfer: fine-tune B and the kNN pick, test both. Writes ``OUT/results.md``,
+``OUT/results.json``, ``OUT/knn.png`` and ``OUT/world.png``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ from expertise.config import Preset
 from expertise.data.loaders import load_sklearn_digits
 from expertise.data.world import save_preview
 from expertise.io import atomic_write_json, atomic_write_text
-from expertise.pipeline import build_library, finetune_cached, rank_members
+from expertise.pipeline import build_library, finetune_cached
 from expertise.records import make_record
 from expertise.select.embed import EmbeddingCache
+from expertise.select.run import run_selection
 from expertise.upstream import baseline_name
+
+
+# The strategies whose picks the demo shows: (label, strategy, proxy, budget).
+DEMO_STRATEGIES: tuple[tuple[str, str, str, int], ...] = (
+    ("knn_loo", "proxy", "knn_loo", 1), ("linear_probe", "proxy", "linear_probe", 1), ("logme", "proxy", "logme", 1),
+    ("leep", "proxy", "leep", 1), ("label_matching", "label_matching", "", 1),
+    ("domain_prediction", "domain_prediction", "", 1), ("task_agnostic", "task_agnostic", "", 1),
+    ("hybrid(knn_loo), B=2", "hybrid", "knn_loo", 2), ("random", "random", "", 1),
+)
 
 
 def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device: torch.device = torch.device("cpu"),
@@ -44,8 +55,16 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     for tname in task_names:
         task = load_sklearn_digits(preset.world.resolution, preset.seed) if tname == "sklearn_digits" else world.task(tname)
         t0 = time.perf_counter()
-        run = rank_members(library, task, cache, names, device, preset.embed_batch, progress)
+        run = run_selection(library, task, "proxy", 1, "knn_loo", cache, names, preset.seed, device,
+                            preset.embed_batch, progress)
         timings["select"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        picks = {}
+        for label, strategy, proxy, budget in DEMO_STRATEGIES:
+            other = run_selection(library, task, strategy, budget, proxy or "knn_loo", cache, names, preset.seed,
+                                  device, preset.embed_batch, progress=False)
+            picks[label] = list(other.selection.picks)
+        timings["other_strategies"] = timings.get("other_strategies", 0.0) + time.perf_counter() - t0
         scores = run.selection.scores()
         chosen = run.selection.best
         domain = world.domain_of_task(tname) if tname in world.task_names else None
@@ -56,9 +75,9 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
         timings["finetune"] += time.perf_counter() - t0
         row = {
             "task": tname, "group": task.group, "classes": task.num_classes, "domain": domain,
-            "knn": scores, "selected": chosen, "matched_expert": matched,
+            "knn": scores, "selected": chosen, "matched_expert": matched, "picks": picks,
             "test_baseline": res_b.test_accuracy, "test_selected": res_sel.test_accuracy,
-            "select_seconds": run.selection.seconds, "embedded_images": run.embed.images,
+            "select_seconds": run.seconds, "embedded_images": run.embed.images,
         }
         rows.append(row)
         log(f"{tname:>18}: kNN B {scores[base]:.3f}"
@@ -96,6 +115,15 @@ def results_markdown(rows: list[dict], names: list[str], base: str, timings: dic
     lines += ["", f"On {wins} of {len(nat)} natural tasks with a domain-matched expert, that expert's kNN accuracy beats B's.", ""]
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
     lines += [f"Mean test accuracy over {len(rows)} tasks: B {mean('test_baseline'):.3f}, selected {mean('test_selected'):.3f}.", ""]
+    labels = list(rows[0]["picks"]) if rows and "picks" in rows[0] else []
+    if labels:
+        lines += ["## The pick of every strategy", "",
+                  "Each strategy ranks the same pool (domain prediction and label matching without the task's labels; "
+                  "task-agnostic and random without its images).", "",
+                  "| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for r in rows:
+            lines.append(f"| {r['task']} | " + " | ".join(", ".join(_short(n) for n in r["picks"][k]) for k in labels) + " |")
+        lines.append("")
     lines += ["## kNN accuracy of every member", "", "| task | " + " | ".join(_short(n) for n in names) + " |",
               "|---|" + "---:|" * len(names)]
     for r in rows:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,7 @@ from expertise.errors import LibraryError
 from expertise.io import atomic_write_json
 from expertise.library import Library
 from expertise.records import make_record, write_record
-from expertise.select.embed import EmbeddingCache, EmbedStats, embed_pool
-from expertise.select.proxies import knn_loo
-from expertise.select.strategies import Selection, select_by_proxy
+from expertise.select.epn import build_epn
 from expertise.transfer import FinetuneResult, finetune_and_test
 from expertise.upstream import build_upstream
 
@@ -68,30 +65,17 @@ def build_library(preset: Preset, path: Path, device: torch.device, progress: bo
         f"{len(world.hierarchy.leaves)} leaves, rendered in {time.perf_counter() - t0:.1f}s")
     names = build_upstream(library, train, holdout, preset.backbone, preset.baseline, preset.expert,
                            0 if upstream_only else preset.num_experts, preset.seed, device, progress, log)
+    # The EPN routes to the preset's K expert domains, trained with the upstream stage (so domain
+    # prediction works as soon as the experts exist, whichever kind they are).
+    nodes = train.hierarchy.choose_expert_domains(train.leaf_counts(), preset.num_experts)
+    if nodes:
+        build_epn(library, train, holdout, nodes, preset.epn_backbone or preset.backbone, preset.epn, preset.seed,
+                  device, progress, log)
     return library, world, names
 
 
 def resolve_task(spec: str, resolution: int, world: World | None, seed: int = 0) -> Task:
     return load_task(spec, resolution=resolution, seed=seed, world=world)
-
-
-@dataclass
-class ProxyRun:
-    selection: Selection
-    embed: EmbedStats
-
-
-def rank_members(library: Library, task: Task, cache: EmbeddingCache, names: list[str] | None = None,
-                 device: torch.device = torch.device("cpu"), batch_size: int = 500, progress: bool = True,
-                 budget: int = 1) -> ProxyRun:
-    """kNN leave-one-out accuracy (k=1, Euclidean) of every member on the task's 1,000 train+val
-    images; the best first."""
-    names = names or library.names()
-    feats, estats = embed_pool(names, library.load, library.member_hash, task, cache, "trainval",
-                               batch_size, device, progress)
-    sel = select_by_proxy(feats, task.trainval.labels, knn_loo, budget=budget, name="knn_loo")
-    sel.seconds["embed"] = estats.seconds
-    return ProxyRun(sel, estats)
 
 
 def finetune_cached(library: Library, member: str, task: Task, preset: Preset, records_dir: Path,

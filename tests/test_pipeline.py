@@ -5,8 +5,9 @@ import json
 import pytest
 
 from expertise.config import get_preset
-from expertise.demo import run_demo
+from expertise.demo import DEMO_STRATEGIES, run_demo
 from expertise.library import Library
+from expertise.select.run import pool_names
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +23,14 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_library_results_and_plots(demo_run):
     preset, out, result = demo_run
     lib = Library.open(out / "library")
-    assert len(lib) == 1 + preset.num_experts
+    assert len(lib) == 1 + preset.num_experts + 1  # B, the experts, the EPN
     assert lib.verify() == []
+    pool = pool_names(lib)
     kinds = [lib.info(n).kind for n in lib.names()]
-    assert kinds[0] == "baseline" and kinds[1:] == ["full_expert"] * preset.num_experts
-    for name in lib.names()[1:]:
+    assert kinds == ["baseline"] + ["full_expert"] * preset.num_experts + ["epn"]
+    assert pool == lib.names()[:-1]
+    assert lib.info(lib.names()[-1]).extra["nodes"] == [lib.info(n).domain for n in pool[1:]]
+    for name in pool[1:]:
         info = lib.info(name)
         assert info.parent == lib.names()[0] and info.domain
         prior = lib.label_prior(name)
@@ -36,11 +40,14 @@ def test_demo_writes_library_results_and_plots(demo_run):
     rows = json.loads((out / "results.json").read_text())["metrics"]["tasks"]
     assert [r["task"] for r in rows] == list(preset.tasks)
     for r in rows:
-        assert set(r["knn"]) == set(lib.names())
-        assert r["selected"] == max(r["knn"], key=lambda n: (r["knn"][n], -lib.names().index(n)))
+        assert set(r["knn"]) == set(pool)
+        assert r["selected"] == max(r["knn"], key=lambda n: (r["knn"][n], -pool.index(n)))
+        assert set(r["picks"]) == {label for label, *_ in DEMO_STRATEGIES}
+        assert all(set(p) <= set(pool) for p in r["picks"].values())
+        assert len(r["picks"]["hybrid(knn_loo), B=2"]) == 2
         assert 0.0 <= r["test_selected"] <= 1.0 and 0.0 <= r["test_baseline"] <= 1.0
     md = (out / "results.md").read_text()
-    assert "| task | group | kNN B" in md and "glyph_digits" in md
+    assert "| task | group | kNN B" in md and "glyph_digits" in md and "## The pick of every strategy" in md
 
 
 def test_demo_rerun_reuses_everything(demo_run):
@@ -52,7 +59,7 @@ def test_demo_rerun_reuses_everything(demo_run):
     assert before == after  # no member retrained
     assert all(r["embedded_images"] == 0 for r in second["metrics"]["tasks"])  # embeddings from the cache
     assert [r["test_selected"] for r in second["metrics"]["tasks"]] == [r["test_selected"] for r in first["metrics"]["tasks"]]
-    assert len(lib) == 1 + preset.num_experts
+    assert len(lib) == 1 + preset.num_experts + 1
 
 
 def test_resuming_with_other_upstream_settings_is_refused(demo_run):

@@ -78,9 +78,14 @@ class Task:
         return int(self.train.images.shape[-1])
 
     def fingerprint(self) -> str:
-        """sha256 over every split's images and labels: the task's key in the embedding cache."""
+        """sha256 over every split's images and labels: the task's key in the embedding cache
+        (computed once per Task: the splits are immutable by contract)."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
         h = hashlib.sha256(self.name.encode())
         for s in (self.train, self.val, self.test):
             h.update(s.images.contiguous().numpy().tobytes())
             h.update(s.labels.contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        self.__dict__["_fingerprint"] = h.hexdigest()[:16]
+        return self.__dict__["_fingerprint"]

@@ -19,21 +19,44 @@ from expertise.progress import progress_bar
 from expertise.runtime import autocast
 
 
+def upstream_head(model: nn.Module) -> nn.Module | None:
+    """The module that maps a member's ``embed()`` output to its upstream logits, when it has one
+    (``model.upstream_head``, or an ExpertModel's head while it is still the upstream head). With
+    it, one pass yields both the features and the upstream predictions that label matching, LEEP
+    and NCE need, instead of a second forward pass."""
+    head = getattr(model, "upstream_head", None)
+    if head is not None:
+        return head
+    if getattr(model, "has_upstream_head", False):
+        return getattr(model, "head", None)
+    return None
+
+
 @torch.inference_mode()
 def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
-                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
+                 device: torch.device = torch.device("cpu"), with_logits: bool = False
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 [N, 3, H, W] -> float32 [N, D] pre-logits features, prepared with the model's own
-    preprocessing batch by batch (so the float copy of a large split never sits in memory)."""
+    preprocessing batch by batch (so the float copy of a large split never sits in memory).
+    ``with_logits`` also returns the upstream logits float32 [N, L] (None for a member without an
+    upstream head), computed from the same features."""
     prep: Preprocessing = model.preprocessing  # type: ignore[assignment]
     model.to(device).eval()
-    out = []
+    head = upstream_head(model) if with_logits else None
+    feats, logits = [], []
     for i in range(0, images.shape[0], batch_size):
         x = prepare(images[i:i + batch_size], prep).to(device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            out.append(model.embed(x).float().cpu())
-    return torch.cat(out)
+            f = model.embed(x)
+            if head is not None:
+                logits.append(head(f).float().cpu())
+            feats.append(f.float().cpu())
+    features = torch.cat(feats)
+    if not with_logits:
+        return features
+    return features, (torch.cat(logits) if head is not None else None)
 
 
 @dataclass
@@ -44,25 +67,28 @@ class EmbedStats:
 
 
 class EmbeddingCache:
-    """Features on disk: ``DIR/<member hash>/<task fingerprint>.<split>.safetensors``. A member's hash
+    """Features on disk: ``DIR/<member hash>/<task fingerprint>.<split>.v2.safetensors``, holding
+    ``features`` and, for members with an upstream head, ``upstream_logits``. A member's hash
     changes whenever any of its weight files does, so a stale entry is never read."""
+
+    VERSION = "v2"  # v1 files held features only; they are ignored, not misread
 
     def __init__(self, root: Path | None) -> None:
         self.root = Path(root) if root is not None else None
 
     def _path(self, member_hash: str, task_key: str, split: str) -> Path | None:
-        return None if self.root is None else self.root / member_hash / f"{task_key}.{split}.safetensors"
+        return None if self.root is None else self.root / member_hash / f"{task_key}.{split}.{self.VERSION}.safetensors"
 
-    def get(self, member_hash: str, task_key: str, split: str) -> torch.Tensor | None:
+    def get(self, member_hash: str, task_key: str, split: str) -> dict[str, torch.Tensor] | None:
         path = self._path(member_hash, task_key, split)
         if path is None or not path.exists():
             return None
-        return load_file(str(path))["features"]
+        return load_file(str(path))
 
-    def put(self, member_hash: str, task_key: str, split: str, features: torch.Tensor) -> None:
+    def put(self, member_hash: str, task_key: str, split: str, tensors: dict[str, torch.Tensor]) -> None:
         path = self._path(member_hash, task_key, split)
         if path is not None:
-            atomic_save_safetensors(path, {"features": features})
+            atomic_save_safetensors(path, tensors)
 
 
 def task_split(task: Task, split: str) -> Split:
@@ -73,27 +99,39 @@ def task_split(task: Task, split: str) -> Split:
     return getattr(task, split)
 
 
+@dataclass
+class PoolEmbeddings:
+    """What one pass over a task gives for each member: features [N, D] and, where the member has
+    an upstream head, upstream logits [N, L]; plus what the pass cost."""
+
+    features: dict[str, torch.Tensor]
+    upstream_logits: dict[str, torch.Tensor]
+    stats: EmbedStats
+
+
 def embed_pool(names: Sequence[str], load: Callable[[str], nn.Module], member_hash: Callable[[str], str],
                task: Task, cache: EmbeddingCache, split: str = "trainval", batch_size: int = 500,
-               device: torch.device = torch.device("cpu"), progress: bool = True) -> tuple[dict[str, torch.Tensor], EmbedStats]:
-    """Embed one split of ``task`` with every named member; members are loaded one at a time so
-    only one sits in memory. Returns features per member and what it cost."""
+               device: torch.device = torch.device("cpu"), progress: bool = True) -> PoolEmbeddings:
+    """Embed one split of ``task`` with every named member (and keep its upstream logits); members
+    are loaded one at a time so only one sits in memory, and each result is cached on disk."""
     images = task_split(task, split).images
     key = task.fingerprint()
-    feats: dict[str, torch.Tensor] = {}
-    stats = EmbedStats()
+    out = PoolEmbeddings({}, {}, EmbedStats())
     t0 = time.perf_counter()
     with progress_bar(f"embed {task.name}", total=len(names), enabled=progress) as advance:
         for name in names:
             h = member_hash(name)
-            cached = cache.get(h, key, split)
-            if cached is None:
-                cached = embed_images(load(name), images, batch_size, device)
-                cache.put(h, key, split, cached)
-                stats.images += images.shape[0]
+            entry = cache.get(h, key, split)
+            if entry is None:
+                feats, logits = embed_images(load(name), images, batch_size, device, with_logits=True)
+                entry = {"features": feats} if logits is None else {"features": feats, "upstream_logits": logits}
+                cache.put(h, key, split, entry)
+                out.stats.images += images.shape[0]
             else:
-                stats.cached += 1
-            feats[name] = cached
+                out.stats.cached += 1
+            out.features[name] = entry["features"]
+            if "upstream_logits" in entry:
+                out.upstream_logits[name] = entry["upstream_logits"]
             advance(1)
-    stats.seconds = time.perf_counter() - t0
-    return feats, stats
+    out.stats.seconds = time.perf_counter() - t0
+    return out

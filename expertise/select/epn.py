@@ -11,6 +11,8 @@ both domains), so the EPN is multi-label: one sigmoid per node, trained with
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -103,3 +105,53 @@ def epn_probabilities(model: ExpertModel, images: torch.Tensor | np.ndarray, bat
             out.append(torch.sigmoid(model(batch).float()).cpu())
     e = model.head.out_features
     return torch.cat(out).double().numpy() if out else np.zeros((0, e), dtype=np.float64)
+
+
+def epn_name(backbone: str) -> str:
+    return f"{backbone}.epn"
+
+
+def routing_accuracy(model: ExpertModel, data: UpstreamData, nodes: Sequence[str], batch_size: int = 500,
+                     device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    """How well the EPN reproduces the hard-coded routing on ``data`` (the upstream holdout):
+    ``node_accuracy``, the fraction of (image, node) decisions right at probability 0.5, and
+    ``exact``, the fraction of images whose every decision is right."""
+    if len(data) == 0:
+        return {"node_accuracy": float("nan"), "exact": float("nan")}
+    idx = np.arange(len(data))
+    probs = epn_probabilities(model, data.images(idx), batch_size, device)
+    right = (probs >= 0.5) == (routing_targets(data, nodes).numpy() > 0.5)
+    return {"node_accuracy": float(right.mean()), "exact": float(right.all(axis=1).mean())}
+
+
+def build_epn(library, train: UpstreamData, holdout: UpstreamData, nodes: Sequence[str], backbone: str,
+              cfg: TrainConfig, seed: int, device: torch.device = torch.device("cpu"), progress: bool = True,
+              log=print) -> str:
+    """Train the EPN over the expert domains ``nodes`` and store it in ``library`` as kind ``epn``
+    (its nodes, in output order, in the entry's ``extra``). An EPN already there is reused when it
+    was trained on the same nodes with the same settings, and refused otherwise: selection must
+    never route to experts the EPN does not know."""
+    from expertise.library import MemberInfo
+    from expertise.errors import LibraryError
+
+    name = epn_name(backbone)
+    settings = {"nodes": list(nodes), "train": cfg.to_json(), "seed": seed}
+    if name in library:
+        extra = library.info(name).extra
+        if {k: extra.get(k) for k in settings} != json.loads(json.dumps(settings)):
+            raise LibraryError(f"the library's EPN {name!r} was trained on other expert domains or settings; "
+                               f"remove it (Library.remove({name!r})) or use another --library")
+        log(f"EPN {name} already in the library: reusing it")
+        return name
+    t0 = time.perf_counter()
+    model = train_epn(train, nodes, backbone, cfg, seed, device, progress)
+    acc = routing_accuracy(model, holdout, nodes, device=device)
+    log(f"EPN {name}: holdout routing decisions {acc['node_accuracy']:.3f} right, every decision right on "
+        f"{acc['exact']:.3f} of images ({time.perf_counter() - t0:.0f}s)")
+    info = MemberInfo(
+        name=name, kind="epn", parent=None, domain=None, upstream_images=len(train), parameters=0, embedding_dim=0,
+        upstream_accuracy=None, preprocessing={}, files={}, architecture=backbone,
+        extra={**settings, "stats": model.epn_stats.to_json(), "holdout_routing": acc},
+    )
+    library.add(info, model)
+    return name

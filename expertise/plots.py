@@ -1,0 +1,63 @@
+"""Plots people would rather look at than read: written with matplotlib's Agg backend (no display
+needed) and saved atomically, so a plot on disk is never half-written."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Save under a temporary name, then rename into place; closes the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+    finally:
+        pyplot().close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def short_name(name: str) -> str:
+    """``bit_s.expert_glyph-latin`` -> ``expert_glyph-latin``: the architecture prefix adds nothing
+    on a plot of one library."""
+    return name.split(".", 1)[-1]
+
+
+def plot_selection(rows: list[dict], title: str, score_label: str, path: Path) -> Path:
+    """A horizontal bar per member (best at the top), picks highlighted, unscored members shown
+    as empty rows; like the per-expert kNN plots of paper 000. ``rows`` as from
+    :func:`expertise.select.run.ranking_table`."""
+    plt = pyplot()
+    scored = [r["score"] for r in rows if r["score"] is not None]
+    lo = min(scored) if scored else 0.0
+    hi = max(scored) if scored else 1.0
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+    base = lo - pad if lo < 0 or lo > 0.5 * hi else 0.0  # zoom in where scores are close and far from 0
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.32 * len(rows)))
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        if r["score"] is None:
+            ax.text(base, y, "  not scored by this strategy", va="center", fontsize=7, color="grey")
+            continue
+        ax.barh(y, r["score"] - base, left=base, color="tab:orange" if r["picked"] else "tab:blue")
+        ax.text(r["score"], y, f" {r['score']:.3f}", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [short_name(r["member"]) for r in reversed(rows)], fontsize=8)
+    ax.set_xlim(base, hi + 4 * pad if math.isfinite(hi) else 1.0)
+    ax.set_xlabel(score_label)
+    ax.set_title(title + "\n(orange: picked)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

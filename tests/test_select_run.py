@@ -1,0 +1,166 @@
+"""Selection over a real (tiny) library: every strategy wired to what it reads, checked against
+values recomputed here from the cached embeddings, the priors and the EPN."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from expertise.cli import app
+from expertise.config import get_preset
+from expertise.errors import ConfigError, LibraryError
+from expertise.pipeline import build_library
+from expertise.select.embed import EmbeddingCache
+from expertise.select.proxies import knn_loo, leep
+from expertise.select.run import pool_names, ranking_table, run_selection, source_probabilities
+from expertise.select.strategies import STRATEGIES
+
+PRESET = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "20", "num_experts": "3"})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("sel") / "lib"
+    lib, world, names = build_library(PRESET, path, torch.device("cpu"), progress=False, log=lambda *a: None)
+    return lib, world, names, world.task("count")
+
+
+def test_epn_is_stored_with_its_nodes_and_kept_out_of_the_pool(built):
+    lib, world, names, _ = built
+    epns = [m for m in lib.members() if m.kind == "epn"]
+    assert len(epns) == 1
+    nodes = epns[0].extra["nodes"]
+    assert nodes == [lib.info(n).domain for n in names[1:]]
+    assert 0.0 <= epns[0].extra["holdout_routing"]["node_accuracy"] <= 1.0
+    assert pool_names(lib) == names and epns[0].name not in pool_names(lib)
+
+
+def test_rebuilding_reuses_the_epn_and_refuses_other_epn_settings(built):
+    lib, *_ = built
+    before = {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
+    build_library(PRESET, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
+    assert before == {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
+    other = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "21", "num_experts": "3"})
+    with pytest.raises(LibraryError, match="EPN"):
+        build_library(other, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_ranks_the_whole_pool(built, strategy, tmp_path):
+    lib, _, names, task = built
+    run = run_selection(lib, task, strategy, 2, "knn_loo", EmbeddingCache(tmp_path), progress=False)
+    ranked = [n for n, _ in run.selection.ranking]
+    assert sorted(ranked) == sorted(names)
+    assert len(run.selection.picks) == 2 and len(set(run.selection.picks)) == 2
+    assert list(run.selection.picks) == ranked[:2]
+    record = json.loads(json.dumps(run.to_json(), allow_nan=False))  # plain JSON, no -Infinity
+    assert record["task"] == "count" and record["seconds"]["total"] >= 0
+
+
+def test_proxy_scores_equal_the_proxy_on_cached_features(built, tmp_path):
+    lib, _, names, task = built
+    cache = EmbeddingCache(tmp_path)
+    run = run_selection(lib, task, "proxy", 1, "knn_loo", cache, progress=False)
+    assert run.embed.images == len(names) * len(task.trainval)
+    labels = task.trainval.labels.numpy()
+    for n, score in run.selection.ranking:
+        feats = cache.get(lib.member_hash(n), task.fingerprint(), "trainval")["features"]
+        assert score == pytest.approx(knn_loo(feats.numpy(), labels))
+    again = run_selection(lib, task, "proxy", 1, "knn_loo", cache, progress=False)
+    assert again.embed.images == 0 and again.embed.cached == len(names)
+    assert again.selection.ranking == run.selection.ranking
+
+
+def test_leep_uses_the_softmax_over_leaf_logits(built, tmp_path):
+    lib, _, names, task = built
+    cache = EmbeddingCache(tmp_path)
+    run = run_selection(lib, task, "proxy", 1, "leep", cache, progress=False)
+    leaves = [lib.hierarchy.label_index[leaf] for leaf in lib.hierarchy.leaves]
+    for n, score in run.selection.ranking:
+        logits = cache.get(lib.member_hash(n), task.fingerprint(), "trainval")["upstream_logits"].double()
+        assert logits.shape[1] == len(lib.hierarchy.label_nodes)
+        probs = torch.softmax(logits[:, leaves], 1).numpy()
+        np.testing.assert_allclose(source_probabilities(lib, logits.float()), probs, rtol=1e-5, atol=1e-9)
+        assert score == pytest.approx(leep(probs, task.trainval.labels.numpy()), rel=1e-5)
+
+
+def test_label_matching_is_kl_from_the_baselines_predictions_to_each_prior(built, tmp_path):
+    lib, _, names, task = built
+    cache = EmbeddingCache(tmp_path)
+    run = run_selection(lib, task, "label_matching", 1, cache=cache, progress=False)
+    assert run.members_embedded == [names[0]]  # only B looks at the task
+    logits = cache.get(lib.member_hash(names[0]), task.fingerprint(), "trainval")["upstream_logits"].double()
+    p = torch.sigmoid(logits).mean(0).numpy() + 1e-6
+    p /= p.sum()
+    for n, score in run.selection.ranking:
+        q = lib.label_prior(n).numpy() + 1e-6
+        q /= q.sum()
+        assert score == pytest.approx(-float(np.sum(p * np.log(p / q))), rel=1e-9)
+
+
+def test_domain_prediction_scores_experts_by_the_epn_and_puts_b_last(built, tmp_path):
+    lib, _, names, task = built
+    cache = EmbeddingCache(tmp_path)
+    run = run_selection(lib, task, "domain_prediction", 3, cache=cache, progress=False)
+    epn = next(m for m in lib.members() if m.kind == "epn")
+    assert run.members_embedded == [epn.name]
+    probs = torch.sigmoid(cache.get(lib.member_hash(epn.name), task.fingerprint(), "trainval")["upstream_logits"].double())
+    scores = run.selection.scores()
+    for col, node in enumerate(epn.extra["nodes"]):
+        member = next(n for n in names if lib.info(n).domain == node)
+        assert scores[member] == pytest.approx(float(torch.log(probs[:, col].clamp_min(1e-12)).mean()))
+    assert run.selection.ranking[-1] == (names[0], -math.inf)
+    assert ranking_table(run, lib)[-1]["score"] is None
+
+
+def test_hybrid_puts_the_task_agnostic_top1_first(built, tmp_path):
+    lib, _, names, task = built
+    agnostic = run_selection(lib, task, "task_agnostic", 1, progress=False).selection.best
+    run = run_selection(lib, task, "hybrid", 3, "knn_loo", EmbeddingCache(tmp_path), progress=False)
+    aware = run_selection(lib, task, "proxy", len(names), "knn_loo", EmbeddingCache(tmp_path), progress=False)
+    assert run.selection.picks[0] == agnostic
+    assert list(run.selection.picks[1:]) == [n for n in aware.selection.picks if n != agnostic][:2]
+    assert run.label == "hybrid(knn_loo)"
+
+
+def test_bad_requests_say_what_to_do(built):
+    lib, _, names, task = built
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        run_selection(lib, task, "oracle", 1, progress=False)
+    with pytest.raises(ConfigError, match="unknown proxy"):
+        run_selection(lib, task, "proxy", 1, "knn_nope", progress=False)
+    with pytest.raises(ConfigError, match="budget"):
+        run_selection(lib, task, "random", len(names) + 1, progress=False)
+    with pytest.raises(LibraryError, match="did you mean"):
+        run_selection(lib, task, "random", 1, names=[names[0] + "x"], progress=False)
+
+
+def test_random_is_seeded_per_task(built):
+    lib, world, names, task = built
+    a = run_selection(lib, task, "random", len(names), seed=3, progress=False).selection.picks
+    b = run_selection(lib, task, "random", len(names), seed=3, progress=False).selection.picks
+    assert a == b
+
+
+def test_cli_select_prints_saves_and_plots(built, tmp_path):
+    lib, *_ = built
+    out = tmp_path / "sel"
+    result = CliRunner().invoke(app, ["select", "--library", str(lib.path), "--task", "count", "--strategy", "hybrid",
+                                      "--proxy", "logme", "--budget", "2", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "picked:" in result.output and "embed" in result.output and "score" in result.output
+    record = json.loads((out / "count.hybrid-logme.json").read_text())
+    assert record["strategy"] == "hybrid(logme)" and len(record["picks"]) == 2
+    assert (out / "count.hybrid-logme.png").stat().st_size > 0
+    bad = CliRunner().invoke(app, ["select", "--library", str(lib.path), "--task", "count", "--strategy", "best"])
+    assert bad.exit_code == 2 and "unknown strategy" in bad.output and "Traceback" not in bad.output
