@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
                   pretty_exceptions_enable=False)
 library_app = typer.Typer(no_args_is_help=True, help="Inspect and check a model library.")
 app.add_typer(library_app, name="library")
+bench_app = typer.Typer(help="Benchmark selection strategies and pools on a suite of tasks (see 'expertise bench --help').")
+app.add_typer(bench_app, name="bench")
 # A terminal gets its own width; piped output (a file, a CI log) is not squeezed into 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -187,6 +189,163 @@ def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option
     res = finetune_and_test(model, t, cfg.finetune, seed, dev, not quiet)
     out.print(f"{member} on {t.name}: test accuracy [bold]{res.test_accuracy:.3f}[/] "
               f"({res.images} images in {res.train_seconds:.1f}s)")
+
+
+@app.command()
+@user_errors
+def transfer(library: LibOpt, task: TaskOpt,
+             strategy: Annotated[str, typer.Option("--strategy", "-s", help="Selection strategy (see 'expertise select').")] = "proxy",
+             proxy: Annotated[str, typer.Option("--proxy", "-p", help="Proxy of 'proxy' and 'hybrid'.")] = "knn_loo",
+             budget: Annotated[int, typer.Option("--budget", "-b", help="Picks to fine-tune; the best is kept.")] = 1,
+             out_dir: Annotated[Path, typer.Option("--out", help="Records folder (resumable).")] = Path("runs/transfer"),
+             lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid: learning-rate factors around the preset's.")] = "1,0.3,3",
+             sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
+             retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
+             preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
+             quiet: QuietOpt = False) -> None:
+    """The transfer protocol for one task: select on the 1,000 train+val images, sweep
+    hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy."""
+    from expertise.bench.protocol import SweepConfig, transfer_protocol
+    from expertise.bench.store import RecordStore
+    from expertise.pipeline import resolve_task, world_of_library
+    from expertise.select.embed import EmbeddingCache
+    from expertise.select.run import run_selection
+
+    cfg, dev = _setup(preset, overrides, device)
+    lib = _open_library(library)
+    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed)
+    sweep = SweepConfig(lr_factors=_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
+    run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(out_dir / "cache"), seed=seed, device=dev,
+                        progress=not quiet)
+    out.print(f"{run.label} picked {', '.join(run.selection.picks)} in {run.seconds['total']:.1f}s")
+    store = RecordStore(out_dir)
+    best = None
+    for name in run.selection.picks:
+        res = transfer_protocol(name, lambda name=name: lib.load(name), lib.member_hash(name), t, cfg.finetune, sweep,
+                                store, seed, dev, not quiet)
+        chosen = ", ".join(f"lr {c['lr']:g}" for c in res.chosen)
+        out.print(f"{name} on {t.name}: median test accuracy [bold]{res.test_accuracy:.3f}[/] over "
+                  f"{len(res.test_accuracies)} retrain(s) ({chosen}; {res.seconds:.0f}s, {res.units_reused} unit(s) reused)")
+        best = res if best is None or res.test_accuracy > best.test_accuracy else best
+    if budget > 1 and best is not None:
+        out.print(f"best of the {budget} picks: {best.member} ({best.test_accuracy:.3f})")
+
+
+@app.command()
+@user_errors
+def dat(library: LibOpt, task: TaskOpt,
+        upstream_data: Annotated[str, typer.Option("--upstream", help="Upstream data to re-sample: 'world' (the embedded "
+                                                   "world the library was built on; the only source this version reads).")] = "world",
+        sampler: Annotated[str, typer.Option("--sampler", help="elastic (without replacement) or same (with replacement).")] = "elastic",
+        size: Annotated[Optional[int], typer.Option("--size", help="Pre-training examples to sample (default: a quarter of upstream).")] = None,
+        weighting: Annotated[str, typer.Option("--weighting", help="adaptive, uniform or reversed (Table 6 ablation).")] = "adaptive",
+        init: Annotated[str, typer.Option("--init", help="scratch (the paper) or baseline (start from B, cheaper).")] = "scratch",
+        temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature on B's predictions.")] = 2.0,
+        out_dir: Annotated[Path, typer.Option("--out", help="Where the DAT record goes.")] = Path("runs/dat"),
+        preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
+        quiet: QuietOpt = False) -> None:
+    """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
+    re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
+    --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's."""
+    import time
+
+    from expertise.dat import dat_record, run_dat
+    from expertise.errors import ConfigError, LibraryError
+    from expertise.io import atomic_write_json
+    from expertise.pipeline import resolve_task, world_of_library
+    from expertise.select.embed import EmbeddingCache
+    from expertise.select.run import run_selection
+
+    cfg, dev = _setup(preset, overrides, device)
+    lib = _open_library(library)
+    world = world_of_library(lib)
+    if upstream_data != "world":
+        raise ConfigError(f"--upstream {upstream_data!r}: this version re-samples the embedded world a library was built on; use --upstream world")
+    if world is None:
+        raise LibraryError(f"the library at {library} was not built on the embedded world; DAT needs its upstream data")
+    base = next((m.name for m in lib.members() if m.kind == "baseline"), None)
+    if base is None:
+        raise LibraryError(f"the library at {library} has no baseline B; run 'expertise upstream' first")
+    t = resolve_task(task, _resolution(lib), world, seed)
+    t0 = time.perf_counter()
+    sel = run_selection(lib, t, "proxy", 1, "knn_loo", EmbeddingCache(None), seed=seed, device=dev, progress=not quiet)
+    select_s = time.perf_counter() - t0
+    upstream = world.upstream("train").materialize()
+    pretrain = cfg.baseline if init == "scratch" else cfg.expert
+    res = run_dat(lib.load(base), upstream, t, size=size or len(upstream) // 4, pretrain_cfg=pretrain,
+                  finetune_cfg=cfg.finetune, sampler=sampler, temperature=temperature, weighting=weighting,
+                  init=init, seed=seed, device=dev, progress=not quiet)
+    total = sum(res.seconds.values())
+    select_images = sel.images_per_member * len(sel.members_embedded)
+    dat_images = sum(v for k, v in res.images.items() if k in ("weights", "pretrain"))
+    record = dat_record(res, {"library": str(library), "preset": cfg.name,
+                              "knn_selection": {"seconds": select_s, "images": select_images, "pick": sel.selection.best}})
+    path = out_dir / f"dat.{t.name}.{sampler}.{weighting}.{init}.json"
+    atomic_write_json(path, record)
+    out.print(f"DAT on {t.name}: test accuracy [bold]{res.test_accuracy:.3f}[/]; {res.unique_examples:,} unique of "
+              f"{res.sampled_size:,} sampled upstream examples")
+    out.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()) + f" (total {total:.0f}s)")
+    out.print(f"kNN selection of {len(sel.members_embedded)} members: {select_s:.1f}s, {select_images:,} images "
+              f"(picked {sel.selection.best}); DAT before fine-tuning costs "
+              f"{(total - res.seconds.get('finetune', 0.0)) / max(select_s, 1e-9):,.0f}x the time and "
+              f"{dat_images / max(select_images, 1):,.0f}x the images")
+    out.print(f"wrote {path}")
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    from expertise.errors import ConfigError
+
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{what} takes comma-separated numbers, e.g. 1,0.3,3; got {text!r}") from None
+
+
+@bench_app.callback(invoke_without_command=True)
+@user_errors
+def bench(ctx: typer.Context,
+          library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder.")] = None,
+          suite: Annotated[str, typer.Option("--suite", help="builtin, natural, specialized, structured, or TASK,TASK,...")] = "builtin",
+          out_dir: Annotated[Path, typer.Option("--out", help="Output folder: records, summary.md, plots.")] = Path("runs/bench"),
+          strategies: Annotated[Optional[list[str]], typer.Option("--strategy", help="Strategy rows (repeat); default all.")] = None,
+          pools: Annotated[Optional[list[str]], typer.Option("--pool", help="Pool specs (repeat), e.g. all, experts, 'params<=5e6'.")] = None,
+          lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid around the preset's learning rate; "
+                                                  "one factor skips the sweep.")] = "1",
+          sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
+          retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
+          preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
+          quiet: QuietOpt = False) -> None:
+    """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
+    a record (a killed run resumes), and DIR/summary.md gets Tables 1-2, regret and compute.
+    'expertise bench report DIR' rebuilds the report from the records alone."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from expertise.bench.protocol import SweepConfig
+    from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
+    from expertise.errors import ConfigError
+    from expertise.pipeline import world_of_library
+
+    if library is None:
+        raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
+    cfg, dev = _setup(preset, overrides, device)
+    lib = _open_library(library)
+    tasks = suite_tasks(suite, world_of_library(lib), _resolution(lib), seed)
+    sweep = SweepConfig(lr_factors=_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
+    out.print(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
+              f"member and task, writing to {out_dir}")
+    summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies), tuple(pools or DEFAULT_POOLS),
+                        seed, dev, cfg.embed_batch, not quiet, out.print)
+    out.print(summary.read_text(), markup=False, highlight=False)
+
+
+@bench_app.command("report")
+@user_errors
+def bench_report(folder: Annotated[Path, typer.Argument(help="A benchmark output folder.")]) -> None:
+    """Rebuild summary.md, the plots and records.jsonl from the records in FOLDER."""
+    from expertise.bench.runner import write_report
+
+    summary = write_report(folder)
+    out.print(summary.read_text(), markup=False, highlight=False)
 
 
 def _resolution(lib) -> int:

@@ -91,27 +91,36 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     string values are converted to the field's type, so command-line ``--set`` works."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    preset = PRESETS[name]
-    for key, value in (overrides or {}).items():
-        preset = _override(preset, key.split("."), value, key)
-    return preset
+    items = [(key.split("."), value, key) for key, value in (overrides or {}).items()]
+    return _apply(PRESETS[name], items)
 
 
-def _override(obj: Any, path: list[str], value: Any, full: str) -> Any:
+def _apply(obj: Any, items: list[tuple[list[str], Any, str]]) -> Any:
+    """Every override of one dataclass applied in a single ``replace``, so settings that are checked
+    together (``steps`` and ``warmup_steps``) can change together."""
     names = {f.name for f in dataclasses.fields(obj)}
-    if path[0] not in names:
-        raise ConfigError(f"unknown setting {full!r}; {type(obj).__name__} has {sorted(names)}")
-    current = getattr(obj, path[0])
-    if len(path) > 1:
-        if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"setting {full!r}: {path[0]} has no sub-settings")
-        new = _override(current, path[1:], value, full)
-    else:
-        new = _coerce(current, value) if isinstance(value, str) else value
+    changes: dict[str, Any] = {}
+    nested: dict[str, list[tuple[list[str], Any, str]]] = {}
+    for path, value, full in items:
+        if path[0] not in names:
+            raise ConfigError(f"unknown setting {full!r}; {type(obj).__name__} has {sorted(names)}")
+        current = getattr(obj, path[0])
+        if len(path) > 1:
+            if not dataclasses.is_dataclass(current):
+                raise ConfigError(f"setting {full!r}: {path[0]} has no sub-settings")
+            nested.setdefault(path[0], []).append((path[1:], value, full))
+        else:
+            changes[path[0]] = _coerce(current, value) if isinstance(value, str) else value
+    for field_name, sub in nested.items():
+        changes[field_name] = _apply(getattr(obj, field_name), sub)
     try:
-        return dataclasses.replace(obj, **{path[0]: new})
+        return dataclasses.replace(obj, **changes)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"setting {full!r} to {value!r}: {e}") from None
+        what = ", ".join(full for _, _, full in items)
+        raise ConfigError(f"setting {what}: {e}") from None
+    except ConfigError as e:
+        what = ", ".join(full for _, _, full in items)
+        raise ConfigError(f"setting {what}: {e}") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

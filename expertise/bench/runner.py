@@ -1,0 +1,398 @@
+"""The benchmark run: every selection strategy on every pool and task, the oracle (the transfer
+protocol for every pool member), regret, confidence intervals and compute accounting.
+
+``run_bench`` does the work as units in a :class:`~expertise.bench.store.RecordStore`:
+
+- ``embed``: one member embedding one task's 1,000 train+val images (cold cost, cached features);
+- ``selection``: one strategy ranking one pool for one task (from the cached features);
+- ``protocol``: the transfer protocol for one member on one task (its fine-tunes are units too).
+
+A killed run resumes where it stopped and never repeats a finished unit. ``write_report`` makes
+``summary.md``, the PNG plots and ``records.jsonl`` from the records alone, so ``expertise bench
+report DIR`` regenerates them without a library or a model.
+
+How a strategy is scored (paper 002, section 3): with budget B it is worth the best protocol test
+accuracy among its first B picks; the oracle is the best of the whole pool. The random strategy is
+scored by its exact expectation over all B-subsets of the pool instead of one draw.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from expertise.bench import metrics, plots, tables
+from expertise.bench.pools import parse_pool
+from expertise.bench.protocol import SweepConfig, transfer_protocol
+from expertise.bench.store import RecordStore, UnitResult
+from expertise.data.tasks import GROUPS, Task
+from expertise.errors import ConfigError, DataError, ExpertiseError
+from expertise.io import atomic_write_text
+from expertise.library import Library, MemberInfo
+from expertise.select.embed import EmbeddingCache, embed_pool
+from expertise.select.run import run_selection
+from expertise.train import TrainConfig
+
+SUMMARY = "summary.md"
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A row of the benchmark: a label, the strategy of :func:`run_selection`, and its proxy."""
+
+    label: str
+    strategy: str
+    proxy: str = "knn_loo"
+
+
+DEFAULT_STRATEGIES: tuple[StrategySpec, ...] = (
+    StrategySpec("knn_loo", "proxy", "knn_loo"), StrategySpec("linear_probe", "proxy", "linear_probe"),
+    StrategySpec("logme", "proxy", "logme"), StrategySpec("leep", "proxy", "leep"),
+    StrategySpec("label_matching", "label_matching"), StrategySpec("domain_prediction", "domain_prediction"),
+    StrategySpec("task_agnostic", "task_agnostic"), StrategySpec("hybrid(knn_loo)", "hybrid", "knn_loo"),
+    StrategySpec("random", "random"),
+)
+DEFAULT_POOLS: tuple[str, ...] = ("all", "experts", "full_experts", "adapter_experts", "baseline")
+# Table 2 of paper 000: kNN selection within each kind of pool.
+TABLE2_POOLS: dict[str, str] = {"baseline": "baseline", "adapter_experts": "adapters", "full_experts": "full",
+                                "experts": "all experts"}
+
+
+def parse_strategies(labels: Sequence[str] | None) -> tuple[StrategySpec, ...]:
+    """Strategies by label: the default labels, or ``proxy:<name>`` / ``hybrid:<name>``."""
+    if not labels:
+        return DEFAULT_STRATEGIES
+    known = {s.label: s for s in DEFAULT_STRATEGIES}
+    out = []
+    for label in labels:
+        if label in known:
+            out.append(known[label])
+        elif label.startswith(("proxy:", "hybrid:")):
+            kind, proxy = label.split(":", 1)
+            out.append(StrategySpec(proxy if kind == "proxy" else f"hybrid({proxy})", kind, proxy))
+        else:
+            raise ConfigError(f"unknown strategy {label!r}; choose from {', '.join(known)}, proxy:<proxy> or hybrid:<proxy>")
+    return tuple(out)
+
+
+def _member_json(info: MemberInfo) -> dict[str, Any]:
+    d = info.to_json()
+    d.pop("files", None)
+    return d
+
+
+def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: TrainConfig,
+              sweep: SweepConfig = SweepConfig(lr_factors=(1.0,)), strategies: Sequence[StrategySpec] = DEFAULT_STRATEGIES,
+              pools: Sequence[str] = DEFAULT_POOLS, seed: int = 0, device: torch.device = torch.device("cpu"),
+              batch_size: int = 500, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) the benchmark into ``out`` and write its report; returns ``summary.md``."""
+    out = Path(out)
+    store = RecordStore(out)
+    cache = EmbeddingCache(out / "cache")
+    infos = [library.info(n) for n in library.names()]
+    pool_members = {spec: parse_pool(spec).names(infos, allow_empty=True) for spec in pools}
+    pool_members = {k: v for k, v in pool_members.items() if v}
+    if not pool_members:
+        raise ConfigError(f"none of the pools {list(pools)} has a member in the library at {library.path}")
+    everyone = [n for n in library.names() if any(n in v for v in pool_members.values())]
+    routers = [m.name for m in infos if m.kind == "epn"]
+    for task in tasks:
+        t0 = time.perf_counter()
+        base = {"task": task.name, "task_fingerprint": task.fingerprint(), "group": task.group}
+        for name in [*everyone, *routers]:
+            store.run_unit("embed", {**base, "member": name, "member_hash": library.member_hash(name)},
+                           lambda name=name: _embed_unit(library, task, cache, name, batch_size, device))
+        for p, (spec, members) in enumerate(pool_members.items()):
+            for s, strat in enumerate(strategies):
+                # "order" keeps the rows and pools of the report in the order asked for (the first pool is the
+                # main one), read back from the records alone.
+                config = {**base, "pool": spec, "strategy": strat.label, "kind": strat.strategy, "proxy": strat.proxy,
+                          "members": {n: library.member_hash(n) for n in members}, "seed": seed, "order": [p, s]}
+                store.run_unit("selection", config, lambda strat=strat, members=members: _selection_unit(
+                    library, task, strat, members, cache, seed, device, batch_size))
+        for name in everyone:
+            config = {**base, "member": name, "member_hash": library.member_hash(name), "finetune": finetune.to_json(),
+                      "sweep": sweep.to_json(), "seed": seed, "info": _member_json(library.info(name))}
+            store.run_unit("protocol", config, lambda name=name: _protocol_unit(
+                library, name, task, finetune, sweep, store, seed, device, progress))
+        log(f"{task.name}: {len(everyone)} members, {len(strategies)} strategies x {len(pool_members)} pools "
+            f"({time.perf_counter() - t0:.0f}s)")
+    return write_report(out)
+
+
+def _embed_unit(library: Library, task: Task, cache: EmbeddingCache, name: str, batch_size: int,
+                device: torch.device) -> UnitResult:
+    emb = embed_pool([name], library.load, library.member_hash, task, cache, "trainval", batch_size, device, False)
+    return UnitResult({"cached": emb.stats.cached}, images={"embed": len(task.trainval)},
+                      seconds={"embed": emb.stats.seconds})
+
+
+def _selection_unit(library: Library, task: Task, strat: StrategySpec, members: list[str], cache: EmbeddingCache,
+                    seed: int, device: torch.device, batch_size: int) -> UnitResult:
+    try:
+        run = run_selection(library, task, strat.strategy, len(members), strat.proxy, cache, members, seed, device,
+                            batch_size, progress=False)
+    except ExpertiseError as e:  # e.g. domain prediction on a pool without experts: recorded, not fatal
+        return UnitResult({"error": str(e)}, images={}, seconds={"score": 0.0})
+    rec = run.to_json()
+    return UnitResult({"ranking": rec["ranking"], "picks": rec["picks"], "members_embedded": rec["members_embedded"],
+                       "select_seconds": rec["seconds"]}, images={"needed": rec["images_needed"]},
+                      seconds={"score": run.selection.seconds.get("score", 0.0)})
+
+
+def _protocol_unit(library: Library, name: str, task: Task, finetune: TrainConfig, sweep: SweepConfig,
+                   store: RecordStore, seed: int, device: torch.device, progress: bool) -> UnitResult:
+    res = transfer_protocol(name, lambda: library.load(name), library.member_hash(name), task, finetune, sweep, store,
+                            seed, device, progress)
+    return UnitResult(res.to_json(), images={k: int(v) for k, v in res.phase_images.items()},
+                      seconds=dict(res.phase_seconds))
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def expected_best(accs: Sequence[float], budget: int) -> float:
+    """E[max accuracy of a uniformly random ``budget``-subset]: with accuracies sorted ascending,
+    the i-th (1-based) is the maximum of C(i-1, B-1) of the C(K, B) subsets."""
+    a = np.sort(np.asarray(accs, dtype=np.float64))
+    k = len(a)
+    weights = np.array([math.comb(i - 1, budget - 1) for i in range(1, k + 1)], dtype=np.float64) / math.comb(k, budget)
+    return float((weights * a).sum())
+
+
+def _random_hit(accs: Sequence[float], budget: int) -> float:
+    """P(a random ``budget``-subset contains a best member)."""
+    a = np.asarray(accs, dtype=np.float64)
+    m = int((a >= a.max() - 1e-12).sum())
+    return 1.0 - math.comb(len(a) - m, budget) / math.comb(len(a), budget)
+
+
+@dataclass
+class _Data:
+    groups: dict[str, str]
+    acc: dict[str, dict[str, float]]                 # task -> member -> protocol test accuracy
+    protocol_cost: dict[str, dict[str, dict]]        # task -> member -> {"seconds", "images", "retrain_seconds", ...}
+    embed_cost: dict[str, dict[str, tuple[float, int]]]  # task -> member -> (seconds, images)
+    selections: dict[tuple[str, str, str], dict]     # (pool, strategy, task) -> metrics
+    kinds: dict[tuple[str, str], str]                # (pool, strategy) -> strategy kind
+    pools: list[str]
+    strategies: list[str]
+
+
+def _load(store: RecordStore) -> _Data:
+    d = _Data({}, {}, {}, {}, {}, {}, [], [])
+    for rec in store.all("protocol"):
+        c, m = rec["config"], rec["metrics"]
+        d.groups[c["task"]] = c["group"]
+        d.acc.setdefault(c["task"], {})[c["member"]] = float(m["test_accuracy"])
+        retrains = max(1, len(m.get("test_accuracies", [])) or 1)
+        d.protocol_cost.setdefault(c["task"], {})[c["member"]] = {
+            "seconds": float(m["seconds"]), "images": int(m["images"]),
+            "finetune_seconds": float(m["phase_seconds"].get("retrain", 0.0)) / retrains,
+            "finetune_images": int(m["phase_images"].get("retrain", 0)) // retrains,
+        }
+    for rec in store.all("embed"):
+        c = rec["config"]
+        d.embed_cost.setdefault(c["task"], {})[c["member"]] = (float(sum(rec["seconds"].values())),
+                                                               int(sum(rec["images"].values())))
+    pool_order: dict[str, int] = {}
+    strategy_order: dict[str, int] = {}
+    for rec in store.all("selection"):
+        c = rec["config"]
+        d.selections[(c["pool"], c["strategy"], c["task"])] = {**rec["metrics"], "members": list(c["members"]),
+                                                               "score_seconds": rec["seconds"].get("score", 0.0)}
+        d.kinds[(c["pool"], c["strategy"])] = c["kind"]
+        pool_order.setdefault(c["pool"], c["order"][0])
+        strategy_order.setdefault(c["strategy"], c["order"][1])
+    d.pools = sorted(pool_order, key=pool_order.__getitem__)
+    d.strategies = sorted(strategy_order, key=strategy_order.__getitem__)
+    if not d.acc:
+        raise DataError(f"no finished protocol units in {store.root}; run 'expertise bench' first")
+    return d
+
+
+def _values(d: _Data, pool: str, strategy: str, task: str, budgets: Sequence[int]) -> tuple[list[float], list[float]] | None:
+    """(value, zero-regret probability) per budget for one strategy on one task, or None when the
+    strategy did not rank this pool (an error) or a member lacks a protocol result."""
+    sel = d.selections.get((pool, strategy, task))
+    if sel is None or "error" in sel:
+        return None
+    members = sel["members"]
+    accs = d.acc.get(task, {})
+    if any(m not in accs for m in members):
+        return None
+    pool_accs = [accs[m] for m in members]
+    best = max(pool_accs)
+    if d.kinds[(pool, strategy)] == "random":
+        return ([expected_best(pool_accs, b) for b in budgets], [_random_hit(pool_accs, b) for b in budgets])
+    order = [n for n, _ in sel["ranking"]]
+    curve = metrics.budget_curve(order, accs, budgets)
+    return [float(v) for v in curve], [float(v >= best - 1e-12) for v in curve]
+
+
+def write_report(out: Path, n_resamples: int = 10_000, seed: int = 0) -> Path:
+    """``summary.md``, PNG plots and ``records.jsonl`` in ``out``, from its records alone."""
+    out = Path(out)
+    store = RecordStore(out)
+    d = _load(store)
+    tasks = [t for t in d.acc]
+    lines = ["# Benchmark", "", f"{len(tasks)} tasks ({', '.join(tasks)}); strategies scored by the transfer-protocol "
+             "test accuracy of their pick (the best of their first B picks), against the oracle that fine-tunes "
+             "every pool member. Group means with 95% percentile-bootstrap intervals over tasks, in percent. "
+             "The random row is the exact expectation over random picks.", ""]
+    main_pool = d.pools[0] if d.pools else "all"
+
+    # Table 1: strategies x groups at B=1 on the main pool, plus the oracle.
+    rows: dict[str, dict] = {}
+    for strategy in d.strategies:
+        per_task = {}
+        for t in tasks:
+            v = _values(d, main_pool, strategy, t, [1])
+            if v is not None:
+                per_task[t] = v[0][0]
+        if per_task:
+            rows[strategy] = metrics.group_means(per_task, d.groups, n_resamples, seed=seed)
+    pool_names = next((s["members"] for (p, _, _), s in d.selections.items() if p == main_pool), list(d.acc[tasks[0]]))
+    oracle = {t: max(d.acc[t][m] for m in pool_names if m in d.acc[t]) for t in tasks}
+    rows["oracle (fine-tune every member)"] = metrics.group_means(oracle, d.groups, n_resamples, seed=seed)
+    lines += [f"## Table 1 layout: fine-tuned test accuracy of each strategy's pick (pool `{main_pool}`, budget 1)", "",
+              tables.group_table(rows), ""]
+    plots.plot_group_means(rows, out / "strategies.png", title=f"Test accuracy of each strategy's pick (pool {main_pool}, B=1)")
+
+    # Table 2: kNN selection within each kind of pool.
+    t2 = {}
+    for spec, label in TABLE2_POOLS.items():
+        per_task = {}
+        for t in tasks:
+            v = _values(d, spec, "knn_loo", t, [1])
+            if v is not None:
+                per_task[t] = v[0][0]
+        if per_task:
+            t2[label] = metrics.group_means(per_task, d.groups, n_resamples, seed=seed)
+    if t2:
+        lines += ["## Table 2 layout: kNN selection within each pool", "", tables.group_table(t2, first="pool"), ""]
+
+    # Regret per pool and budget, zero-regret fractions (Figure 7), per-task regret bars.
+    regrets: dict[str, dict[str, dict[int, Any]]] = {}
+    zero_panels: dict[str, dict[str, list[float]]] = {}
+    per_task_bars: dict[str, dict[str, float]] = {}
+    max_k = 1
+    for pool in d.pools:
+        members = next(s["members"] for (p, _, _), s in d.selections.items() if p == pool)
+        k = len(members)
+        if k < 2:
+            continue
+        max_k = max(max_k, k)
+        budgets = list(range(1, k + 1))
+        for strategy in d.strategies:
+            rel, hits, ok = {b: [] for b in budgets}, np.zeros(k), 0
+            for t in tasks:
+                v = _values(d, pool, strategy, t, budgets)
+                if v is None:
+                    continue
+                vals, hit = v
+                best = max(d.acc[t][m] for m in members)
+                for b, val in zip(budgets, vals):
+                    rel[b].append(float(metrics.relative_regret(val, best)))
+                hits += np.asarray(hit)
+                ok += 1
+                if pool == main_pool:
+                    per_task_bars.setdefault(strategy, {})[t] = float(metrics.relative_regret(vals[0], best))
+            if ok:
+                shown = [b for b in budgets if b <= 4 or b == k]
+                regrets.setdefault(pool, {})[strategy] = {b: float(np.mean(rel[b])) for b in shown}
+                zero_panels.setdefault(pool, {})[strategy] = list(hits / ok)
+    if regrets:
+        lines += ["## Regret per pool and budget", "",
+                  tables.regret_table(regrets, what="Mean relative regret over tasks, in percent of the error the "
+                                      "oracle leaves (paper 002, eq. 2); B = members fine-tuned"), ""]
+        for pool, curves in zero_panels.items():
+            k = len(next(iter(curves.values())))
+            curves = {s: c for s, c in curves.items()}
+            plots.plot_zero_regret({pool: curves}, list(range(1, k + 1)), out / f"zero_regret.{_slug(pool)}.png",
+                                   title=f"Tasks where the best member is among the picks (pool {pool})")
+        lines += ["Plots: " + ", ".join(f"`zero_regret.{_slug(p)}.png`" for p in zero_panels) +
+                  " (fraction of tasks with zero regret against the budget, paper 002 Figure 7), "
+                  "`task_regret.png` (relative regret per task at B=1), `strategies.png` (Table 1 as bars).", ""]
+    if per_task_bars:
+        plots.plot_task_regret(per_task_bars, out / "task_regret.png", groups=d.groups,
+                               title=f"Relative regret per task at B=1 (pool {main_pool})")
+
+    # Per-task accuracies of every member (the oracle table).
+    members = sorted({m for t in tasks for m in d.acc[t]}, key=lambda m: list(d.acc[tasks[0]]).index(m)
+                     if m in d.acc[tasks[0]] else 1_000)
+    lines += ["## Protocol test accuracy of every member (the oracle's fine-tunes)", "",
+              tables.markdown_table(["task", "group", *[m.split(".", 1)[-1] for m in members]],
+                                    [[t, d.groups[t], *[_pct(d.acc[t].get(m)) for m in members]] for t in tasks]), ""]
+
+    # Compute: per strategy, mean over tasks.
+    cost_rows = {}
+    for strategy in d.strategies:
+        sel_s, sel_i, ft_s, ft_i, or_s, or_i, n = 0.0, 0, 0.0, 0, 0.0, 0, 0
+        for t in tasks:
+            sel = d.selections.get((main_pool, strategy, t))
+            if sel is None or "error" in sel or t not in d.protocol_cost:
+                continue
+            emb = d.embed_cost.get(t, {})
+            sel_s += sel["score_seconds"] + sum(emb.get(m, (0.0, 0))[0] for m in sel.get("members_embedded", []))
+            sel_i += sum(emb.get(m, (0.0, 0))[1] for m in sel.get("members_embedded", []))
+            costs = [d.protocol_cost[t][m] for m in sel["members"] if m in d.protocol_cost[t]]
+            ft_s += float(np.mean([c["finetune_seconds"] for c in costs]))
+            ft_i += int(np.mean([c["finetune_images"] for c in costs]))
+            or_s += sum(c["seconds"] for c in costs)
+            or_i += sum(c["images"] for c in costs)
+            n += 1
+        if n:
+            cost_rows[strategy] = tables.Cost(sel_s / n, sel_i // n, ft_s / n, ft_i // n, or_s / n, or_i // n)
+    if cost_rows:
+        lines += ["## Compute per task (mean over tasks)", "",
+                  "Selection = embedding the members the strategy reads (cold, measured once per member and task) plus "
+                  "scoring; one fine-tune = one retrain on the 1,000 images; oracle = the whole transfer protocol for "
+                  "every pool member.", "", tables.cost_table(cost_rows), ""]
+    path = out / SUMMARY
+    atomic_write_text(path, "\n".join(lines))
+    store.export_jsonl(out / "records.jsonl")
+    return path
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s)
+
+
+def group_of(task: Task) -> str:
+    if task.group not in GROUPS:
+        raise DataError(f"task {task.name!r} has group {task.group!r}; expected one of {GROUPS}")
+    return task.group
+
+
+def suite_tasks(spec: str, world, resolution: int, seed: int = 0) -> list[Task]:
+    """The tasks of a suite: ``builtin`` (every world task and scikit-learn's digits), a group name
+    (``natural``, ``specialized``, ``structured``: the built-in tasks of that group), or a
+    comma-separated list of task specs (built-in names, ``sklearn_digits``, ImageFolder paths)."""
+    from expertise.data.loaders import load_task
+
+    builtin = [*(world.task_names if world is not None else ()), "sklearn_digits"]
+    if spec == "builtin":
+        names = builtin
+    elif spec in GROUPS:
+        tasks = [load_task(n, resolution=resolution, seed=seed, world=world) for n in builtin]
+        chosen = [t for t in tasks if t.group == spec]
+        if not chosen:
+            raise ConfigError(f"suite {spec!r}: no built-in task of that group; is the library built on the embedded world?")
+        return chosen
+    else:
+        names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ConfigError(f"suite {spec!r} names no task; use builtin, natural, specialized, structured or TASK,TASK,...")
+    return [load_task(n, resolution=resolution, seed=seed, world=world) for n in names]

@@ -1,0 +1,122 @@
+"""The benchmark run on a tiny library: every strategy and pool scored against the oracle, the
+report regenerated from records alone, and a rerun that repeats no unit."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from expertise.bench.protocol import SweepConfig
+from expertise.bench.runner import StrategySpec, expected_best, parse_strategies, run_bench, write_report
+from expertise.bench.store import RecordStore
+from expertise.cli import app
+from expertise.config import get_preset
+from expertise.errors import ConfigError
+from expertise.pipeline import build_library
+from expertise.train import TrainConfig
+
+PRESET = get_preset("tiny", {"baseline.steps": "30", "expert.steps": "5", "epn.steps": "10", "num_experts": "2"})
+FT = TrainConfig(steps=3, batch_size=16, lr=0.01, warmup_steps=1)
+STRATEGIES = (StrategySpec("knn_loo", "proxy", "knn_loo"), StrategySpec("domain_prediction", "domain_prediction"),
+              StrategySpec("task_agnostic", "task_agnostic"), StrategySpec("random", "random"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("bench")
+    lib, world, names = build_library(PRESET, root / "lib", torch.device("cpu"), progress=False, log=lambda *a: None)
+    tasks = [world.task("count"), world.task("glyph_digits")]
+    summary = run_bench(lib, tasks, root / "out", FT, SweepConfig(lr_factors=(1.0,)), STRATEGIES,
+                        ("all", "experts", "baseline"), progress=False, log=lambda *a: None)
+    return lib, tasks, root / "out", summary
+
+
+def test_expected_best_is_the_mean_max_over_subsets():
+    accs = [0.2, 0.5, 0.9, 0.4]
+    from itertools import combinations
+
+    for b in range(1, 5):
+        brute = np.mean([max(c) for c in combinations(accs, b)])
+        assert expected_best(accs, b) == pytest.approx(brute)
+
+
+def test_summary_has_the_tables_and_plots(bench):
+    lib, tasks, out, summary = bench
+    text = summary.read_text()
+    for heading in ("Table 1 layout", "Table 2 layout", "Regret per pool and budget", "Compute per task",
+                    "oracle (fine-tune every member)"):
+        assert heading in text
+    for row in ("knn_loo", "domain_prediction", "task_agnostic", "random"):
+        assert f"| {row} |" in text
+    for png in ("strategies.png", "task_regret.png", "zero_regret.all.png"):
+        assert (out / png).stat().st_size > 0
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert {json.loads(x)["kind"] for x in lines} >= {"embed", "selection", "protocol", "transfer_retrain"}
+
+
+def test_no_strategy_beats_the_oracle(bench):
+    lib, tasks, out, _ = bench
+    store = RecordStore(out)
+    acc = {}
+    for rec in store.all("protocol"):
+        acc.setdefault(rec["config"]["task"], {})[rec["config"]["member"]] = rec["metrics"]["test_accuracy"]
+    for rec in store.all("selection"):
+        c, m = rec["config"], rec["metrics"]
+        if "error" in m:
+            assert c["strategy"] == "domain_prediction" and c["pool"] == "baseline"
+            continue
+        pick = m["picks"][0]
+        assert pick in c["members"]
+        assert acc[c["task"]][pick] <= max(acc[c["task"]][n] for n in c["members"])
+
+
+def test_rerun_repeats_nothing_and_report_comes_from_records(bench):
+    lib, tasks, out, summary = bench
+    store = RecordStore(out)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
+    first = summary.read_text()
+    run_bench(lib, tasks, out, FT, SweepConfig(lr_factors=(1.0,)), STRATEGIES, ("all", "experts", "baseline"),
+              progress=False, log=lambda *a: None)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()} == before
+    assert summary.read_text() == first
+    import shutil
+
+    shutil.rmtree(out / "cache")
+    assert write_report(out).read_text() == first  # records alone
+    assert len(store.all("protocol")) == 2 * 3  # two tasks x (B + two experts)
+
+
+def test_cli_bench_report_and_bad_strategy(bench, tmp_path):
+    lib, tasks, out, summary = bench
+    result = CliRunner().invoke(app, ["bench", "report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Table 1 layout" in result.output
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        parse_strategies(["oracle"])
+    assert parse_strategies(["proxy:logme"])[0].proxy == "logme"
+    empty = CliRunner().invoke(app, ["bench", "report", str(tmp_path)])
+    assert empty.exit_code == 2 and "no finished protocol units" in empty.output
+
+
+def test_cli_dat_reports_accuracy_and_cost_beside_knn(bench, tmp_path):
+    lib, *_ = bench
+    result = CliRunner().invoke(app, [
+        "dat", "--library", str(lib.path), "--task", "count", "--init", "baseline", "--size", "200", "--out",
+        str(tmp_path), "--preset", "tiny", "--set", "expert.steps=2", "--set", "expert.warmup_steps=1", "--set", "finetune.steps=2",
+        "--set", "finetune.warmup_steps=1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "DAT on count: test accuracy" in result.output and "kNN selection of 3 members" in result.output
+    record = json.loads(next(tmp_path.glob("dat.count.*.json")).read_text())
+    assert record["kind"] == "dat" and record["config"]["knn_selection"]["images"] == 3 * 1000
+    bad = CliRunner().invoke(app, ["dat", "--library", str(lib.path), "--task", "count", "--upstream", "/data/x"])
+    assert bad.exit_code == 2 and "--upstream world" in bad.output
