@@ -8,6 +8,8 @@ Layout::
       members/<name>/config.json   member_config(): rebuilds the module with model_from_config
       members/<name>/model.safetensors
       members/<name>/label_prior.safetensors   optional: "prior", float64 [num_label_nodes]
+      adapters/<bank>.safetensors  the adapters of every adapter expert of one bank (all in one file)
+      adapters/<bank>.json         the bank's structure: experts, reduction, parent backbone
       .lock                        present while a writer holds the library; holds the writer's pid
 
 Weights are safetensors and everything else is JSON: nothing is ever unpickled. Every file is
@@ -15,6 +17,15 @@ written under a temporary name and renamed into place; a member is assembled in 
 folder and swapped in whole, and the manifest (written last) is the commit point, so an error or a
 crash never leaves a half-written member that the manifest names. The sha256 of every member file
 is kept in the manifest and checked by :meth:`Library.load` and :meth:`Library.verify`.
+
+Adapter experts (paper 000, section 4.1) share one backbone, so they are stored without copying it:
+:meth:`Library.add_adapter_bank` writes every expert's adapters once, to ``adapters/<bank>.safetensors``,
+and each expert becomes a manifest entry of kind ``adapter_expert`` whose ``parent`` names the stored
+backbone member (an ExpertModel, usually the baseline) and whose folder holds only its config.json and
+label prior. Its ``files`` also list the bank files by their library-relative path (``adapters/...``)
+with their sha256, so the usual checks cover them; ``extra`` holds the bank, the expert's node and the
+parent's hash when the adapters were trained. :meth:`Library.load` assembles the expert from the
+parent's weights and its slice of the bank.
 """
 
 from __future__ import annotations
@@ -29,25 +40,29 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from expertise.data.hierarchy import Hierarchy
 from expertise.errors import ExpertiseError, LibraryError
 from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
-from expertise.models.backbones import count_parameters, model_from_config
+from expertise.models.adapters import AdapterBank, expert_key
+from expertise.models.backbones import ExpertModel, count_parameters, model_from_config
 
 FORMAT = 1
 MANIFEST, HIERARCHY, LOCK, MEMBERS = "library.json", "hierarchy.json", ".lock", "members"
 CONFIG, WEIGHTS, PRIOR = "config.json", "model.safetensors", "label_prior.safetensors"
 KINDS = ("baseline", "full_expert", "adapter_expert", "epn", "external")
+ADAPTERS = "adapters"  # folder of adapter banks
+# A library-relative bank file named in a member's ``files``: adapters/<bank>.safetensors or .json.
+_BANK_FILE = re.compile(r"^adapters/([A-Za-z0-9_-][A-Za-z0-9._-]{0,127})\.(safetensors|json)$")
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 # Hidden folders under members/ used while a write is in flight; a crash can leave them behind.
 _STAGING, _RETIRED = ".staging-", ".retired-"
@@ -157,6 +172,23 @@ def _shareless_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
 
 
+def _bank_of(info: MemberInfo) -> str | None:
+    """The bank file (``adapters/<bank>.safetensors``) an adapter expert lives in; None for a
+    member stored whole in its own folder."""
+    bank = info.extra.get("bank")
+    return bank if isinstance(bank, str) else None
+
+
+def _bank_config_path(bank: str) -> str:
+    """``adapters/<bank>.safetensors`` -> ``adapters/<bank>.json``."""
+    return bank.removesuffix(".safetensors") + ".json"
+
+
+def _files_digest(files: dict[str, str], extra: str = "") -> str:
+    h = hashlib.sha256(("".join(f"{k}:{v}\n" for k, v in sorted(files.items())) + extra).encode())
+    return h.hexdigest()[:16]
+
+
 class Library:
     """A folder of pool members with a manifest; see the module docstring for the layout."""
 
@@ -262,24 +294,70 @@ class Library:
 
     def member_hash(self, name: str) -> str:
         """16 hex digits over the member's file hashes: a cache key that changes whenever a file does
-        (and is the same for two members with identical files)."""
-        files = self.info(name).files
-        h = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(files.items())).encode())
-        return h.hexdigest()[:16]
+        (and is the same for two members with identical files).
+
+        Adapter experts of one bank list the same bank files, so their hash also covers the member's
+        name, its node and its parent's file hashes: distinct experts never share cache entries, and
+        retraining the bank or replacing the backbone invalidates them."""
+        info = self.info(name)
+        if _bank_of(info) is None:
+            return _files_digest(info.files)
+        parent = self._members.get(info.parent) if info.parent is not None else None
+        parent_digest = _files_digest(parent.files) if parent is not None else "missing"
+        return _files_digest(info.files, f"member:{name}\nnode:{info.extra.get('node')}\nparent:{info.parent}:{parent_digest}\n")
+
+    def _file_path(self, name: str, fname: str) -> Path | None:
+        """Where a file listed in a member's manifest entry lives: its own folder for a plain name, the
+        library root for a bank file (``adapters/...``); None for anything else (a hand-edited
+        manifest must not point outside the library)."""
+        if _BANK_FILE.match(fname):
+            return self.path / fname
+        if not fname or "/" in fname or "\\" in fname or fname in (".", ".."):
+            return None
+        return self.member_dir(name) / fname
 
     def _file_problems(self, name: str) -> list[str]:
         """Missing files and hash mismatches for one member."""
         info, folder = self.info(name), self.member_dir(name)
         if not folder.is_dir():
             return [f"member {name!r}: folder {folder} is missing"]
-        problems = [f"member {name!r}: manifest lists no {f}" for f in (CONFIG, WEIGHTS) if f not in info.files]
+        bank = _bank_of(info)
+        required = (CONFIG, WEIGHTS) if bank is None else (CONFIG, bank, _bank_config_path(bank))
+        problems = [f"member {name!r}: manifest lists no {f}" for f in required if f not in info.files]
         for fname, digest in info.files.items():
-            f = folder / fname
-            if not f.is_file():
+            f = self._file_path(name, fname)
+            if f is None:
+                problems.append(f"member {name!r}: manifest lists a file {fname!r} outside the library; restore library.json")
+            elif not f.is_file():
                 problems.append(f"member {name!r}: file {f} is missing")
             elif sha256_file(f) != digest:
                 problems.append(f"member {name!r}: {f} was modified since it was written (sha256 mismatch)")
+        if bank is not None:
+            problems += self._bank_member_problems(name, info, bank)
         return problems
+
+    def _bank_member_problems(self, name: str, info: MemberInfo, bank: str) -> list[str]:
+        """An adapter expert also needs its bank path to be well-formed and its parent backbone to be
+        the one its adapters were trained on."""
+        if not bank.endswith(".safetensors") or not _BANK_FILE.match(bank):
+            return [f"member {name!r}: bank {bank!r} is not adapters/<bank>.safetensors; restore library.json"]
+        if not isinstance(info.extra.get("node"), str):
+            return [f"member {name!r}: its manifest entry names no bank node (extra.node); restore library.json"]
+        parent = self._members.get(info.parent) if info.parent is not None else None
+        if parent is None:
+            return [f"member {name!r}: its backbone member {info.parent!r} is not in the library; restore it or "
+                    "re-create the adapter experts"]
+        if _bank_of(parent) is not None:
+            return [f"member {name!r}: its backbone {info.parent!r} is itself an adapter expert; restore library.json"]
+        if _files_digest(parent.files) != info.extra.get("parent_hash"):
+            return [f"member {name!r}: its backbone {info.parent!r} changed since the adapters were trained; "
+                    f"re-train the adapter experts on it or restore the old {info.parent!r}"]
+        return []
+
+    def problems(self, name: str) -> list[str]:
+        """What is wrong with one member's files (missing, modified, or for an adapter expert a
+        backbone that changed since its adapters were trained); [] when it is intact."""
+        return self._file_problems(name)
 
     def _check_member(self, name: str) -> None:
         problems = self._file_problems(name)
@@ -289,7 +367,7 @@ class Library:
     def load(self, name: str, verify: bool = True) -> nn.Module:
         """The member rebuilt from config.json with its weights loaded strictly, in eval mode.
         ``verify`` first checks the sha256 of each of the member's files."""
-        self.info(name)  # unknown names fail here, with a did-you-mean
+        info = self.info(name)  # unknown names fail here, with a did-you-mean
         if verify:
             self._check_member(name)
         folder = self.member_dir(name)
@@ -298,7 +376,11 @@ class Library:
             model = model_from_config(cfg)
         except (ExpertiseError, KeyError, TypeError, ValueError) as e:
             raise LibraryError(f"member {name!r}: {folder / CONFIG} does not rebuild a model ({e}); re-create the member") from None
-        state = self._load_tensors(folder / WEIGHTS, name)
+        bank = _bank_of(info)
+        if bank is None:
+            state = self._load_tensors(folder / WEIGHTS, name)
+        else:
+            state = self._adapter_expert_state(name, info, bank, verify)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -306,6 +388,51 @@ class Library:
             raise LibraryError(
                 f"member {name!r}: weights do not match its config ({' '.join(first[:3])}); re-create the member"
             ) from None
+        return model.eval()
+
+    def _adapter_expert_state(self, name: str, info: MemberInfo, bank: str, verify: bool) -> dict[str, torch.Tensor]:
+        """The parent's weights (backbone and head) plus this expert's adapters from the bank, named
+        as :class:`AdapterExpert` names them."""
+        parent = info.parent
+        if parent is None or parent not in self._members:
+            raise LibraryError(f"member {name!r}: its backbone member {parent!r} is not in the library; restore it or re-create the adapter experts")
+        if verify:
+            self._check_member(parent)
+        state = self._load_tensors(self.member_dir(parent) / WEIGHTS, parent)
+        prefix = f"{expert_key(str(info.extra.get('node')))}."
+        adapters = self._load_tensors(self.path / bank, name, prefix)
+        if not adapters:
+            raise LibraryError(f"member {name!r}: {self.path / bank} holds no adapters for node {info.extra.get('node')!r}; re-create the adapter experts")
+        state.update({f"adapters.{k[len(prefix):]}": v for k, v in adapters.items()})
+        return state
+
+    def load_adapter_bank(self, bank: str = "bank", verify: bool = True) -> AdapterBank:
+        """The whole bank as one :class:`AdapterBank`: its parent backbone (with upstream head) and the
+        adapters of every adapter expert the manifest still names in it, keyed by node, in manifest
+        order. Embedding many experts through it computes the shared stem once."""
+        path = f"{ADAPTERS}/{bank}.safetensors"
+        members = [m for m in self._members.values() if _bank_of(m) == path]
+        if not members:
+            raise LibraryError(f"the library at {self.path} has no adapter experts in bank {bank!r}; build them first (expertise.adapters.build_adapter_experts)")
+        parents = {m.parent for m in members}
+        if len(parents) != 1:
+            raise LibraryError(f"bank {bank!r}: its experts name different backbones {sorted(map(str, parents))}; restore library.json")
+        if verify:
+            for m in members:
+                self._check_member(m.name)
+        parent = self.load(str(members[0].parent), verify=verify)
+        if not isinstance(parent, ExpertModel):
+            raise LibraryError(f"bank {bank!r}: its backbone {members[0].parent!r} is not an ExpertModel; re-create the adapter experts")
+        cfg = self._read_json(self.path / _bank_config_path(path))
+        nodes = [str(m.extra.get("node")) for m in members]
+        model = AdapterBank(parent, nodes, int(cfg.get("reduction", 2)))
+        keys = {f"{expert_key(n)}." for n in nodes}
+        state = {k: v for k, v in self._load_tensors(self.path / path, bank).items() if k[:k.find(".") + 1] in keys}
+        try:
+            model.adapters.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise LibraryError(f"bank {bank!r}: adapters do not match its config ({' '.join(first[:3])}); re-create the adapter experts") from None
         return model.eval()
 
     def label_prior(self, name: str) -> torch.Tensor | None:
@@ -334,8 +461,25 @@ class Library:
         return cfg
 
     @staticmethod
-    def _load_tensors(f: Path, name: str) -> dict[str, torch.Tensor]:
+    def _read_json(f: Path) -> dict[str, Any]:
         try:
+            data = json.loads(f.read_text())
+        except FileNotFoundError:
+            raise LibraryError(f"{f} is missing; re-create the adapter experts or restore it") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LibraryError(f"{f} cannot be read ({e}); re-create the adapter experts or restore it") from None
+        if not isinstance(data, dict):
+            raise LibraryError(f"{f} is not a JSON object; re-create the adapter experts or restore it")
+        return data
+
+    @staticmethod
+    def _load_tensors(f: Path, name: str, prefix: str | None = None) -> dict[str, torch.Tensor]:
+        """Every tensor of a safetensors file, or (``prefix``) only those whose name starts with it,
+        read without touching the rest: one expert's slice of a bank."""
+        try:
+            if prefix is not None:
+                with safe_open(str(f), framework="pt") as fh:
+                    return {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}
             return load_file(str(f))
         except FileNotFoundError:
             raise LibraryError(f"member {name!r}: {f} is missing; re-create the member or restore it") from None
@@ -373,7 +517,18 @@ class Library:
                     problems.append(f"{d} is left over from an interrupted write (or one in progress); delete it when no writer holds the library")
                 elif d.name not in self._members:
                     problems.append(f"{d} is not a member named in {MANIFEST}; delete it or re-add the member")
+        adapters_dir = self.path / ADAPTERS
+        if adapters_dir.is_dir():
+            referenced = self._referenced_bank_files()
+            for f in sorted(adapters_dir.iterdir()):
+                if f.name.startswith((_STAGING, _RETIRED)):
+                    problems.append(f"{f} is left over from an interrupted write (or one in progress); delete it when no writer holds the library")
+                elif f"{ADAPTERS}/{f.name}" not in referenced and not f.name.startswith("."):
+                    problems.append(f"{f} is not part of any adapter expert in {MANIFEST}; delete it or re-add the adapter experts")
         return problems
+
+    def _referenced_bank_files(self) -> set[str]:
+        return {f for m in self._members.values() for f in m.files if _BANK_FILE.match(f)}
 
     # -- writing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -422,11 +577,22 @@ class Library:
 
     def _clean_leftovers(self) -> None:
         """Staging folders of writers that died mid-write (only ever called while holding the lock)."""
-        members_dir = self.path / MEMBERS
-        if members_dir.is_dir():
-            for d in members_dir.iterdir():
-                if d.name.startswith((_STAGING, _RETIRED)):
-                    shutil.rmtree(d, ignore_errors=True)
+        for folder in (self.path / MEMBERS, self.path / ADAPTERS):
+            if folder.is_dir():
+                for d in folder.iterdir():
+                    if d.name.startswith((_STAGING, _RETIRED)):
+                        shutil.rmtree(d, ignore_errors=True)
+
+    def _prune_banks(self) -> None:
+        """Delete bank files no manifest entry names any more (after the manifest commit, under the
+        lock): the last adapter expert of a bank takes the bank with it."""
+        adapters_dir = self.path / ADAPTERS
+        if not adapters_dir.is_dir():
+            return
+        referenced = self._referenced_bank_files()
+        for f in adapters_dir.iterdir():
+            if f.is_file() and _BANK_FILE.match(f"{ADAPTERS}/{f.name}") and f"{ADAPTERS}/{f.name}" not in referenced:
+                f.unlink(missing_ok=True)
 
     def _write_manifest(self, members: dict[str, MemberInfo] | None = None) -> None:
         members = self._members if members is None else members
@@ -443,6 +609,8 @@ class Library:
         committed by an atomic rewrite of the manifest; on any error the library is left as it was.
         """
         name = _check_name(info.name)
+        if _bank_of(info) is not None:  # e.g. info copied from a bank's expert: this member is stored whole
+            info = replace(info, extra={k: v for k, v in info.extra.items() if k not in ("bank", "bank_config", "parent_hash")})
         info = self._complete_info(info, model)
         # Everything that can fail on the model's side happens before the disk is touched.
         config = model.member_config()  # type: ignore[operator]
@@ -466,7 +634,139 @@ class Library:
                 self._commit(name, info, staging)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful commit
+            self._prune_banks()  # the member replaced may have been a bank's last adapter expert
         return info
+
+    def add_adapter_bank(self, bank: AdapterBank, parent: str, members: Mapping[str, MemberInfo],
+                         label_priors: Mapping[str, torch.Tensor] | None = None, bank_name: str = "bank",
+                         overwrite: bool = False) -> list[MemberInfo]:
+        """Store a trained :class:`AdapterBank` once, as ``adapters/<bank_name>.safetensors`` and
+        ``.json``, and one ``adapter_expert`` member per entry of ``members`` (bank expert -> its
+        MemberInfo; its ``parent`` is set to ``parent``). Returns the stored MemberInfos.
+
+        ``parent`` must be a stored ExpertModel whose weights are exactly ``bank.base``'s: the bank
+        is stored beside it and refers to it, never copying it. With ``overwrite`` an existing bank
+        of that name is replaced together with all its members. Like :meth:`add`, the new files are
+        staged and swapped in, and the manifest rewrite commits; on error nothing changes.
+        """
+        _check_name(bank_name)
+        if not members:
+            raise LibraryError("add_adapter_bank needs at least one member; pass {expert: MemberInfo}")
+        unknown = [e for e in members if e not in bank.experts]
+        if unknown:
+            raise LibraryError(f"adapter experts {unknown} are not in the bank, which holds {bank.experts}")
+        bank_path = f"{ADAPTERS}/{bank_name}.safetensors"
+        config_path = _bank_config_path(bank_path)
+        priors = dict(label_priors or {})
+        adapter_state = {k: v.detach().to("cpu").clone().contiguous() for k, v in bank.adapter_state_dict().items()}
+        bank_state = {k: v.detach().to("cpu") for k, v in bank.base.state_dict().items()}
+        prepared: dict[str, tuple[MemberInfo, dict[str, Any], torch.Tensor | None]] = {}
+        for expert, info in members.items():
+            name = _check_name(info.name)
+            if info.kind != "adapter_expert":
+                raise LibraryError(f"member {name!r}: an expert of an adapter bank has kind 'adapter_expert', got {info.kind!r}")
+            if info.parent not in (None, parent):
+                raise LibraryError(f"member {name!r}: its parent is the bank's backbone {parent!r}, not {info.parent!r}")
+            model = bank.expert(expert)
+            config = model.member_config()
+            shapes = {**bank_state, **{f"adapters.{k}": v for k, v in model.adapters.state_dict().items()}}
+            self._check_config_matches(name, config, shapes)
+            info = replace(self._complete_info(info, model), parent=parent, extra={**info.extra, "node": expert})
+            prepared[name] = (info, config, self._check_prior(name, priors.get(expert)))
+        if len(prepared) != len(members):
+            raise LibraryError(f"adapter experts must have distinct names, got {[i.name for i in members.values()]}")
+        with self._locked():
+            pinfo = self.info(parent)
+            if _bank_of(pinfo) is not None:
+                raise LibraryError(f"the backbone {parent!r} of a bank must be a member stored whole, not an adapter expert")
+            self._check_member(parent)
+            stored = self._load_tensors(self.member_dir(parent) / WEIGHTS, parent)
+            if stored.keys() != bank_state.keys() or any(not torch.equal(stored[k], bank_state[k]) for k in stored):
+                raise LibraryError(
+                    f"the bank's backbone is not the stored {parent!r}: train the bank on library.load({parent!r}) "
+                    "(the backbone and head stay frozen while adapters train)"
+                )
+            old = [n for n, m in self._members.items() if _bank_of(m) == bank_path]
+            if (old or (self.path / bank_path).exists()) and not overwrite:
+                raise LibraryError(f"the library already has an adapter bank {bank_name!r}; pass overwrite=True to replace it and its experts")
+            taken = [n for n in prepared if n in self._members and n not in old]
+            if taken and not overwrite:
+                raise LibraryError(f"the library already has members {taken}; pass overwrite=True to replace them, or pick other names")
+            if parent in prepared:
+                raise LibraryError(f"an adapter expert cannot replace its own backbone {parent!r}; pick another name")
+            parent_hash = _files_digest(pinfo.files)
+            adapters_dir, members_dir = self.path / ADAPTERS, self.path / MEMBERS
+            adapters_dir.mkdir(exist_ok=True)
+            members_dir.mkdir(exist_ok=True)
+            tag = uuid.uuid4().hex[:8]
+            staged_bank = adapters_dir / f"{_STAGING}{bank_name}-{tag}"
+            staged = {n: members_dir / f"{_STAGING}{n}-{tag}" for n in prepared}
+            try:
+                staged_bank.mkdir()
+                atomic_save_safetensors(staged_bank / f"{bank_name}.safetensors", adapter_state,
+                                        metadata={"format": "pt", "bank": bank_name, "parent": parent})
+                atomic_write_json(staged_bank / f"{bank_name}.json",
+                                  {**bank.bank_config(), "parent": parent, "parent_hash": parent_hash})
+                bank_files = {f"{ADAPTERS}/{f.name}": sha256_file(f) for f in sorted(staged_bank.iterdir())}
+                infos: dict[str, MemberInfo] = {}
+                for name, (info, config, prior) in prepared.items():
+                    staged[name].mkdir()
+                    atomic_write_json(staged[name] / CONFIG, config)
+                    if prior is not None:
+                        atomic_save_safetensors(staged[name] / PRIOR, {"prior": prior}, metadata={"member": name})
+                    files = {f.name: sha256_file(f) for f in sorted(staged[name].iterdir())}
+                    extra = {**info.extra, "bank": bank_path, "bank_config": config_path, "parent_hash": parent_hash}
+                    infos[name] = replace(info, files={**files, **bank_files}, extra=extra)
+                manifest: dict[str, MemberInfo] = {}
+                for n, m in self._members.items():
+                    if n in infos:
+                        manifest[n] = infos[n]  # a replaced member keeps its place
+                    elif n not in old:
+                        manifest[n] = m
+                manifest.update({n: i for n, i in infos.items() if n not in manifest})
+                self._commit_bank(staged_bank, adapters_dir, staged, old, manifest)
+            finally:
+                shutil.rmtree(staged_bank, ignore_errors=True)
+                for d in staged.values():
+                    shutil.rmtree(d, ignore_errors=True)
+            self._prune_banks()
+        return [infos[n] for n in prepared]
+
+    def _commit_bank(self, staged_bank: Path, adapters_dir: Path, staged: dict[str, Path], old: list[str],
+                     manifest: dict[str, MemberInfo]) -> None:
+        """Swap a staged bank and its staged member folders into place, retiring what they replace,
+        then rewrite the manifest; on failure every move is undone in reverse order."""
+        tag = uuid.uuid4().hex[:8]
+        moves: list[tuple[Path, Path]] = []
+        retired = [adapters_dir / f"{_RETIRED}bank-{tag}"]
+
+        def move(src: Path, dst: Path) -> None:
+            os.replace(src, dst)
+            moves.append((src, dst))
+
+        try:
+            bank_files = sorted(staged_bank.iterdir())
+            for f in bank_files:
+                if (adapters_dir / f.name).exists():
+                    retired[0].mkdir(exist_ok=True)
+                    move(adapters_dir / f.name, retired[0] / f.name)
+            for n in sorted(set(old) | set(staged)):
+                final = self.path / MEMBERS / n
+                if final.exists():
+                    retired.append(final.with_name(f"{_RETIRED}{n}-{tag}"))
+                    move(final, retired[-1])
+            for f in bank_files:
+                move(f, adapters_dir / f.name)
+            for n, d in staged.items():
+                move(d, self.path / MEMBERS / n)
+            self._write_manifest(manifest)
+        except BaseException:
+            for src, dst in reversed(moves):
+                os.replace(dst, src)
+            raise
+        finally:
+            for d in retired:
+                shutil.rmtree(d, ignore_errors=True)
 
     def _commit(self, name: str, info: MemberInfo, staging: Path) -> None:
         """Swap the staged folder into place and rewrite the manifest; undo the swap on failure."""
@@ -549,12 +849,23 @@ class Library:
         return prior
 
     def remove(self, name: str) -> None:
-        """Drop a member: the manifest first (so it never names a missing folder), then its folder."""
+        """Drop a member: the manifest first (so it never names a missing folder), then its folder.
+
+        Removing an adapter expert leaves its bank to the bank's other experts, and deletes the bank
+        files with the last one. A backbone that adapter experts are built on cannot be removed
+        before them: they hold no copy of its weights."""
         with self._locked():
             self.info(name)
+            dependents = [n for n, m in self._members.items() if n != name and _bank_of(m) is not None and m.parent == name]
+            if dependents:
+                raise LibraryError(
+                    f"member {name!r} is the backbone of adapter experts {dependents}, which hold no copy of its weights; "
+                    "remove them first"
+                )
             self._write_manifest({n: m for n, m in self._members.items() if n != name})
             folder = self.member_dir(name)
             if folder.exists():
                 retired = folder.with_name(f"{_RETIRED}{name}-{uuid.uuid4().hex[:8]}")
                 os.replace(folder, retired)
                 shutil.rmtree(retired, ignore_errors=True)
+            self._prune_banks()
