@@ -101,18 +101,20 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
 @app.command()
 @user_errors
 def experts(library: LibOpt, preset: PresetOpt = "cpu",
-            kind: Annotated[str, typer.Option("--kind", help="Expert kind: full.")] = "full",
+            kind: Annotated[str, typer.Option("--kind", help="Expert kind: full, adapter, or both.")] = "full",
             num_experts: Annotated[Optional[int], typer.Option("--num-experts", "-k", help="Top-K hierarchy nodes by image count.")] = None,
             overrides: SetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
-    """Train full experts (B tuned on the top-K hierarchy nodes' slices); trains B first if missing."""
+    """Train experts for the top-K hierarchy nodes: full (B tuned on each node's slice) or adapter
+    (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing."""
     from expertise.errors import ConfigError
     from expertise.pipeline import build_library
 
-    if kind != "full":
-        raise ConfigError(f"unknown expert kind {kind!r}; this version builds 'full' experts")
+    kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
+    if kind not in kinds:
+        raise ConfigError(f"unknown expert kind {kind!r}; choose full, adapter or both")
     items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
     cfg, dev = _setup(preset, items, device)
-    build_library(cfg, library, dev, not quiet, out.print)
+    build_library(cfg, library, dev, not quiet, out.print, kinds=kinds[kind])
 
 
 @app.command()

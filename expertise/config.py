@@ -28,6 +28,8 @@ class Preset:
     finetune: TrainConfig              # downstream: new zero-init head, whole network tuned
     epn: TrainConfig = TrainConfig(steps=60, batch_size=64, lr=0.1, warmup_steps=5, weight_decay=1e-4)
     epn_backbone: str = ""             # the expert prediction network's shape; "" = the preset's backbone
+    adapter: TrainConfig = TrainConfig(steps=10, batch_size=32, lr=0.05, warmup_steps=2, weight_decay=1e-4)
+    adapter_experts: bool = True       # also build adapter experts for the same K nodes (one bank on B)
     tasks: tuple[str, ...] = ()        # the demo's tasks; empty means every built-in task
     embed_batch: int = 500
     seed: int = 0
@@ -47,6 +49,7 @@ PRESETS: dict[str, Preset] = {
         num_experts=3,
         finetune=TrainConfig(steps=40, batch_size=32, lr=0.01, warmup_steps=5),
         epn=TrainConfig(steps=60, batch_size=64, lr=0.1, warmup_steps=5, weight_decay=1e-4),
+        adapter=TrainConfig(steps=10, batch_size=32, lr=0.05, warmup_steps=2, weight_decay=1e-4),
         tasks=("glyph_digits", "count", "sklearn_digits"),
         embed_batch=256,
     ),
@@ -59,6 +62,7 @@ PRESETS: dict[str, Preset] = {
         num_experts=8,
         finetune=TrainConfig(steps=500, batch_size=64, lr=0.01, warmup_steps=50),
         epn=TrainConfig(steps=1_000, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
+        adapter=TrainConfig(steps=600, batch_size=64, lr=0.05, warmup_steps=50, weight_decay=1e-4),
     ),
     "gpu": Preset(
         name="gpu",
@@ -69,6 +73,7 @@ PRESETS: dict[str, Preset] = {
         num_experts=12,
         finetune=TrainConfig(steps=500, batch_size=128, lr=0.01, warmup_steps=50),
         epn=TrainConfig(steps=3_000, batch_size=256, lr=0.1, warmup_steps=200, weight_decay=1e-4),
+        adapter=TrainConfig(steps=2_000, batch_size=128, lr=0.05, warmup_steps=100, weight_decay=1e-4),
         embed_batch=256,
     ),
 }

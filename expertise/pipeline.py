@@ -19,12 +19,14 @@ from expertise.data.world import World, WorldConfig
 from expertise.errors import LibraryError
 from expertise.io import atomic_write_json
 from expertise.library import Library
-from expertise.records import make_record, write_record
+from expertise.bench.protocol import ProtocolResult, SweepConfig, transfer_protocol
+from expertise.bench.store import RecordStore
+from expertise.adapters import build_adapter_experts
 from expertise.select.epn import build_epn
-from expertise.transfer import FinetuneResult, finetune_and_test
 from expertise.upstream import build_upstream
 
 UPSTREAM_FILE = "upstream.json"
+DEMO_SWEEP = SweepConfig(lr_factors=(1.0,))  # the preset's fine-tune settings, one retrain
 
 
 def config_digest(obj: Any) -> str:
@@ -42,8 +44,11 @@ def world_of_library(library: Library) -> World | None:
 
 
 def build_library(preset: Preset, path: Path, device: torch.device, progress: bool = True, log=print,
-                  upstream_only: bool = False) -> tuple[Library, World, list[str]]:
-    """Create (or resume) a library at ``path``: baseline and full experts on the preset's world."""
+                  upstream_only: bool = False, kinds: tuple[str, ...] | None = None) -> tuple[Library, World, list[str]]:
+    """Create (or resume) a library at ``path`` on the preset's world: baseline B, the EPN, and the
+    experts of ``kinds`` ("full", "adapter"; default: full, plus adapter when the preset builds
+    them) for the top-K nodes. Returns the library, the world and the pool members' names."""
+    kinds = () if upstream_only else (kinds if kinds is not None else ("full", "adapter") if preset.adapter_experts else ("full",))
     world = World(preset.world)
     upstream_cfg = {"world": preset.to_json()["world"], "backbone": preset.backbone,
                     "baseline": preset.baseline.to_json(), "expert": preset.expert.to_json(), "seed": preset.seed}
@@ -64,13 +69,16 @@ def build_library(preset: Preset, path: Path, device: torch.device, progress: bo
     log(f"upstream world: {len(train):,} train / {len(holdout):,} holdout images, "
         f"{len(world.hierarchy.leaves)} leaves, rendered in {time.perf_counter() - t0:.1f}s")
     names = build_upstream(library, train, holdout, preset.backbone, preset.baseline, preset.expert,
-                           0 if upstream_only else preset.num_experts, preset.seed, device, progress, log)
+                           preset.num_experts if "full" in kinds else 0, preset.seed, device, progress, log)
     # The EPN routes to the preset's K expert domains, trained with the upstream stage (so domain
     # prediction works as soon as the experts exist, whichever kind they are).
     nodes = train.hierarchy.choose_expert_domains(train.leaf_counts(), preset.num_experts)
     if nodes:
         build_epn(library, train, holdout, nodes, preset.epn_backbone or preset.backbone, preset.epn, preset.seed,
                   device, progress, log)
+    if nodes and "adapter" in kinds:
+        names += build_adapter_experts(library, train, holdout, names[0], nodes, preset.adapter, preset.seed, device,
+                                       progress, log)
     return library, world, names
 
 
@@ -78,17 +86,10 @@ def resolve_task(spec: str, resolution: int, world: World | None, seed: int = 0)
     return load_task(spec, resolution=resolution, seed=seed, world=world)
 
 
-def finetune_cached(library: Library, member: str, task: Task, preset: Preset, records_dir: Path,
-                    device: torch.device, progress: bool = True) -> FinetuneResult:
-    """Fine-tune ``member`` on ``task`` and test it, or read the record of a run that already did."""
-    settings = {"member": member, "member_hash": library.member_hash(member), "task": task.name,
-                "task_fingerprint": task.fingerprint(), "finetune": preset.finetune.to_json(), "seed": preset.seed}
-    path = records_dir / f"finetune.{task.name}.{member}.{config_digest(settings)}.json"
-    if path.exists():
-        m = json.loads(path.read_text())["metrics"]
-        return FinetuneResult(m["test_accuracy"], m["train_seconds"], m["images"], m["final_loss"])
-    result = finetune_and_test(library.load(member), task, preset.finetune, preset.seed, device, progress,
-                               desc=f"fine-tune {member} on {task.name}")
-    write_record(path, make_record("finetune", settings, result.to_json(), {"finetune": result.train_seconds},
-                                   {"finetune": result.images}))
-    return result
+def finetune_member(library: Library, member: str, task: Task, preset: Preset, store: RecordStore,
+                    device: torch.device, progress: bool = True) -> ProtocolResult:
+    """Fine-tune ``member`` on the task's 1,000 train+val images with the preset's settings and
+    test it: the transfer protocol without a sweep, one retrain. Its unit lives in ``store``, so
+    the demo's fine-tunes are reused by ``expertise bench`` on the same folder, and the other way round."""
+    return transfer_protocol(member, lambda: library.load(member), library.member_hash(member), task, preset.finetune,
+                             DEMO_SWEEP, store, preset.seed, device, progress)

@@ -2,7 +2,6 @@
 report regenerated from records alone, and a rerun that repeats no unit."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -93,7 +92,7 @@ def test_rerun_repeats_nothing_and_report_comes_from_records(bench):
 
     shutil.rmtree(out / "cache")
     assert write_report(out).read_text() == first  # records alone
-    assert len(store.all("protocol")) == 2 * 3  # two tasks x (B + two experts)
+    assert len(store.all("protocol")) == 2 * 5  # two tasks x (B + two full + two adapter experts)
 
 
 def test_cli_bench_report_and_bad_strategy(bench, tmp_path):
@@ -115,8 +114,8 @@ def test_cli_dat_reports_accuracy_and_cost_beside_knn(bench, tmp_path):
         str(tmp_path), "--preset", "tiny", "--set", "expert.steps=2", "--set", "expert.warmup_steps=1", "--set", "finetune.steps=2",
         "--set", "finetune.warmup_steps=1", "-q"])
     assert result.exit_code == 0, result.output
-    assert "DAT on count: test accuracy" in result.output and "kNN selection of 3 members" in result.output
+    assert "DAT on count: test accuracy" in result.output and "kNN selection of 5 members" in result.output
     record = json.loads(next(tmp_path.glob("dat.count.*.json")).read_text())
-    assert record["kind"] == "dat" and record["config"]["knn_selection"]["images"] == 3 * 1000
+    assert record["kind"] == "dat" and record["config"]["knn_selection"]["images"] == 5 * 1000
     bad = CliRunner().invoke(app, ["dat", "--library", str(lib.path), "--task", "count", "--upstream", "/data/x"])
     assert bad.exit_code == 2 and "--upstream world" in bad.output

@@ -23,13 +23,14 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_library_results_and_plots(demo_run):
     preset, out, result = demo_run
     lib = Library.open(out / "library")
-    assert len(lib) == 1 + preset.num_experts + 1  # B, the experts, the EPN
+    k = preset.num_experts
+    assert len(lib) == 1 + k + 1 + k  # B, the full experts, the EPN, the adapter experts
     assert lib.verify() == []
     pool = pool_names(lib)
     kinds = [lib.info(n).kind for n in lib.names()]
-    assert kinds == ["baseline"] + ["full_expert"] * preset.num_experts + ["epn"]
-    assert pool == lib.names()[:-1]
-    assert lib.info(lib.names()[-1]).extra["nodes"] == [lib.info(n).domain for n in pool[1:]]
+    assert kinds == ["baseline"] + ["full_expert"] * k + ["epn"] + ["adapter_expert"] * k
+    assert pool == lib.names()[:1 + k] + lib.names()[2 + k:]
+    assert lib.info(lib.names()[1 + k]).extra["nodes"] == [lib.info(n).domain for n in pool[1:1 + k]]
     for name in pool[1:]:
         info = lib.info(name)
         assert info.parent == lib.names()[0] and info.domain
@@ -48,6 +49,7 @@ def test_demo_writes_library_results_and_plots(demo_run):
         assert 0.0 <= r["test_selected"] <= 1.0 and 0.0 <= r["test_baseline"] <= 1.0
     md = (out / "results.md").read_text()
     assert "| task | group | kNN B" in md and "glyph_digits" in md and "## The pick of every strategy" in md
+    assert "## Table 2 layout" in md and "| adapters |" in md and "| all experts |" in md
 
 
 def test_demo_rerun_reuses_everything(demo_run):
@@ -59,7 +61,7 @@ def test_demo_rerun_reuses_everything(demo_run):
     assert before == after  # no member retrained
     assert all(r["embedded_images"] == 0 for r in second["metrics"]["tasks"])  # embeddings from the cache
     assert [r["test_selected"] for r in second["metrics"]["tasks"]] == [r["test_selected"] for r in first["metrics"]["tasks"]]
-    assert len(lib) == 1 + preset.num_experts + 1
+    assert len(lib) == 2 + 2 * preset.num_experts
 
 
 def test_resuming_with_other_upstream_settings_is_refused(demo_run):

@@ -18,7 +18,8 @@ from expertise.select.proxies import knn_loo, leep
 from expertise.select.run import pool_names, ranking_table, run_selection, source_probabilities
 from expertise.select.strategies import STRATEGIES
 
-PRESET = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "20", "num_experts": "3"})
+PRESET = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "20", "num_experts": "3",
+                             "adapter.steps": "6"})
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +41,8 @@ def test_epn_is_stored_with_its_nodes_and_kept_out_of_the_pool(built):
     epns = [m for m in lib.members() if m.kind == "epn"]
     assert len(epns) == 1
     nodes = epns[0].extra["nodes"]
-    assert nodes == [lib.info(n).domain for n in names[1:]]
+    assert nodes == [lib.info(n).domain for n in names if lib.info(n).kind == "full_expert"]
+    assert nodes == [lib.info(n).domain for n in names if lib.info(n).kind == "adapter_expert"]
     assert 0.0 <= epns[0].extra["holdout_routing"]["node_accuracy"] <= 1.0
     assert pool_names(lib) == names and epns[0].name not in pool_names(lib)
 
@@ -50,7 +52,8 @@ def test_rebuilding_reuses_the_epn_and_refuses_other_epn_settings(built):
     before = {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
     build_library(PRESET, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
     assert before == {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
-    other = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "21", "num_experts": "3"})
+    other = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "21", "num_experts": "3",
+                                "adapter.steps": "6"})
     with pytest.raises(LibraryError, match="EPN"):
         build_library(other, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
 
@@ -117,8 +120,10 @@ def test_domain_prediction_scores_experts_by_the_epn_and_puts_b_last(built, tmp_
     probs = torch.sigmoid(cache.get(lib.member_hash(epn.name), task.fingerprint(), "trainval")["upstream_logits"].double())
     scores = run.selection.scores()
     for col, node in enumerate(epn.extra["nodes"]):
-        member = next(n for n in names if lib.info(n).domain == node)
-        assert scores[member] == pytest.approx(float(torch.log(probs[:, col].clamp_min(1e-12)).mean()))
+        members = [n for n in names if lib.info(n).domain == node]
+        assert len(members) == 2  # the full and the adapter expert of the node score the same
+        for member in members:
+            assert scores[member] == pytest.approx(float(torch.log(probs[:, col].clamp_min(1e-12)).mean()))
     assert run.selection.ranking[-1] == (names[0], -math.inf)
     assert ranking_table(run, lib)[-1]["score"] is None
 
@@ -164,3 +169,20 @@ def test_cli_select_prints_saves_and_plots(built, tmp_path):
     assert (out / "count.hybrid-logme.png").stat().st_size > 0
     bad = CliRunner().invoke(app, ["select", "--library", str(lib.path), "--task", "count", "--strategy", "best"])
     assert bad.exit_code == 2 and "unknown strategy" in bad.output and "Traceback" not in bad.output
+
+
+def test_adapter_experts_embed_through_the_shared_stem_like_alone(built, tmp_path):
+    lib, _, names, task = built
+    adapters = [n for n in names if lib.info(n).kind == "adapter_expert"]
+    assert len(adapters) == 3
+    cache = EmbeddingCache(tmp_path)
+    run = run_selection(lib, task, "proxy", 1, "knn_loo", cache, progress=False)
+    assert run.embed.images == len(names) * len(task.trainval) and run.embed.cached == 0
+    assert sorted(n for n, _ in run.selection.ranking) == sorted(names)  # a mixed pool: full and adapter experts
+    from expertise.select.embed import embed_images
+
+    for n in adapters:
+        entry = cache.get(lib.member_hash(n), task.fingerprint(), "trainval")
+        alone, logits = embed_images(lib.load(n), task.trainval.images, with_logits=True)
+        torch.testing.assert_close(entry["features"], alone, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(entry["upstream_logits"], logits, rtol=1e-4, atol=1e-4)

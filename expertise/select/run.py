@@ -26,6 +26,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ from expertise.data.tasks import Task
 from expertise.errors import ConfigError, LibraryError
 from expertise.library import Library
 from expertise.runtime import derive_seed
-from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, embed_pool
+from expertise.models.adapters import embed_images_with_experts
+from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, embed_pool, upstream_head
 from expertise.select.proxies import get_proxy
 from expertise.select.strategies import (
     STRATEGIES, Selection, domain_prediction, hybrid, label_matching, random_selection, rank, select_by_proxy,
@@ -185,7 +187,47 @@ def run_selection(library: Library, task: Task, strategy: str = "proxy", budget:
 
 def _embed(library: Library, task: Task, cache: EmbeddingCache, names: list[str], batch_size: int,
            device: torch.device, progress: bool) -> PoolEmbeddings:
-    return embed_pool(names, library.load, library.member_hash, task, cache, "trainval", batch_size, device, progress)
+    t0 = time.perf_counter()
+    shared = prefill_adapter_banks(library, task, cache, names, batch_size, device)
+    emb = embed_pool(names, library.load, library.member_hash, task, cache, "trainval", batch_size, device, progress)
+    emb.stats.cached -= shared
+    emb.stats.images += shared * len(task.trainval)
+    emb.stats.seconds = time.perf_counter() - t0
+    return emb
+
+
+@torch.inference_mode()
+def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, names: list[str], batch_size: int,
+                          device: torch.device) -> int:
+    """Embed the task with the adapter experts among ``names`` that are not cached yet, one pass
+    per bank: each batch is prepared and its stem computed once, then every expert applies its own
+    adapters and ignores the others' (paper 000, section 5). Features and upstream logits go to
+    the cache, where :func:`embed_pool` finds them. Returns how many members were embedded.
+    Without a cache there is nowhere to hand the features over, so nothing is done."""
+    if cache.root is None:
+        return 0
+    key = task.fingerprint()
+    banks: dict[str, list[str]] = {}
+    for n in names:
+        info = library.info(n)
+        bank = info.extra.get("bank")
+        if info.kind == "adapter_expert" and isinstance(bank, str) and cache.get(library.member_hash(n), key, "trainval") is None:
+            banks.setdefault(bank, []).append(n)
+    done = 0
+    for bank_path, members in banks.items():
+        if len(members) < 2:
+            continue  # nothing to share: embed_pool loads the one expert as usual
+        bank = library.load_adapter_bank(Path(bank_path).stem)
+        nodes = [str(library.info(n).extra["node"]) for n in members]
+        feats = embed_images_with_experts(bank, task.trainval.images, nodes, batch_size, device)
+        head = upstream_head(bank.expert(nodes[0]))
+        for n, node in zip(members, nodes):
+            entry = {"features": feats[node]}
+            if head is not None:
+                entry["upstream_logits"] = head.to("cpu")(feats[node]).float()
+            cache.put(library.member_hash(n), key, "trainval", entry)
+            done += 1
+    return done
 
 
 def _score_proxy(library: Library, task: Task, proxy: str, emb: PoolEmbeddings, pool: list[str],
