@@ -32,6 +32,7 @@ LibOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name, 'sklearn_digits', or an ImageFolder directory.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+SkipOpt = Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable images of an ImageFolder task (with a warning).")]
 
 
 def user_errors(fn):
@@ -128,7 +129,7 @@ def select(library: LibOpt, task: TaskOpt,
            cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
                                                           "default runs/select.")] = None,
-           seed: int = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
+           seed: int = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
     """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
     member's score (table, JSON and a bar chart) and the time each stage took."""
     from expertise.io import atomic_write_json
@@ -140,7 +141,7 @@ def select(library: LibOpt, task: TaskOpt,
 
     dev = configure(device=device)
     lib = _open_library(library)
-    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed)
+    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed, skip_corrupt)
     run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(cache or library / "cache"), seed=seed,
                         device=dev, progress=not quiet)
     rows = ranking_table(run, lib)
@@ -179,7 +180,7 @@ SCORE_LABELS = {
 @user_errors
 def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option("--member", "-m", help="Library member to fine-tune.")],
              preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False) -> None:
+             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
     """Fine-tune MEMBER on TASK's 1,000 train+val images with a new head; report test accuracy."""
     from expertise.pipeline import resolve_task, world_of_library
     from expertise.transfer import finetune_and_test
@@ -187,7 +188,7 @@ def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option
     cfg, dev = _setup(preset, overrides, device)
     lib = _open_library(library)
     model = lib.load(member)
-    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed)
+    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed, skip_corrupt)
     res = finetune_and_test(model, t, cfg.finetune, seed, dev, not quiet)
     out.print(f"{member} on {t.name}: test accuracy [bold]{res.test_accuracy:.3f}[/] "
               f"({res.images} images in {res.train_seconds:.1f}s)")
@@ -204,7 +205,7 @@ def transfer(library: LibOpt, task: TaskOpt,
              sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
              retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
              preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False) -> None:
+             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy."""
     from expertise.bench.protocol import SweepConfig, transfer_protocol
@@ -215,7 +216,7 @@ def transfer(library: LibOpt, task: TaskOpt,
 
     cfg, dev = _setup(preset, overrides, device)
     lib = _open_library(library)
-    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed)
+    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed, skip_corrupt)
     sweep = SweepConfig(lr_factors=_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(out_dir / "cache"), seed=seed, device=dev,
                         progress=not quiet)
@@ -245,7 +246,7 @@ def dat(library: LibOpt, task: TaskOpt,
         temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature on B's predictions.")] = 2.0,
         out_dir: Annotated[Path, typer.Option("--out", help="Where the DAT record goes.")] = Path("runs/dat"),
         preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
-        quiet: QuietOpt = False) -> None:
+        quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
     """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
     re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's."""
@@ -268,7 +269,7 @@ def dat(library: LibOpt, task: TaskOpt,
     base = next((m.name for m in lib.members() if m.kind == "baseline"), None)
     if base is None:
         raise LibraryError(f"the library at {library} has no baseline B; run 'expertise upstream' first")
-    t = resolve_task(task, _resolution(lib), world, seed)
+    t = resolve_task(task, _resolution(lib), world, seed, skip_corrupt)
     t0 = time.perf_counter()
     sel = run_selection(lib, t, "proxy", 1, "knn_loo", EmbeddingCache(None), seed=seed, device=dev, progress=not quiet)
     select_s = time.perf_counter() - t0

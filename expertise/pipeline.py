@@ -82,8 +82,8 @@ def build_library(preset: Preset, path: Path, device: torch.device, progress: bo
     return library, world, names
 
 
-def resolve_task(spec: str, resolution: int, world: World | None, seed: int = 0) -> Task:
-    return load_task(spec, resolution=resolution, seed=seed, world=world)
+def resolve_task(spec: str, resolution: int, world: World | None, seed: int = 0, skip_corrupt: bool = False) -> Task:
+    return load_task(spec, resolution=resolution, seed=seed, world=world, skip_corrupt=skip_corrupt)
 
 
 def finetune_member(library: Library, member: str, task: Task, preset: Preset, store: RecordStore,

@@ -268,3 +268,16 @@ def test_load_task_unknown(tmp_path: Path) -> None:
         load_task(str(tmp_path / "file.txt"))
     with pytest.raises(DataError, match="must be named"):
         load_task("")  # not the current directory
+
+
+def test_load_task_passes_skip_corrupt_and_the_error_names_the_flag(tmp_path: Path) -> None:
+    from expertise.data.loaders import load_task
+
+    root = _make_folder(tmp_path / "d", {"a": 4, "b": 4})
+    (root / "b" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="--skip-corrupt"):
+        _quiet(load_task, str(root), resolution=R)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        task = load_task(str(root), resolution=R, skip_corrupt=True)
+    assert len(task.train) + len(task.val) + len(task.test) == 8

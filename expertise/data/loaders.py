@@ -139,7 +139,7 @@ def read_image(path: Path, resolution: int) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img).resize((resolution, resolution), Image.Resampling.BILINEAR)
     except _UNREADABLE as e:
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace the file, or pass skip_corrupt=True") from None
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace the file, or skip unreadable files (--skip-corrupt; skip_corrupt=True in Python)") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
@@ -297,15 +297,16 @@ def _load_split_layout(path: Path, resolution: int, seed: int, skip_corrupt: boo
 
 
 # -- dispatch ----------------------------------------------------------------------------------
-def load_task(spec: str, resolution: int = 32, seed: int = 0, world: Any = None) -> Task:
+def load_task(spec: str, resolution: int = 32, seed: int = 0, world: Any = None, skip_corrupt: bool = False) -> Task:
     """A task by name or path: a built-in name ("sklearn_digits"), an existing ImageFolder
-    directory, or a task of ``world`` (anything with ``task_names`` and ``task(name)``)."""
+    directory (``skip_corrupt`` drops unreadable images there), or a task of ``world`` (anything
+    with ``task_names`` and ``task(name)``)."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"a task must be named: a built-in task ({', '.join(BUILTIN_TASKS)}) or an ImageFolder directory")
     if spec == "sklearn_digits":
         return load_sklearn_digits(resolution, seed)
     if Path(spec).is_dir():
-        return load_image_folder(Path(spec), resolution, seed)
+        return load_image_folder(Path(spec), resolution, seed, skip_corrupt=skip_corrupt)
     world_names = list(getattr(world, "task_names", ())) if world is not None else []
     if spec in world_names:
         return world.task(spec)
