@@ -119,3 +119,20 @@ def test_cli_dat_reports_accuracy_and_cost_beside_knn(bench, tmp_path):
     assert record["kind"] == "dat" and record["config"]["knn_selection"]["images"] == 5 * 1000
     bad = CliRunner().invoke(app, ["dat", "--library", str(lib.path), "--task", "count", "--upstream", "/data/x"])
     assert bad.exit_code == 2 and "--upstream world" in bad.output
+
+
+def test_embed_units_measure_the_cold_cost_even_from_a_warm_cache(bench, tmp_path, monkeypatch):
+    from expertise.bench.runner import _embed_unit
+    from expertise.select.embed import EmbeddingCache
+
+    lib, tasks, out, _ = bench
+    name, task = lib.names()[0], tasks[0]
+    loads = []
+    real_load = lib.load
+    monkeypatch.setattr(lib, "load", lambda n, **kw: loads.append(n) or real_load(n, **kw))
+    cache = EmbeddingCache(tmp_path)
+    _embed_unit(lib, task, cache, name, 500, torch.device("cpu"))
+    assert cache.get(lib.member_hash(name), task.fingerprint(), "trainval") is not None  # fills an empty cache
+    unit = _embed_unit(lib, task, cache, name, 500, torch.device("cpu"))  # now the cache is warm
+    assert loads == [name, name]  # the member ran again: the cost is the cold one
+    assert unit.images == {"embed": len(task.trainval)} and unit.seconds["embed"] > 0.0
