@@ -328,8 +328,7 @@ def write_report(out: Path, n_resamples: int = 10_000, seed: int = 0) -> Path:
         for pool, curves in zero_panels.items():
             k = len(next(iter(curves.values())))
             curves = {s: c for s, c in curves.items()}
-            plots.plot_zero_regret({pool: curves}, list(range(1, k + 1)), out / f"zero_regret.{_slug(pool)}.png",
-                                   title=f"Tasks where the best member is among the picks (pool {pool})")
+            plots.plot_zero_regret({pool: curves}, list(range(1, k + 1)), out / f"zero_regret.{_slug(pool)}.png")
         lines += ["Plots: " + ", ".join(f"`zero_regret.{_slug(p)}.png`" for p in zero_panels) +
                   " (fraction of tasks with zero regret against the budget, paper 002 Figure 7), "
                   "`task_regret.png` (relative regret per task at B=1), `strategies.png` (Table 1 as bars).", ""]
