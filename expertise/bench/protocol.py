@@ -269,26 +269,22 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
         sweep_seed = derive_seed(seed, "protocol", "sweep", i)
         val_accs: list[float | None] = []
         if len(grid) == 1:  # nothing to choose between: no sweep fine-tunes, straight to the retrains
+            b = 0
             chosen.append({"sweep": i, **grid[0].to_json(), "val_accuracy": None, "val_accuracies": [None]})
-            for j in range(sweep.retrains):
-                done = unit(RETRAIN_KIND, "retrain", grid[0].cfg, derive_seed(seed, "protocol", "retrain", i, j),
-                            task.trainval, task.test, "test", {"sweep": i, "retrain": j},
-                            f"retrain {i}.{j} lr {grid[0].cfg.lr:g} steps {grid[0].cfg.steps} {member_name} on {task.name}")
-                test_accs.append(_finite_or_none(done.metrics.get("accuracy")))
-            continue
-        for g, point in enumerate(grid):
-            done = unit(SWEEP_KIND, "sweep", point.cfg, sweep_seed, task.train, task.val, "val", {"sweep": i},
-                        f"sweep {i} lr {point.cfg.lr:g} steps {point.cfg.steps} {member_name} on {task.name}")
-            val_accs.append(_finite_or_none(done.metrics.get("accuracy")))
-        finite = [a for a in val_accs if a is not None]
-        if not finite:
-            raise ConfigError(
-                f"every sweep setting diverged for {member_name} on {task.name} (sweep {i}); lower the fine-tune "
-                f"learning rate (now {base_cfg.lr:g}) or the lr_factors {list(sweep.lr_factors)}"
-            )
-        best = max(finite)
-        b = next(k for k, a in enumerate(val_accs) if a == best)  # ties: the first grid point
-        chosen.append({"sweep": i, **grid[b].to_json(), "val_accuracy": best, "val_accuracies": val_accs})
+        else:
+            for point in grid:
+                done = unit(SWEEP_KIND, "sweep", point.cfg, sweep_seed, task.train, task.val, "val", {"sweep": i},
+                            f"sweep {i} lr {point.cfg.lr:g} steps {point.cfg.steps} {member_name} on {task.name}")
+                val_accs.append(_finite_or_none(done.metrics.get("accuracy")))
+            finite = [a for a in val_accs if a is not None]
+            if not finite:
+                raise ConfigError(
+                    f"every sweep setting diverged for {member_name} on {task.name} (sweep {i}); lower the fine-tune "
+                    f"learning rate (now {base_cfg.lr:g}) or the lr_factors {list(sweep.lr_factors)}"
+                )
+            best = max(finite)
+            b = next(k for k, a in enumerate(val_accs) if a == best)  # ties: the first grid point
+            chosen.append({"sweep": i, **grid[b].to_json(), "val_accuracy": best, "val_accuracies": val_accs})
         for j in range(sweep.retrains):
             done = unit(RETRAIN_KIND, "retrain", grid[b].cfg, derive_seed(seed, "protocol", "retrain", i, j),
                         task.trainval, task.test, "test", {"sweep": i, "retrain": j},

@@ -31,7 +31,7 @@ from torch import nn
 
 from expertise.errors import ConfigError
 from expertise.models.backbones import (
-    BackboneConfig, ExpertModel, Preprocessing, count_parameters, create_backbone, prepare, register_member_class,
+    BackboneConfig, ExpertModel, HeadMixin, Preprocessing, count_parameters, create_backbone, prepare, register_member_class,
 )
 from expertise.runtime import autocast
 
@@ -139,7 +139,7 @@ def _check_stack(backbone: nn.Module, stack: AdapterStack) -> None:
         raise ConfigError(f"{len(stack)} adapters for a backbone with {len(backbone.stages)} stages; rebuild the expert")
 
 
-class AdapterExpert(nn.Module):
+class AdapterExpert(HeadMixin, nn.Module):
     """One adapter expert as a pool member: ResNet-v2 backbone, that expert's adapters, a head.
 
     Obeys the same contract as :class:`ExpertModel` (``embed``, ``upstream_logits``, ``forward``,
@@ -181,27 +181,6 @@ class AdapterExpert(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return _adapted_from_stem(self.backbone, self.adapters, self.backbone.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.head is None:
-            raise ConfigError("this model has no head; call reset_head(num_classes) before training it")
-        return self.head(self.embed(x))
-
-    def upstream_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.head is None or self.head_kind != "upstream":
-            raise ConfigError("this model has no upstream head")
-        return self.head(self.embed(x))
-
-    @property
-    def has_upstream_head(self) -> bool:
-        return self.head is not None and self.head_kind == "upstream"
-
-    def reset_head(self, num_classes: int) -> None:
-        """Replace the head by a new, zero-initialised one for a downstream task (BiT's recipe)."""
-        self.head = nn.Linear(self.num_features, num_classes)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-        self.head_kind = "task"
 
     def member_config(self) -> dict[str, Any]:
         return {

@@ -116,25 +116,17 @@ def create_backbone(cfg: BackboneConfig) -> ResNetV2:
     return net
 
 
-class ExpertModel(nn.Module):
-    """The project's own pool member: a ResNet-v2 backbone plus an optional linear head.
+class HeadMixin:
+    """The head half of the pool-member contract, shared by every member class that embeds with
+    ``embed(x)`` and keeps ``head``, ``head_kind`` and ``num_features``: the upstream head until
+    :meth:`reset_head` swaps in a new task head."""
 
-    The head is the upstream head (one logit per hierarchy label node) on upstream models, and a
-    new, zero-initialised task head after :meth:`reset_head` for fine-tuning.
-    """
+    head: nn.Linear | None
+    head_kind: str
+    num_features: int
 
-    def __init__(self, backbone: BackboneConfig, num_outputs: int = 0, preprocessing: Preprocessing | None = None,
-                 head_kind: str = "upstream") -> None:
-        super().__init__()
-        self.backbone_config = backbone
-        self.preprocessing = preprocessing or Preprocessing(backbone.resolution)
-        self.backbone = create_backbone(backbone)
-        self.num_features = int(self.backbone.num_features)
-        self.head_kind = head_kind
-        self.head: nn.Linear | None = nn.Linear(self.num_features, num_outputs) if num_outputs else None
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - every member defines it
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is None:
@@ -156,6 +148,27 @@ class ExpertModel(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.head_kind = "task"
+
+
+class ExpertModel(HeadMixin, nn.Module):
+    """The project's own pool member: a ResNet-v2 backbone plus an optional linear head.
+
+    The head is the upstream head (one logit per hierarchy label node) on upstream models, and a
+    new, zero-initialised task head after :meth:`reset_head` for fine-tuning.
+    """
+
+    def __init__(self, backbone: BackboneConfig, num_outputs: int = 0, preprocessing: Preprocessing | None = None,
+                 head_kind: str = "upstream") -> None:
+        super().__init__()
+        self.backbone_config = backbone
+        self.preprocessing = preprocessing or Preprocessing(backbone.resolution)
+        self.backbone = create_backbone(backbone)
+        self.num_features = int(self.backbone.num_features)
+        self.head_kind = head_kind
+        self.head: nn.Linear | None = nn.Linear(self.num_features, num_outputs) if num_outputs else None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
 
     def member_config(self) -> dict[str, Any]:
         return {
