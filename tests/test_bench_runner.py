@@ -53,11 +53,11 @@ def test_summary_has_the_tables_and_plots(bench):
     lib, tasks, out, summary = bench
     text = summary.read_text()
     for heading in ("Table 1 layout", "Table 2 layout", "Regret per pool and budget", "Compute per task",
-                    "oracle (fine-tune every member)"):
+                    "oracle (fine-tune every member)", "Relative delta against `task_agnostic`", "Per task:"):
         assert heading in text
     for row in ("knn_loo", "domain_prediction", "task_agnostic", "random"):
         assert f"| {row} |" in text
-    for png in ("strategies.png", "task_regret.png", "zero_regret.all.png"):
+    for png in ("strategies.png", "task_regret.png", "task_delta.png", "zero_regret.all.png"):
         assert (out / png).stat().st_size > 0
     lines = (out / "records.jsonl").read_text().splitlines()
     assert {json.loads(x)["kind"] for x in lines} >= {"embed", "selection", "protocol", "transfer_retrain"}

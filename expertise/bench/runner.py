@@ -343,34 +343,69 @@ def write_report(out: Path, n_resamples: int = 10_000, seed: int = 0) -> Path:
               tables.markdown_table(["task", "group", *[m.split(".", 1)[-1] for m in members]],
                                     [[t, d.groups[t], *[_pct(d.acc[t].get(m)) for m in members]] for t in tasks]), ""]
 
-    # Compute: per strategy, mean over tasks.
+    # Compute: per strategy (mean over tasks), and per task for the first strategy.
     cost_rows = {}
+    per_task_cost: dict[str, tables.Cost] = {}
     for strategy in d.strategies:
-        sel_s, sel_i, ft_s, ft_i, or_s, or_i, n = 0.0, 0, 0.0, 0, 0.0, 0, 0
-        for t in tasks:
-            sel = d.selections.get((main_pool, strategy, t))
-            if sel is None or "error" in sel or t not in d.protocol_cost:
-                continue
-            emb = d.embed_cost.get(t, {})
-            sel_s += sel["score_seconds"] + sum(emb.get(m, (0.0, 0))[0] for m in sel.get("members_embedded", []))
-            sel_i += sum(emb.get(m, (0.0, 0))[1] for m in sel.get("members_embedded", []))
-            costs = [d.protocol_cost[t][m] for m in sel["members"] if m in d.protocol_cost[t]]
-            ft_s += float(np.mean([c["finetune_seconds"] for c in costs]))
-            ft_i += int(np.mean([c["finetune_images"] for c in costs]))
-            or_s += sum(c["seconds"] for c in costs)
-            or_i += sum(c["images"] for c in costs)
-            n += 1
-        if n:
-            cost_rows[strategy] = tables.Cost(sel_s / n, sel_i // n, ft_s / n, ft_i // n, or_s / n, or_i // n)
+        costs_of = {t: c for t in tasks if (c := _task_cost(d, main_pool, strategy, t)) is not None}
+        if costs_of:
+            cost_rows[strategy] = tables.Cost(*(float(np.mean([getattr(c, f) for c in costs_of.values()]))
+                                                for f in tables.Cost.__dataclass_fields__))
+            if not per_task_cost:
+                per_task_cost = {f"{t} ({strategy})": c for t, c in costs_of.items()}
     if cost_rows:
         lines += ["## Compute per task (mean over tasks)", "",
                   "Selection = embedding the members the strategy reads (cold, measured once per member and task) plus "
                   "scoring; one fine-tune = one retrain on the 1,000 images; oracle = the whole transfer protocol for "
-                  "every pool member.", "", tables.cost_table(cost_rows), ""]
+                  "every pool member.", "", tables.cost_table(cost_rows), "",
+                  "Per task:", "", tables.cost_table(per_task_cost), ""]
+
+    # Relative delta (paper 002, eq. 2) of every strategy against the task-agnostic pick, B=1.
+    reference = "task_agnostic" if "task_agnostic" in d.strategies else None
+    if reference is not None:
+        deltas: dict[str, dict[str, float]] = {}
+        for strategy in d.strategies:
+            if strategy == reference:
+                continue
+            for t in tasks:
+                a_, b_ = _values(d, main_pool, strategy, t, [1]), _values(d, main_pool, reference, t, [1])
+                if a_ is not None and b_ is not None:
+                    deltas.setdefault(strategy, {})[t] = float(metrics.relative_delta(a_[0][0], b_[0][0]))
+        if deltas:
+            body = [[s_, f"{100 * np.mean(list(v.values())):+.1f}", str(sum(x > 0 for x in v.values())),
+                     str(sum(x < 0 for x in v.values()))] for s_, v in deltas.items()]
+            lines += [f"## Relative delta against `{reference}` (pool `{main_pool}`, B=1)", "",
+                      "Delta(m, task_agnostic) = (s(m) - s(ta)) / (1 - min(s(m), s(ta))) per task (paper 002, eq. 2), "
+                      "in percent; positive when the strategy's pick fine-tunes better. `task_delta.png` shows it per task.",
+                      "", tables.markdown_table(["strategy", "mean delta (%)", "tasks better", "tasks worse"], body,
+                                                ["l", "r", "r", "r"]), ""]
+            plots.plot_task_regret(deltas, out / "task_delta.png", groups=d.groups,
+                                   title=f"Relative delta against {reference} per task (B=1, pool {main_pool})",
+                                   ylabel="relative delta vs task-agnostic")
     path = out / SUMMARY
     atomic_write_text(path, "\n".join(lines))
     store.export_jsonl(out / "records.jsonl")
     return path
+
+
+def _task_cost(d: _Data, pool: str, strategy: str, task: str) -> tables.Cost | None:
+    """Selection (cold embedding of what the strategy read, plus scoring), one fine-tune (the mean
+    retrain over the pool) and the oracle (every pool member's whole protocol) on one task."""
+    sel = d.selections.get((pool, strategy, task))
+    if sel is None or "error" in sel or task not in d.protocol_cost:
+        return None
+    emb = d.embed_cost.get(task, {})
+    read = sel.get("members_embedded", [])
+    costs = [d.protocol_cost[task][m] for m in sel["members"] if m in d.protocol_cost[task]]
+    if not costs:
+        return None
+    return tables.Cost(
+        selection_seconds=sel["score_seconds"] + sum(emb.get(m, (0.0, 0))[0] for m in read),
+        selection_images=sum(emb.get(m, (0.0, 0))[1] for m in read),
+        finetune_seconds=float(np.mean([c["finetune_seconds"] for c in costs])),
+        finetune_images=int(np.mean([c["finetune_images"] for c in costs])),
+        oracle_seconds=sum(c["seconds"] for c in costs), oracle_images=sum(c["images"] for c in costs),
+    )
 
 
 def _pct(x: float | None) -> str:
