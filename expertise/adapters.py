@@ -15,6 +15,7 @@ The stem is frozen and shared, so it runs once on the concatenated batch of all 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -161,6 +162,13 @@ def build_adapter_experts(library: Library, train: UpstreamData, holdout: Upstre
     bank_path = f"adapters/{bank_name}.safetensors"
     stored = [n for n in names.values() if n in library and library.info(n).kind == "adapter_expert"
               and library.info(n).parent == baseline_name and library.info(n).extra.get("bank") == bank_path]
+    def plain(x: object) -> object:  # as JSON reads it back (tuples become lists), in memory or from the manifest
+        return json.loads(json.dumps(x))
+
+    other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())]
+    if other:
+        raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings; "
+                           "remove them (Library.remove) or use another --library")
     if len(stored) == len(names):
         stale = [p for n in stored for p in library.problems(n)]
         if not stale:

@@ -186,3 +186,11 @@ def test_adapter_experts_embed_through_the_shared_stem_like_alone(built, tmp_pat
         alone, logits = embed_images(lib.load(n), task.trainval.images, with_logits=True)
         torch.testing.assert_close(entry["features"], alone, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(entry["upstream_logits"], logits, rtol=1e-4, atol=1e-4)
+
+
+def test_rebuilding_with_other_adapter_settings_is_refused(built):
+    lib, *_ = built
+    other = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "20", "num_experts": "3",
+                                "adapter.steps": "7"})
+    with pytest.raises(LibraryError, match="adapter experts .* other settings"):
+        build_library(other, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
