@@ -92,7 +92,8 @@ def demo(
 @user_errors
 def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = None, device: DeviceOpt = "auto",
              quiet: QuietOpt = False) -> None:
-    """Train the baseline B on the preset's embedded upstream world into LIBRARY."""
+    """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
+    embedded upstream world into LIBRARY."""
     from expertise.pipeline import build_library
 
     cfg, dev = _setup(preset, overrides, device)
