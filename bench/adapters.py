@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from expertise.library import Library, MemberInfo  # noqa: E402
 from expertise.models.adapters import (  # noqa: E402
@@ -26,18 +26,9 @@ from expertise.models.adapters import (  # noqa: E402
 )
 from expertise.models.backbones import BACKBONES, ExpertModel  # noqa: E402
 from expertise.select.embed import embed_images  # noqa: E402
+from timing import best_of  # noqa: E402
 
 BACKBONE, EXPERTS, IMAGES, OUTPUTS = "bit_s", 8, 1000, 150
-
-
-def _best_of(fn: Callable[[], object], repeats: int = 2) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def _module_bytes(module: nn.Module) -> int:
@@ -107,11 +98,11 @@ def measure(tmp: Path) -> dict[str, float]:
         "disk_backbone": _folder_bytes(members / f"{BACKBONE}.baseline"),
         "mem_full": sum(_module_bytes(m) for m in fulls),
         "mem_adapters": _module_bytes(bank),
-        "t_full": _best_of(full_in_memory),
-        "t_adapters": _best_of(adapters_in_memory),
-        "t_adapters_unshared": _best_of(adapters_one_by_one),
-        "t_full_disk": _best_of(full_from_disk),
-        "t_adapters_disk": _best_of(adapters_from_disk),
+        "t_full": best_of(full_in_memory, repeats=2),
+        "t_adapters": best_of(adapters_in_memory, repeats=2),
+        "t_adapters_unshared": best_of(adapters_one_by_one, repeats=2),
+        "t_full_disk": best_of(full_from_disk, repeats=2),
+        "t_adapters_disk": best_of(adapters_from_disk, repeats=2),
     }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +16,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from expertise.data.world import World, WorldConfig  # noqa: E402
 from expertise.models.backbones import BACKBONES, ExpertModel  # noqa: E402
 from expertise.select.embed import embed_images  # noqa: E402
 from expertise.train import TrainConfig, fit, multilabel_loss  # noqa: E402
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from timing import best_of  # noqa: E402
 
 
 def world_rate(resolution: int, n: int = 4000) -> float:
@@ -101,7 +92,6 @@ def pool_selection(members: int = 20, seed: int = 0) -> tuple[list[tuple[str, st
 
 
 def adapters_section() -> str:
-    sys.path.insert(0, str(ROOT / "bench"))
     from adapters import section
 
     return section()
@@ -179,8 +169,8 @@ def main() -> None:
         rec = json.loads(demo.read_text())
         secs = rec["seconds"]
         lines += ["## Demo wall time (`make demo`, from its last `runs/demo/results.json`)", "",
-                  "The stages of the last demo run; a resumed run skips what an earlier one finished, so these are "
-                  "not the times of a fresh run (README gives that breakdown).", "",
+                  "The stages of the last demo run. The committed figures are those of a run from scratch; a resumed "
+                  "run skips what an earlier one finished, and regenerating after one shows its shorter times.", "",
                   "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.0f} |" for k, v in secs.items()], ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     print("\n".join(lines))
