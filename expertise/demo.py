@@ -24,6 +24,7 @@ from expertise.bench.tables import group_table
 from expertise.pipeline import build_library, finetune_member
 from expertise.records import make_record
 from expertise.select.embed import EmbeddingCache
+from expertise.plots import pyplot, save_figure, short_name
 from expertise.select.run import run_selection
 from expertise.upstream import baseline_name
 
@@ -110,10 +111,6 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     return result
 
 
-def _short(name: str) -> str:
-    return name.split(".", 1)[-1]
-
-
 def results_markdown(rows: list[dict], names: list[str], base: str, timings: dict[str, float], preset: str) -> str:
     lines = [f"# expertise demo (`{preset}` preset)", ""]
     lines += ["## Selection and transfer", "",
@@ -123,10 +120,10 @@ def results_markdown(rows: list[dict], names: list[str], base: str, timings: dic
               "|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         m = r["matched_expert"]
-        matched = "" if m is None else f"{r['knn'][m]:.3f} ({_short(m)})"
+        matched = "" if m is None else f"{r['knn'][m]:.3f} ({short_name(m)})"
         lines.append(
             f"| {r['task']} | {r['group']} | {r['knn'][base]:.3f} | {matched} "
-            f"| {_short(r['selected'])} | {r['knn'][r['selected']]:.3f} | {r['test_baseline']:.3f} | {r['test_selected']:.3f} |"
+            f"| {short_name(r['selected'])} | {r['knn'][r['selected']]:.3f} | {r['test_baseline']:.3f} | {r['test_selected']:.3f} |"
         )
     nat = [r for r in rows if r["group"] == "natural" and r["matched_expert"]]
     wins = sum(r["knn"][r["matched_expert"]] > r["knn"][base] for r in nat)
@@ -143,7 +140,7 @@ def results_markdown(rows: list[dict], names: list[str], base: str, timings: dic
                   "| task | " + " | ".join(f"{p} pick (test)" for p in pools) + " |", "|---|" + "---|" * len(pools)]
         for r in rows:
             lines.append(f"| {r['task']} | " + " | ".join(
-                f"{_short(r['table2'][p]['pick'])} ({r['table2'][p]['test']:.3f})" for p in pools) + " |")
+                f"{short_name(r['table2'][p]['pick'])} ({r['table2'][p]['test']:.3f})" for p in pools) + " |")
         lines.append("")
     labels = list(rows[0]["picks"]) if rows and "picks" in rows[0] else []
     if labels:
@@ -152,9 +149,9 @@ def results_markdown(rows: list[dict], names: list[str], base: str, timings: dic
                   "task-agnostic and random without its images).", "",
                   "| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
         for r in rows:
-            lines.append(f"| {r['task']} | " + " | ".join(", ".join(_short(n) for n in r["picks"][k]) for k in labels) + " |")
+            lines.append(f"| {r['task']} | " + " | ".join(", ".join(short_name(n) for n in r["picks"][k]) for k in labels) + " |")
         lines.append("")
-    lines += ["## kNN accuracy of every member", "", "| task | " + " | ".join(_short(n) for n in names) + " |",
+    lines += ["## kNN accuracy of every member", "", "| task | " + " | ".join(short_name(n) for n in names) + " |",
               "|---|" + "---:|" * len(names)]
     for r in rows:
         best = max(r["knn"].values())
@@ -167,10 +164,7 @@ def results_markdown(rows: list[dict], names: list[str], base: str, timings: dic
 
 def plot_knn(rows: list[dict], names: list[str], path: Path) -> None:
     """Heat map of kNN accuracy, tasks x members, the selected member outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     data = np.array([[r["knn"][n] for n in names] for r in rows])
@@ -180,12 +174,9 @@ def plot_knn(rows: list[dict], names: list[str], path: Path) -> None:
         for j, n in enumerate(names):
             ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     fontweight="bold" if n == r["selected"] else "normal")
-    ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), [short_name(n) for n in names], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [f"{r['task']} ({r['group']})" for r in rows], fontsize=8)
     ax.set_title("kNN leave-one-out accuracy per task and member\n(colour: difference from the task's mean, clipped at ±0.05; bold: selected)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

@@ -4,6 +4,8 @@ needed) and saved atomically, so a plot on disk is never half-written."""
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +19,21 @@ def pyplot():
     return plt
 
 
-def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
-    """Save under a temporary name, then rename into place; closes the figure."""
+def save_figure(fig: Any, path: Path | str, dpi: int = 120, tight: bool = False) -> Path:
+    """Save ``fig`` as PNG under a temporary name in the target folder, then rename it into place;
+    closes the figure. ``tight`` trims the margins to the drawn content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        tmp.replace(path)
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     finally:
         pyplot().close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -13,8 +13,6 @@ matplotlib runs on the non-interactive Agg backend, so no display is needed.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,26 +24,9 @@ import numpy as np  # noqa: E402
 
 from expertise.data.tasks import GROUPS  # noqa: E402
 from expertise.errors import DataError  # noqa: E402
+from expertise.plots import save_figure  # noqa: E402
 
 _GROUP_ORDER = {g: i for i, g in enumerate(GROUPS)}
-
-
-def save_figure(fig: plt.Figure, path: Path | str, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG to ``path`` atomically (temporary file in the same folder, then rename)
-    and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
-    return path
 
 
 def plot_zero_regret(panels: Mapping[str, Mapping[str, Sequence[float]]], budgets: Sequence[int],
@@ -74,7 +55,7 @@ def plot_zero_regret(panels: Mapping[str, Mapping[str, Sequence[float]]], budget
     axes[0][0].set_ylabel("fraction of tasks with zero regret")
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=True)
 
 
 def _ordered_tasks(tasks: Sequence[str], groups: Mapping[str, str] | None) -> list[str]:
@@ -107,7 +88,7 @@ def plot_task_regret(series: Mapping[str, Mapping[str, float]], path: Path | str
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=True)
 
 
 def plot_group_means(rows: Mapping[str, Mapping[str, Sequence[float]]], path: Path | str,
@@ -137,4 +118,4 @@ def plot_group_means(rows: Mapping[str, Mapping[str, Sequence[float]]], path: Pa
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=True)
