@@ -135,7 +135,7 @@ def _embed_unit(library: Library, task: Task, cache: EmbeddingCache, name: str, 
     emb = embed_pool([name], library.load, library.member_hash, task, EmbeddingCache(None), "trainval", batch_size,
                      device, False)
     key = task.fingerprint()
-    if cache.get(library.member_hash(name), key, "trainval") is None:
+    if not cache.has(library.member_hash(name), key, "trainval"):
         entry = {"features": emb.features[name]}
         if name in emb.upstream_logits:
             entry["upstream_logits"] = emb.upstream_logits[name]

@@ -79,6 +79,10 @@ class EmbeddingCache:
     def _path(self, member_hash: str, task_key: str, split: str) -> Path | None:
         return None if self.root is None else self.root / member_hash / f"{task_key}.{split}.{self.VERSION}.safetensors"
 
+    def has(self, member_hash: str, task_key: str, split: str) -> bool:
+        path = self._path(member_hash, task_key, split)
+        return path is not None and path.exists()
+
     def get(self, member_hash: str, task_key: str, split: str) -> dict[str, torch.Tensor] | None:
         path = self._path(member_hash, task_key, split)
         if path is None or not path.exists():

@@ -211,7 +211,7 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
     for n in names:
         info = library.info(n)
         bank = info.extra.get("bank")
-        if info.kind == "adapter_expert" and isinstance(bank, str) and cache.get(library.member_hash(n), key, "trainval") is None:
+        if info.kind == "adapter_expert" and isinstance(bank, str) and not cache.has(library.member_hash(n), key, "trainval"):
             banks.setdefault(bank, []).append(n)
     done = 0
     for bank_path, members in banks.items():
