@@ -18,9 +18,7 @@ from expertise.config import Preset
 from expertise.data.loaders import load_sklearn_digits
 from expertise.data.world import save_preview
 from expertise.io import atomic_write_json, atomic_write_text
-from expertise.bench.metrics import group_means
 from expertise.bench.store import RecordStore
-from expertise.bench.tables import group_table
 from expertise.pipeline import build_library, finetune_member
 from expertise.records import make_record
 from expertise.select.embed import EmbeddingCache
@@ -37,12 +35,6 @@ DEMO_STRATEGIES: tuple[tuple[str, str, str, int], ...] = (
     ("hybrid(knn_loo), B=2", "hybrid", "knn_loo", 2), ("random", "random", "", 1),
 )
 
-
-# Table 2 of paper 000: kNN selection within each kind of pool (kinds of members in the pool).
-TABLE2_POOLS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("baseline", ("baseline",)), ("adapters", ("adapter_expert",)), ("full", ("full_expert",)),
-    ("all experts", ("full_expert", "adapter_expert")),
-)
 
 
 def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device: torch.device = torch.device("cpu"),
@@ -62,7 +54,6 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     task_names = list(preset.tasks or (*world.task_names, "sklearn_digits"))
     cache = EmbeddingCache(out / "cache")
     store = RecordStore(out)
-    kind_of = {n: library.info(n).kind for n in names}
     rows: list[dict[str, Any]] = []
     timings["select"] = timings["finetune"] = 0.0
     for tname in task_names:
@@ -85,16 +76,10 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
         t0 = time.perf_counter()
         res_b = finetune_member(library, base, task, preset, store, device, progress)
         res_sel = finetune_member(library, chosen, task, preset, store, device, progress)
-        table2 = {}
-        for label, kinds in TABLE2_POOLS:
-            pool = [n for n, _ in run.selection.ranking if kind_of[n] in kinds]
-            if pool:  # the kNN pick within the pool: the first of the whole ranking that is in it
-                table2[label] = {"pick": pool[0], "test": finetune_member(library, pool[0], task, preset, store,
-                                                                          device, progress).test_accuracy}
         timings["finetune"] += time.perf_counter() - t0
         row = {
             "task": tname, "group": task.group, "classes": task.num_classes, "domain": domain,
-            "knn": scores, "selected": chosen, "matched_expert": matched, "picks": picks, "table2": table2,
+            "knn": scores, "selected": chosen, "matched_expert": matched, "picks": picks,
             "test_baseline": res_b.test_accuracy, "test_selected": res_sel.test_accuracy,
             "select_seconds": run.seconds, "embedded_images": run.embed.images,
         }
@@ -130,18 +115,6 @@ def results_markdown(rows: list[dict], names: list[str], base: str, timings: dic
     lines += ["", f"On {wins} of {len(nat)} natural tasks with a domain-matched expert, that expert's kNN accuracy beats B's.", ""]
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
     lines += [f"Mean test accuracy over {len(rows)} tasks: B {mean('test_baseline'):.3f}, selected {mean('test_selected'):.3f}.", ""]
-    pools = list(rows[0].get("table2", {})) if rows else []
-    if pools:
-        groups = {r["task"]: r["group"] for r in rows}
-        summary = {p: group_means({r["task"]: r["table2"][p]["test"] for r in rows}, groups) for p in pools}
-        lines += ["## Table 2 layout: kNN selection within each pool", "",
-                  "Mean fine-tuned test accuracy (percent) of the kNN pick within each pool, by task group, with 95% "
-                  "bootstrap intervals over tasks (paper 000, Table 2).", "", group_table(summary, first="pool"), "",
-                  "| task | " + " | ".join(f"{p} pick (test)" for p in pools) + " |", "|---|" + "---|" * len(pools)]
-        for r in rows:
-            lines.append(f"| {r['task']} | " + " | ".join(
-                f"{short_name(r['table2'][p]['pick'])} ({r['table2'][p]['test']:.3f})" for p in pools) + " |")
-        lines.append("")
     labels = list(rows[0]["picks"]) if rows and "picks" in rows[0] else []
     if labels:
         lines += ["## The pick of every strategy", "",
