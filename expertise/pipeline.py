@@ -15,7 +15,7 @@ import torch
 from expertise.config import Preset
 from expertise.data.loaders import load_task
 from expertise.data.tasks import Task
-from expertise.data.world import World, WorldConfig
+from expertise.data.world import WORLD_VERSION, World, WorldConfig
 from expertise.errors import LibraryError
 from expertise.io import atomic_write_json
 from expertise.library import Library
@@ -40,7 +40,14 @@ def world_of_library(library: Library) -> World | None:
         return None
     meta = json.loads(path.read_text())
     cfg = meta.get("world")
-    return World(WorldConfig(**cfg)) if cfg else None
+    if not cfg:
+        return None
+    version = (meta.get("settings") or {}).get("world_version", 1)
+    if version != WORLD_VERSION:
+        raise LibraryError(f"the library at {library.path} was trained on version {version} of the embedded world; "
+                           f"this expertise renders version {WORLD_VERSION}: build a new library (expertise upstream --library NEW, "
+                           "or expertise demo --fresh)")
+    return World(WorldConfig(**cfg))
 
 
 def build_library(preset: Preset, path: Path, device: torch.device, progress: bool = True, log=print,
@@ -50,7 +57,7 @@ def build_library(preset: Preset, path: Path, device: torch.device, progress: bo
     them) for the top-K nodes. Returns the library, the world and the pool members' names."""
     kinds = () if upstream_only else (kinds if kinds is not None else ("full", "adapter") if preset.adapter_experts else ("full",))
     world = World(preset.world)
-    upstream_cfg = {"world": preset.to_json()["world"], "backbone": preset.backbone,
+    upstream_cfg = {"world": preset.to_json()["world"], "world_version": WORLD_VERSION, "backbone": preset.backbone,
                     "baseline": preset.baseline.to_json(), "expert": preset.expert.to_json(), "seed": preset.seed}
     library = Library.create(path, world.hierarchy, exist_ok=True)
     meta_path = library.path / UPSTREAM_FILE

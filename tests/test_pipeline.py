@@ -77,3 +77,22 @@ def test_resuming_with_other_upstream_settings_is_refused(demo_run):
     with pytest.raises(LibraryError, match="other upstream settings"):
         build_library(other, out / "library", device=__import__("torch").device("cpu"), progress=False, log=lambda *a: None)
 
+
+def test_a_library_of_an_earlier_world_version_is_refused(demo_run, tmp_path):
+    """A library's tasks are rebuilt from its world config; pixels of another world version would
+    silently differ from the ones it was trained on, so that is an error that says what to do."""
+    import shutil
+
+    from expertise.data.world import WORLD_VERSION
+    from expertise.errors import LibraryError
+    from expertise.pipeline import UPSTREAM_FILE, world_of_library
+
+    _, out, _ = demo_run
+    assert world_of_library(Library.open(out / "library")).cfg.resolution == get_preset("tiny").world.resolution
+    shutil.copytree(out / "library", tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / UPSTREAM_FILE).read_text())
+    assert meta["settings"]["world_version"] == WORLD_VERSION
+    del meta["settings"]["world_version"]  # as a version-1 library wrote it
+    (tmp_path / "old" / UPSTREAM_FILE).write_text(json.dumps(meta))
+    with pytest.raises(LibraryError, match=f"version 1 of the embedded world.*renders version {WORLD_VERSION}"):
+        world_of_library(Library.open(tmp_path / "old"))

@@ -3,8 +3,8 @@ VTAB-1k-like downstream suite, rendered on demand and never stored.
 
 Three visual domains with different statistics make experts matter:
 
-* ``glyph``: letters from the fonts matplotlib ships (Latin, Greek, Cyrillic families), dark ink
-  on paper, thin strokes, neighbouring characters cut by the frame;
+* ``glyph``: letters from the fonts matplotlib ships (Latin, Greek, Cyrillic, Armenian and
+  Georgian scripts), dark ink on paper, thin strokes, neighbouring characters cut by the frame;
 * ``shape``: procedural silhouettes (polygons, stars, round shapes, symbols), flat saturated
   colours on gradients, full rotation, distractor strokes and dots;
 * ``texture``: full-frame periodic and stochastic patterns in two colours with shading.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -45,6 +46,10 @@ from expertise.errors import ConfigError, DataError
 
 F32 = np.float32
 _MASK64 = (1 << 64) - 1
+# Bumped whenever the same WorldConfig renders other pixels or another hierarchy, so that a library
+# trained on an earlier world is refused rather than silently paired with the new one's tasks.
+# 2: Armenian and Georgian glyph families upstream.
+WORLD_VERSION = 2
 _CHUNK = 512  # images rendered at once: big enough to amortise numpy overhead, small enough for cache
 
 # =============================================================================================
@@ -153,6 +158,10 @@ GLYPH_FAMILIES: dict[str, dict[str, str]] = {
     "cyrillic": dict(Be="Б", De="Д", Zhe="Ж", Ze="З", I="И", Short_I="Й", El="Л", Tse="Ц", Che="Ч", Sha="Ш",
                      Shcha="Щ", Hard="Ъ", Yery="Ы", Soft="Ь", E="Э", Yu="Ю", Ya="Я"),
     "digit": {c: c for c in "0123456789"},
+    # Two more scripts (set in the twelve DejaVu faces only): they make the glyph domain wide enough
+    # that a small generalist cannot cover it as well as a specialist does.
+    "armenian": {unicodedata.name(chr(c)).split()[-1].lower(): chr(c) for c in range(0x561, 0x587)},
+    "georgian": {unicodedata.name(chr(c)).split()[-1].lower(): chr(c) for c in range(0x10D0, 0x10F1)},
 }
 SHAPE_FAMILIES: dict[str, tuple[str, ...]] = {
     "polygon": ("triangle", "square", "pentagon", "hexagon", "heptagon", "octagon", "rectangle", "rhombus",
@@ -201,6 +210,14 @@ UNICODE_FONTS: tuple[str, ...] = (
     "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",
 )
 LATIN_FONTS: tuple[str, ...] = ("cmr10", "cmb10", "cmss10", "cmti10", "cmtt10")
+DEJAVU_FONTS: tuple[str, ...] = UNICODE_FONTS[:12]
+
+
+def family_fonts(family: str) -> tuple[str, ...]:
+    """The fonts a glyph family is set in, in bank-row order (shared prefix: the DejaVu faces)."""
+    if family in ("armenian", "georgian"):
+        return DEJAVU_FONTS
+    return UNICODE_FONTS + (LATIN_FONTS if family in ("latin_upper", "latin_lower", "digit") else ())
 FONT_TASK_FONTS: tuple[str, ...] = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSerif", "DejaVuSansMono",
                                     "STIXGeneral", "STIXGeneralItalic", "cmss10", "cmtt10")
 
@@ -267,8 +284,7 @@ def _glyph_bank(size: int) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
     rows: list[np.ndarray] = []
     index: dict[str, tuple[int, int]] = {}
     for family, chars in GLYPH_FAMILIES.items():
-        latin = family in ("latin_upper", "latin_lower", "digit")
-        names = UNICODE_FONTS + (LATIN_FONTS if latin else ())
+        names = family_fonts(family)
         for cname, char in chars.items():
             index[f"glyph/{family}/{cname}"] = (len(rows), len(names))
             for fname in names:
@@ -974,11 +990,14 @@ class WorldConfig:
     frequencies (0: every leaf equally likely).
 
     ``domain_weights`` scales each domain's share of the upstream images (glyph, shape, texture).
-    At 0.45 glyphs are about a fifth of upstream, one domain among several as in ImageNet-21k,
-    rather than the largest. Measured on the ``cpu`` demo: shape and texture experts beat the
-    baseline's kNN accuracy on their domains' tasks at either setting; the glyph expert does not
-    (it raises accuracy on the glyph classes it trained on, 0.80 -> 0.85, but not kNN accuracy on
-    unseen glyph classes), at 1.0 or 0.45, with 600 or 1,500 steps, at learning rates 0.003-0.1.
+    At 0.3 glyphs (126 upstream leaves in seven scripts) are about a third of upstream, one domain
+    among several as in ImageNet-21k. Measured on the ``cpu`` preset (B, then one full expert per
+    domain; kNN leave-one-out accuracy, seed 0): the glyph expert beats B on all three glyph tasks
+    (digits 0.840 -> 0.849, unseen letters 0.890 -> 0.907, fonts 0.492 -> 0.504) and the texture
+    expert on texture_unseen (0.913 -> 0.926); the shape expert ties B on shape_unseen (0.939).
+    Version 1 of the world, with only Latin, Greek and Cyrillic glyphs, had the glyph expert lose on
+    every glyph task at any weight, step count or learning rate tried: a generalist covered so
+    narrow a domain as well as a specialist.
     """
 
     seed: int = 0
@@ -987,7 +1006,7 @@ class WorldConfig:
     holdout_size: int = 5_000
     test_size: int = 1_000  # test split of each downstream task (train 800 and val 200 always)
     imbalance: float = 1.0
-    domain_weights: tuple[float, ...] = (0.45, 1.0, 1.0)
+    domain_weights: tuple[float, ...] = (0.3, 1.0, 1.0)
 
     def __post_init__(self) -> None:
         # JSON and --set give lists or strings; keep a hashable tuple of floats
