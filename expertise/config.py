@@ -61,8 +61,8 @@ PRESETS: dict[str, Preset] = {
         expert=TrainConfig(steps=600, batch_size=128, lr=0.03, warmup_steps=50, weight_decay=1e-4),
         num_experts=8,
         finetune=TrainConfig(steps=500, batch_size=64, lr=0.01, warmup_steps=50),
-        epn=TrainConfig(steps=1_000, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
-        adapter=TrainConfig(steps=600, batch_size=64, lr=0.05, warmup_steps=50, weight_decay=1e-4),
+        epn=TrainConfig(steps=500, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
+        adapter=TrainConfig(steps=300, batch_size=64, lr=0.05, warmup_steps=30, weight_decay=1e-4),
     ),
     "gpu": Preset(
         name="gpu",
