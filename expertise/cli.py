@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
                   pretty_exceptions_enable=False)
 library_app = typer.Typer(no_args_is_help=True, help="Inspect and check a model library.")
 app.add_typer(library_app, name="library")
+pool_app = typer.Typer(no_args_is_help=True, help="Add external pre-trained models (timm, Hugging Face, checkpoints) to a library.")
+app.add_typer(pool_app, name="pool")
 bench_app = typer.Typer(help="Benchmark selection strategies and pools on a suite of tasks (see 'expertise bench --help').")
 app.add_typer(bench_app, name="bench")
 # A terminal gets its own width; piped output (a file, a CI log) is not squeezed into 80 columns.
@@ -360,6 +362,32 @@ def _resolution(lib) -> int:
 
         raise LibraryError(f"the library at {lib.path} has no members; run 'expertise upstream --library {lib.path}' first")
     return int(lib.info(names[0]).preprocessing["size"])
+
+
+@pool_app.command("add")
+@user_errors
+def pool_add(
+    library: LibOpt,
+    timm_name: Annotated[Optional[str], typer.Option("--timm", help="timm architecture, e.g. resnet50 (see timm.list_models()).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Weights for --timm: a .safetensors state dict.")] = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="timm's own pretrained weights for --timm (needs a network or a warm cache).")] = False,
+    hf: Annotated[Optional[str], typer.Option("--hf", help="A Hugging Face timm model: a downloaded folder (config.json + model.safetensors) or a Hub id.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Member name (default ext.<architecture>).")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Input size in pixels (default: the weights' own).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a member of the same name.")] = False,
+) -> None:
+    """Register an external pre-trained model as a pool member of LIBRARY (created if missing).
+    Weights are read from safetensors only; pickled checkpoints are refused."""
+    from expertise.library import Library
+    from expertise.pool import add_external, load_external
+
+    model, source = load_external(timm_name, checkpoint, hf, pretrained, size)
+    lib = Library.create(library, None, exist_ok=True)
+    info = add_external(lib, model, source, name, overwrite)
+    head = info.extra["upstream_classes"]
+    out.print(f"[green]added[/] {info.name}: {info.architecture} from {source.location}, {info.parameters:,} parameters, "
+              f"embedding {info.embedding_dim}, input {info.preprocessing['size']} px, "
+              + (f"upstream head of {head} classes" if head else "no upstream head"), highlight=False)
 
 
 @library_app.command("ls")

@@ -55,6 +55,7 @@ from expertise.errors import ExpertiseError, LibraryError
 from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
 from expertise.models.adapters import AdapterBank, expert_key
 from expertise.models.backbones import ExpertModel, count_parameters, model_from_config
+from expertise.models import external as _external  # noqa: F401  registers ExternalModel for model_from_config
 
 FORMAT = 1
 MANIFEST, HIERARCHY, LOCK, MEMBERS = "library.json", "hierarchy.json", ".lock", "members"

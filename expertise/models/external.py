@@ -1,0 +1,235 @@
+"""External pre-trained models as pool members: any timm architecture, with weights from a local
+safetensors checkpoint, a Hugging Face model folder in timm's layout (``config.json`` +
+``model.safetensors``), a Hugging Face Hub id, or timm's own pretrained weights.
+
+An external model obeys the same member contract as our own experts (``embed``,
+``upstream_logits``, ``preprocessing``, ``member_config``), so selection, fine-tuning and the
+benchmark treat it like any other member:
+
+* ``embed(x)`` is timm's pre-logits representation, ``forward_head(forward_features(x), pre_logits=True)``;
+* the model's own linear classifier, when it has one, becomes its upstream head (LEEP and NCE read
+  a softmax over it); a model without one (or with a non-linear classifier) has no upstream head;
+* ``preprocessing`` comes from timm's data config of the weights (input size, mean, std), the size
+  overridable: a 224-px ImageNet model sees a 32-px task resized to 224, as in the papers.
+
+Weights are only ever read from safetensors: a checkpoint or a Hub repository that has only pickled
+weights (``.bin``, ``.pth``) is refused with an error, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from expertise.errors import ConfigError
+from expertise.models.backbones import HeadMixin, Preprocessing, register_member_class
+
+HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"
+_PICKLED = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".tar")
+
+
+class ExternalModel(HeadMixin, nn.Module):
+    """A timm network without its classifier (``net``) plus, optionally, that classifier as a
+    separate linear head; see the module docstring."""
+
+    def __init__(self, architecture: str, num_outputs: int, preprocessing: Preprocessing,
+                 head_kind: str = "upstream", model_args: dict[str, Any] | None = None,
+                 net: nn.Module | None = None) -> None:
+        super().__init__()
+        self.architecture = architecture
+        self.model_args = dict(model_args or {})
+        self.preprocessing = preprocessing
+        self.net = net if net is not None else _create(architecture, num_classes=0, **self.model_args)
+        self.num_features = int(self.net.num_features)
+        self.head_kind = head_kind
+        self.head: nn.Linear | None = nn.Linear(self.num_features, num_outputs) if num_outputs else None
+
+    @classmethod
+    def wrap(cls, net: nn.Module, architecture: str, preprocessing: Preprocessing,
+             model_args: dict[str, Any] | None = None) -> ExternalModel:
+        """Take a timm model apart: its linear classifier (if any) becomes the upstream head, the
+        rest the embedding network. ``net`` is modified in place (its classifier is removed)."""
+        classifier = net.get_classifier() if hasattr(net, "get_classifier") else None
+        head = classifier if isinstance(classifier, nn.Linear) else None
+        pre = head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone()
+        net.reset_classifier(0)
+        model = cls(architecture, 0 if head is None else head.out_features, preprocessing, "upstream", model_args, net)
+        if head is not None:
+            assert model.head is not None
+            with torch.no_grad():
+                model.head.weight.copy_(pre[0])
+                if pre[1] is None:
+                    model.head.bias.zero_()
+                else:
+                    model.head.bias.copy_(pre[1])
+        return model
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+    def member_config(self) -> dict[str, Any]:
+        return {
+            "class": "ExternalModel",
+            "architecture": self.architecture,
+            "model_args": self.model_args,
+            "num_outputs": 0 if self.head is None else self.head.out_features,
+            "head_kind": self.head_kind,
+            "preprocessing": self.preprocessing.to_json(),
+        }
+
+
+@register_member_class("ExternalModel")
+def _build_external(cfg: dict[str, Any]) -> ExternalModel:
+    return ExternalModel(str(cfg["architecture"]), int(cfg["num_outputs"]), Preprocessing.from_json(cfg["preprocessing"]),
+                         cfg.get("head_kind", "upstream"), dict(cfg.get("model_args", {})))
+
+
+def _create(architecture: str, **kwargs: Any) -> nn.Module:
+    if not timm.is_model(architecture):
+        close = timm.list_models(f"*{architecture.split('.')[0][:12]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ConfigError(f"timm has no architecture {architecture!r}{hint} (see timm.list_models())")
+    try:
+        return timm.create_model(architecture, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"timm cannot build {architecture!r} with {kwargs}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ExternalSource:
+    """Where an external model came from, kept in its manifest entry."""
+
+    kind: str  # "checkpoint", "hf", or "timm"
+    architecture: str
+    location: str  # the checkpoint file, the Hugging Face folder or id, or the timm name
+    pretrained_tag: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"source": self.kind, "location": self.location, "pretrained_tag": self.pretrained_tag}
+
+
+def _safetensors_keys(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, read from its header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def _check_safetensors_file(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint file at {path}")
+    if path.suffix in _PICKLED:
+        raise ConfigError(f"{path} is a pickled checkpoint; expertise reads safetensors only (never unpickles). "
+                          "Convert it where you trust it: safetensors.torch.save_file(torch.load(f), 'model.safetensors')")
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"{path}: expected a .safetensors checkpoint")
+    return path
+
+
+def _classifier_outputs(architecture: str, shapes: dict[str, tuple[int, ...]]) -> int:
+    """The number of classes of the checkpoint's classifier (0 when it has none), found under
+    the architecture's classifier name (timm's pretrained config says which it is)."""
+    with torch.device("meta"):
+        probe = _create(architecture, pretrained=False)
+    names = probe.pretrained_cfg.get("classifier") or ()
+    for name in (names,) if isinstance(names, str) else names:
+        shape = shapes.get(f"{name}.weight") or shapes.get(f"module.{name}.weight")
+        if shape:
+            return int(shape[0])
+    return 0
+
+
+def _preprocessing(net: nn.Module, size: int | None) -> Preprocessing:
+    data = timm.data.resolve_data_config(model=net)
+    input_size = int(size or data["input_size"][-1])
+    if input_size < 8:
+        raise ConfigError(f"input size must be at least 8 pixels, got {input_size}")
+    return Preprocessing(input_size, tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
+
+
+def from_checkpoint(architecture: str, checkpoint: Path, size: int | None = None) -> tuple[ExternalModel, ExternalSource]:
+    """A timm ``architecture`` with weights from a local safetensors ``checkpoint`` (a state dict as
+    timm saves it; a classifier of any width is kept as the upstream head)."""
+    path = _check_safetensors_file(checkpoint)
+    num_classes = _classifier_outputs(architecture, _safetensors_keys(path))
+    net = _load_timm(architecture, {"file": str(path.resolve()), "num_classes": num_classes}, num_classes, str(path))
+    return ExternalModel.wrap(net, architecture, _preprocessing(net, size)), ExternalSource("checkpoint", architecture, str(path))
+
+
+def from_hf_folder(folder: Path, size: int | None = None, location: str | None = None) -> tuple[ExternalModel, ExternalSource]:
+    """A model folder in timm's Hugging Face layout: ``config.json`` (``architecture``,
+    ``num_classes``, ``pretrained_cfg``, optional ``model_args``) and ``model.safetensors``."""
+    folder = Path(folder)
+    cfg_file, weights = folder / HF_CONFIG, folder / HF_WEIGHTS
+    if not cfg_file.is_file():
+        raise ConfigError(f"{folder} is not a Hugging Face timm model folder: it has no {HF_CONFIG}")
+    if not weights.is_file():
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLED)
+        extra = f" (it has {', '.join(pickled)}: pickled weights are never loaded)" if pickled else ""
+        raise ConfigError(f"{folder} has no {HF_WEIGHTS}{extra}; expertise reads safetensors only")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{cfg_file} cannot be read ({e})") from None
+    architecture = cfg.get("architecture") or (cfg.get("pretrained_cfg") or {}).get("architecture")
+    if not isinstance(architecture, str) or not architecture:
+        raise ConfigError(f"{cfg_file} names no 'architecture'; is it a timm model? (transformers models are not supported)")
+    # timm records the factory's arguments; those this loader sets itself are taken from them
+    model_args = {k: v for k, v in (cfg.get("model_args") or {}).items()
+                  if k not in ("num_classes", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay")}
+    num_classes = int(cfg.get("num_classes", _classifier_outputs(architecture, _safetensors_keys(weights))))
+    overlay = {k: v for k, v in (cfg.get("pretrained_cfg") or {}).items() if k not in ("file", "url", "hf_hub_id", "source")}
+    overlay.update(file=str(weights.resolve()), num_classes=num_classes)
+    net = _load_timm(architecture, overlay, num_classes, str(folder), **model_args)
+    source = ExternalSource("hf", architecture, location or str(folder), str(cfg.get("pretrained_cfg", {}).get("tag", "")))
+    return ExternalModel.wrap(net, architecture, _preprocessing(net, size), model_args), source
+
+
+def from_hf_hub(repo_id: str, size: int | None = None, revision: str | None = None) -> tuple[ExternalModel, ExternalSource]:
+    """A timm model from the Hugging Face Hub (``timm/resnet50.a1_in1k``): only its config and
+    safetensors weights are fetched (or found in the local Hugging Face cache when offline)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=[HF_CONFIG, HF_WEIGHTS])
+    except LocalEntryNotFoundError:
+        raise ConfigError(f"{repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached; "
+                          f"download it where there is a network (huggingface-cli download {repo_id}) and pass "
+                          "the folder to --hf") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise ConfigError(f"cannot fetch {repo_id!r} from the Hugging Face Hub ({e})") from None
+    return from_hf_folder(Path(folder), size, location=repo_id)
+
+
+def from_timm_pretrained(architecture: str, size: int | None = None) -> tuple[ExternalModel, ExternalSource]:
+    """timm's own pretrained weights for ``architecture`` (``resnet50.a1_in1k``), downloaded by
+    timm from the Hub: needs a network or a warm Hugging Face cache."""
+    name = architecture.split(".")[0]
+    try:
+        net = _create(architecture, pretrained=True)
+    except (RuntimeError, OSError) as e:
+        raise ConfigError(f"timm could not load pretrained weights for {architecture!r} ({str(e).splitlines()[0]}); "
+                          "without a network, save them elsewhere as a .safetensors checkpoint and pass --checkpoint") from None
+    tag = architecture.split(".", 1)[1] if "." in architecture else ""
+    return ExternalModel.wrap(net, name, _preprocessing(net, size)), ExternalSource("timm", name, architecture, tag)
+
+
+def _load_timm(architecture: str, overlay: dict[str, Any], num_classes: int, where: str, **model_args: Any) -> nn.Module:
+    """timm's own loading path (checkpoint filters, classifier handling), from a local file."""
+    try:
+        return _create(architecture, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=num_classes,
+                       **model_args)
+    except RuntimeError as e:  # load_state_dict(strict=True) on a checkpoint of another architecture
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ConfigError(f"the weights in {where} do not fit timm's {architecture!r}: {' '.join(lines[:2])[:300]}") from None
