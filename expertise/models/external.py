@@ -130,7 +130,7 @@ def _check_safetensors_file(path: Path) -> Path:
         raise ConfigError(f"no checkpoint file at {path}")
     if path.suffix in _PICKLED:
         raise ConfigError(f"{path} is a pickled checkpoint; expertise reads safetensors only (never unpickles). "
-                          "Convert it where you trust it: safetensors.torch.save_file(torch.load(f), 'model.safetensors')")
+                          "Convert it to a .safetensors state dict on a machine where you trust its source")
     if path.suffix != ".safetensors":
         raise ConfigError(f"{path}: expected a .safetensors checkpoint")
     return path
