@@ -207,6 +207,14 @@ def _finite_or_none(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _finite_or_raise(accs: list[float | None], what: str, cfg: TrainConfig, sweep: SweepConfig) -> list[float]:
+    """The accuracies of the fine-tunes that did not diverge; an error that says what to lower when none is left."""
+    finite = [a for a in accs if a is not None]
+    if not finite:
+        raise ConfigError(f"{what}; lower the fine-tune learning rate (now {cfg.lr:g}) or the lr_factors {list(sweep.lr_factors)}")
+    return finite
+
+
 def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], member_hash: str, task: Task,
                       base_cfg: TrainConfig, sweep: SweepConfig, store: RecordStore, seed: int = 0,
                       device: torch.device | str = "cpu", progress: bool = False,
@@ -276,12 +284,8 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
                 done = unit(SWEEP_KIND, "sweep", point.cfg, sweep_seed, task.train, task.val, "val", {"sweep": i},
                             f"sweep {i} lr {point.cfg.lr:g} steps {point.cfg.steps} {member_name} on {task.name}")
                 val_accs.append(_finite_or_none(done.metrics.get("accuracy")))
-            finite = [a for a in val_accs if a is not None]
-            if not finite:
-                raise ConfigError(
-                    f"every sweep setting diverged for {member_name} on {task.name} (sweep {i}); lower the fine-tune "
-                    f"learning rate (now {base_cfg.lr:g}) or the lr_factors {list(sweep.lr_factors)}"
-                )
+            finite = _finite_or_raise(val_accs, f"every sweep setting diverged for {member_name} on {task.name} "
+                                      f"(sweep {i})", base_cfg, sweep)
             best = max(finite)
             b = next(k for k, a in enumerate(val_accs) if a == best)  # ties: the first grid point
             chosen.append({"sweep": i, **grid[b].to_json(), "val_accuracy": best, "val_accuracies": val_accs})
@@ -290,12 +294,7 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
                         task.trainval, task.test, "test", {"sweep": i, "retrain": j},
                         f"retrain {i}.{j} lr {grid[b].cfg.lr:g} steps {grid[b].cfg.steps} {member_name} on {task.name}")
             test_accs.append(_finite_or_none(done.metrics.get("accuracy")))
-    finite_test = [a for a in test_accs if a is not None]
-    if not finite_test:
-        raise ConfigError(
-            f"every retrain diverged for {member_name} on {task.name}; lower the fine-tune learning rate "
-            f"(now {base_cfg.lr:g}) or the lr_factors {list(sweep.lr_factors)}"
-        )
+    finite_test = _finite_or_raise(test_accs, f"every retrain diverged for {member_name} on {task.name}", base_cfg, sweep)
     return ProtocolResult(
         member=member_name, task=task.name, test_accuracy=float(np.median(np.asarray(finite_test, dtype=np.float64))),
         test_accuracies=tuple(test_accs), chosen=tuple(chosen),
