@@ -160,21 +160,37 @@ def build_adapter_experts(library: Library, train: UpstreamData, holdout: Upstre
     backbone = parent.architecture or library.load(baseline_name).backbone_config.name  # type: ignore[union-attr]
     names = {node: adapter_expert_name(backbone, node) for node in nodes}
     bank_path = f"adapters/{bank_name}.safetensors"
-    stored = [n for n in names.values() if n in library and library.info(n).kind == "adapter_expert"
-              and library.info(n).parent == baseline_name and library.info(n).extra.get("bank") == bank_path]
+
     def plain(x: object) -> object:  # as JSON reads it back (tuples become lists), in memory or from the manifest
         return json.loads(json.dumps(x))
 
-    other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())]
-    if other:
-        raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings; "
-                           "remove them (Library.remove) or use another --library")
-    if len(stored) == len(names):
+    def reusable(quiet: bool = False) -> bool:
+        """Whether every expert is stored, intact, in this bank on this baseline with these settings."""
+        stored = [n for n in names.values() if n in library and library.info(n).kind == "adapter_expert"
+                  and library.info(n).parent == baseline_name and library.info(n).extra.get("bank") == bank_path]
+        other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())]
+        if other:
+            raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings; "
+                               "remove them (Library.remove) or use another --library")
+        if len(stored) != len(names):
+            return False
         stale = [p for n in stored for p in library.problems(n)]
-        if not stale:
+        if stale and not quiet:
+            log(f"adapter experts of {baseline_name} are stored but unusable ({stale[0]}): training them again")
+        return not stale
+
+    with library.claim(f"{bank_name}.adapter-bank", log, done=lambda: reusable(quiet=True)) as build:
+        if not build:
             log(f"adapter experts of {baseline_name} already in the library: reusing {len(names)} experts")
             return list(names.values())
-        log(f"adapter experts of {baseline_name} are stored but unusable ({stale[0]}): training them again")
+        reusable()  # says why a stored bank is trained again
+        return _train_bank(library, train, holdout, baseline_name, nodes, names, backbone, cfg, seed, device,
+                           progress, log, bank_name)
+
+
+def _train_bank(library: Library, train: UpstreamData, holdout: UpstreamData, baseline_name: str, nodes: list[str],
+                names: dict[str, str], backbone: str, cfg: TrainConfig, seed: int, device: torch.device,
+                progress: bool, log, bank_name: str) -> list[str]:
     baseline = library.load(baseline_name)
     if not isinstance(baseline, ExpertModel):
         raise LibraryError(f"{baseline_name!r} is a {type(baseline).__name__}; adapter experts need an ExpertModel baseline")

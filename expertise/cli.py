@@ -5,6 +5,7 @@ A user error (:class:`~expertise.errors.ExpertiseError`) prints one line and exi
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from expertise.errors import ExpertiseError
+from expertise.errors import ExpertiseError, disk_error
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0] if __doc__ else None,
                   pretty_exceptions_enable=False)
@@ -46,6 +49,11 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except ExpertiseError as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except OSError as e:  # a disk error our writers did not wrap (a folder made by a library call)
+            if e.errno not in DISK_ERRNOS:
+                raise
+            err.print(f"[bold red]error:[/] {disk_error(e)}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished units of work are saved; run the same command again to resume")
@@ -227,7 +235,7 @@ def transfer(library: LibOpt, task: TaskOpt,
     store = RecordStore(out_dir)
     best = None
     for name in run.selection.picks:
-        res = transfer_protocol(name, lambda name=name: lib.load(name), lib.member_hash(name), t, cfg.finetune, sweep,
+        res = transfer_protocol(name, lambda name=name: lib.load(name), lib.verified_hash(name), t, cfg.finetune, sweep,
                                 store, seed, dev, not quiet)
         chosen = ", ".join(f"lr {c['lr']:g}" for c in res.chosen)
         out.print(f"{name} on {t.name}: median test accuracy [bold]{res.test_accuracy:.3f}[/] over "
@@ -411,14 +419,19 @@ def library_ls(library: Annotated[Path, typer.Argument(help="Library folder.")])
 @library_app.command("verify")
 @user_errors
 def library_verify(library: Annotated[Path, typer.Argument(help="Library folder.")]) -> None:
-    """Check every file's sha256 against the manifest; exit 1 if anything changed or is missing."""
+    """Check that every member is loadable: each file present, inside the library and matching its
+    sha256; each config within its schema and building exactly the tensors stored; the hierarchy and
+    upstream settings intact. Removes what interrupted writes left behind when no writer holds the
+    library. Exit 1 if anything is wrong."""
     lib = _open_library(library)
+    for f in lib.clean():
+        out.print(f"removed {f}, left over from an interrupted write", highlight=False)
     problems = lib.verify()
     if problems:
         for p in problems:
             err.print(f"[red]✗[/] {p}", highlight=False)
         raise typer.Exit(1)
-    out.print(f"[green]✓[/] {library}: {len(lib)} members, every file matches its hash")
+    out.print(f"[green]✓[/] {library}: {len(lib)} members, every one loadable and every file matching its hash")
 
 
 def main() -> None:

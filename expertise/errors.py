@@ -19,3 +19,30 @@ class LibraryError(ExpertiseError):
 
 class ConfigError(ExpertiseError):
     """A configuration value is out of range or inconsistent."""
+
+
+class DiskError(ExpertiseError, OSError):
+    """A file could not be written for a reason of the disk: no space, read-only, permissions. It
+    is an ``OSError`` too, so code that handles those keeps working."""
+
+
+_ADVICE = {
+    "ENOSPC": "no space left on the device: free some space or choose a folder on another disk, then run the same command again",
+    "EDQUOT": "disk quota exceeded: free some space or choose a folder on another disk, then run the same command again",
+    "EROFS": "the file system is read-only: choose a writable folder (or copy the library to one)",
+    "EACCES": "permission denied: choose a folder you may write to, or ask its owner for write access",
+    "EPERM": "operation not permitted: choose a folder you may write to, or ask its owner for write access",
+}
+
+
+def disk_error(error: OSError, path: object = None) -> DiskError:
+    """One line for an ``OSError`` of the disk, naming the path and what to do; nothing is left
+    half-written by the project's writers, so the advice is always to fix the disk and rerun."""
+    import errno
+
+    if isinstance(error, DiskError):
+        return error
+    name = errno.errorcode.get(error.errno or 0, "")
+    where = path if path is not None else (error.filename or "a file")
+    advice = _ADVICE.get(name, f"{error.strerror or error}: check the disk and the path")
+    return DiskError(f"cannot write {where}: {advice}")

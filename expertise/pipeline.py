@@ -15,17 +15,17 @@ import torch
 from expertise.config import Preset
 from expertise.data.loaders import load_task
 from expertise.data.tasks import Task
-from expertise.data.world import WORLD_VERSION, World, WorldConfig
-from expertise.errors import LibraryError
-from expertise.io import atomic_write_json
-from expertise.library import Library
+from expertise.data.world import WORLD_VERSION, World
+from expertise.errors import ConfigError, LibraryError
+from expertise.library import UPSTREAM, Library
+from expertise.library.upstream_meta import check_upstream, world_config
 from expertise.bench.protocol import ProtocolResult, SweepConfig, transfer_protocol
 from expertise.bench.store import RecordStore
 from expertise.adapters import build_adapter_experts
 from expertise.select.epn import build_epn
 from expertise.upstream import build_upstream
 
-UPSTREAM_FILE = "upstream.json"
+UPSTREAM_FILE = UPSTREAM
 DEMO_SWEEP = SweepConfig(lr_factors=(1.0,))  # the preset's fine-tune settings, one retrain
 
 
@@ -33,21 +33,29 @@ def config_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def upstream_meta(library: Library) -> dict[str, Any] | None:
+    """``upstream.json`` of a library, checked against its recorded hash and its schema (None for a
+    library of external models)."""
+    meta = library.read_meta(UPSTREAM_FILE)
+    if meta is None:
+        return None
+    try:
+        return check_upstream(meta, str(library.path / UPSTREAM_FILE))
+    except ConfigError as e:
+        raise LibraryError(f"{e}; restore it from a backup or rebuild the library") from None
+
+
 def world_of_library(library: Library) -> World | None:
     """The embedded world a library was trained on, when it was (``upstream.json`` says so)."""
-    path = library.path / UPSTREAM_FILE
-    if not path.exists():
+    meta = upstream_meta(library)
+    if meta is None or not meta.get("world"):
         return None
-    meta = json.loads(path.read_text())
-    cfg = meta.get("world")
-    if not cfg:
-        return None
-    version = (meta.get("settings") or {}).get("world_version", 1)
+    version = meta["settings"].get("world_version", 1)
     if version != WORLD_VERSION:
         raise LibraryError(f"the library at {library.path} was trained on version {version} of the embedded world; "
                            f"this expertise renders version {WORLD_VERSION}: build a new library (expertise upstream --library NEW, "
                            "or expertise demo --fresh)")
-    return World(WorldConfig(**cfg))
+    return World(world_config(meta["world"], str(library.path / UPSTREAM_FILE)))
 
 
 def build_library(preset: Preset, path: Path, device: torch.device, progress: bool = True, log=print,
@@ -60,16 +68,15 @@ def build_library(preset: Preset, path: Path, device: torch.device, progress: bo
     upstream_cfg = {"world": preset.to_json()["world"], "world_version": WORLD_VERSION, "backbone": preset.backbone,
                     "baseline": preset.baseline.to_json(), "expert": preset.expert.to_json(), "seed": preset.seed}
     library = Library.create(path, world.hierarchy, exist_ok=True)
-    meta_path = library.path / UPSTREAM_FILE
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+    old = upstream_meta(library)
+    if old is not None:
         if config_digest(old.get("settings")) != config_digest(upstream_cfg):
             raise LibraryError(
                 f"the library at {path} was built with other upstream settings (preset {old.get('preset')!r}); "
                 "use another --library path or pass --fresh to rebuild it"
             )
     else:
-        atomic_write_json(meta_path, {"preset": preset.name, "world": upstream_cfg["world"], "settings": upstream_cfg})
+        library.write_meta(UPSTREAM_FILE, {"preset": preset.name, "world": upstream_cfg["world"], "settings": upstream_cfg})
     t0 = time.perf_counter()
     train = world.upstream("train").materialize()
     holdout = world.upstream("holdout").materialize()
@@ -98,5 +105,5 @@ def finetune_member(library: Library, member: str, task: Task, preset: Preset, s
     """Fine-tune ``member`` on the task's 1,000 train+val images with the preset's settings and
     test it: the transfer protocol without a sweep, one retrain. Its unit lives in ``store``, so
     the demo's fine-tunes are reused by ``expertise bench`` on the same folder, and the other way round."""
-    return transfer_protocol(member, lambda: library.load(member), library.member_hash(member), task, preset.finetune,
+    return transfer_protocol(member, lambda: library.load(member), library.verified_hash(member), task, preset.finetune,
                              DEMO_SWEEP, store, preset.seed, device, progress)

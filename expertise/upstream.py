@@ -111,36 +111,39 @@ def build_upstream(library: Library, train: UpstreamData, holdout: UpstreamData,
     """Train B and the top-``num_experts`` full experts into ``library``; members already present
     are kept (resumption). Returns the member names, baseline first."""
     bname = baseline_name(backbone)
-    if bname in library:
+    baseline: ExpertModel | None = None
+    with library.claim(bname, log) as build:  # a second builder waits here instead of training B again
+        if build:
+            t0 = time.perf_counter()
+            baseline, stats = train_baseline(train, backbone, baseline_cfg, seed, device, progress)
+            acc = leaf_accuracy(baseline, holdout, device=device)
+            log(f"baseline {bname}: upstream holdout leaf accuracy {acc:.3f} ({time.perf_counter() - t0:.0f}s)")
+            library.add(
+                _info(bname, "baseline", baseline, backbone, None, "root", len(train), acc,
+                      {"train": baseline_cfg.to_json(), "stats": stats.to_json(), "seed": seed}),
+                baseline, label_prior=torch.from_numpy(train.label_distribution()),
+            )
+    if baseline is None:
         log(f"baseline {bname} already in the library: reusing it")
-        baseline = library.load(bname)
-    else:
-        t0 = time.perf_counter()
-        baseline, stats = train_baseline(train, backbone, baseline_cfg, seed, device, progress)
-        acc = leaf_accuracy(baseline, holdout, device=device)
-        log(f"baseline {bname}: upstream holdout leaf accuracy {acc:.3f} ({time.perf_counter() - t0:.0f}s)")
-        library.add(
-            _info(bname, "baseline", baseline, backbone, None, "root", len(train), acc,
-                  {"train": baseline_cfg.to_json(), "stats": stats.to_json(), "seed": seed}),
-            baseline, label_prior=torch.from_numpy(train.label_distribution()),
-        )
+        baseline = library.load(bname)  # type: ignore[assignment]
     names = [bname]
     nodes = train.hierarchy.choose_expert_domains(train.leaf_counts(), num_experts)
     for node in nodes:
         name = expert_name(backbone, node)
         names.append(name)
-        if name in library:
-            log(f"expert {name} already in the library: reusing it")
-            continue
-        t0 = time.perf_counter()
-        expert, stats = train_full_expert(baseline, train, node, expert_cfg, seed, device, progress)
-        acc = leaf_accuracy(expert, holdout, device=device)
-        own = leaf_accuracy(expert, holdout, holdout.slice(node), device=device)
-        log(f"expert {name}: holdout leaf accuracy {acc:.3f}, on its own slice {own:.3f} ({time.perf_counter() - t0:.0f}s)")
-        idx = train.slice(node)
-        library.add(
-            _info(name, "full_expert", expert, backbone, bname, node, len(idx), acc,
-                  {"train": expert_cfg.to_json(), "stats": stats.to_json(), "seed": seed, "slice_accuracy": own}),
-            expert, label_prior=torch.from_numpy(train.label_distribution(idx)),
-        )
+        with library.claim(name, log) as build:
+            if not build:
+                log(f"expert {name} already in the library: reusing it")
+                continue
+            t0 = time.perf_counter()
+            expert, stats = train_full_expert(baseline, train, node, expert_cfg, seed, device, progress)
+            acc = leaf_accuracy(expert, holdout, device=device)
+            own = leaf_accuracy(expert, holdout, holdout.slice(node), device=device)
+            log(f"expert {name}: holdout leaf accuracy {acc:.3f}, on its own slice {own:.3f} ({time.perf_counter() - t0:.0f}s)")
+            idx = train.slice(node)
+            library.add(
+                _info(name, "full_expert", expert, backbone, bname, node, len(idx), acc,
+                      {"train": expert_cfg.to_json(), "stats": stats.to_json(), "seed": seed, "slice_accuracy": own}),
+                expert, label_prior=torch.from_numpy(train.label_distribution(idx)),
+            )
     return names

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import expertise.library as library_module
+import expertise.library.manifest as library_module
 from expertise.adapters import adapter_expert_name, build_adapter_experts, train_adapter_bank
 from expertise.data.tasks import Split
 from expertise.data.world import World, WorldConfig

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import expertise.library as library_module
+import expertise.library.core as library_module
+import expertise.library.manifest as manifest_module
 from expertise.data.hierarchy import Hierarchy
 from expertise.errors import LibraryError
 from expertise.library import Library, MemberInfo
@@ -320,14 +321,14 @@ def test_failed_write_midway_leaves_no_trace(lib: Library, monkeypatch: pytest.M
 def test_failed_manifest_write_restores_the_old_member(lib: Library, monkeypatch: pytest.MonkeyPatch) -> None:
     lib.add(_info("a"), _model(0))
     before = _snapshot(lib)
-    real_write = library_module.atomic_write_json
+    real_write = manifest_module.atomic_write_json
 
     def failing_write(path, data):
         if Path(path).name == "library.json":  # the commit point, after the new folder is in place
             raise OSError("read-only file system")
         real_write(path, data)
 
-    monkeypatch.setattr(library_module, "atomic_write_json", failing_write)
+    monkeypatch.setattr(manifest_module, "atomic_write_json", failing_write)
     with pytest.raises(OSError, match="read-only"):
         lib.add(_info("a"), _model(1), overwrite=True)
     with pytest.raises(OSError, match="read-only"):

@@ -94,5 +94,8 @@ def test_a_library_of_an_earlier_world_version_is_refused(demo_run, tmp_path):
     assert meta["settings"]["world_version"] == WORLD_VERSION
     del meta["settings"]["world_version"]  # as a version-1 library wrote it
     (tmp_path / "old" / UPSTREAM_FILE).write_text(json.dumps(meta))
+    manifest = json.loads((tmp_path / "old" / "library.json").read_text())
+    del manifest["files"]  # version-1 libraries were written before top-level files were hashed
+    (tmp_path / "old" / "library.json").write_text(json.dumps(manifest))
     with pytest.raises(LibraryError, match=f"version 1 of the embedded world.*renders version {WORLD_VERSION}"):
         world_of_library(Library.open(tmp_path / "old"))

@@ -223,7 +223,7 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
     """Run (or resume) the protocol for ``member_name`` on ``task``; see the module docstring.
 
     ``load_member()`` returns the pool member (called at most once, and only if some unit has to be
-    computed); ``member_hash`` identifies its weights (``Library.member_hash``), so retrained
+    computed); ``member_hash`` identifies its weights (``Library.verified_hash``), so retrained
     members never reuse stale units. ``base_cfg`` is the preset's fine-tune config the grid is
     built around; ``seed`` derives every unit's seed. ``log`` gets one line per unit.
     """

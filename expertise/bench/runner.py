@@ -107,18 +107,18 @@ def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: Trai
         t0 = time.perf_counter()
         base = {"task": task.name, "task_fingerprint": task.fingerprint(), "group": task.group}
         for name in [*everyone, *routers]:
-            store.run_unit("embed", {**base, "member": name, "member_hash": library.member_hash(name)},
+            store.run_unit("embed", {**base, "member": name, "member_hash": library.verified_hash(name)},
                            lambda name=name: _embed_unit(library, task, cache, name, batch_size, device))
         for p, (spec, members) in enumerate(pool_members.items()):
             for s, strat in enumerate(strategies):
                 # "order" keeps the rows and pools of the report in the order asked for (the first pool is the
                 # main one), read back from the records alone.
                 config = {**base, "pool": spec, "strategy": strat.label, "kind": strat.strategy, "proxy": strat.proxy,
-                          "members": {n: library.member_hash(n) for n in members}, "seed": seed, "order": [p, s]}
+                          "members": {n: library.verified_hash(n) for n in members}, "seed": seed, "order": [p, s]}
                 store.run_unit("selection", config, lambda strat=strat, members=members: _selection_unit(
                     library, task, strat, members, cache, seed, device, batch_size))
         for name in everyone:
-            config = {**base, "member": name, "member_hash": library.member_hash(name), "finetune": finetune.to_json(),
+            config = {**base, "member": name, "member_hash": library.verified_hash(name), "finetune": finetune.to_json(),
                       "sweep": sweep.to_json(), "seed": seed, "info": _member_json(library.info(name))}
             store.run_unit("protocol", config, lambda name=name: _protocol_unit(
                 library, name, task, finetune, sweep, store, seed, device, progress))
@@ -132,14 +132,14 @@ def _embed_unit(library: Library, task: Task, cache: EmbeddingCache, name: str, 
     """The cold cost of one member embedding the task (loading and hash checks included), measured
     without the cache even when an earlier run filled it, so compute accounting never counts a
     cache hit as the price of selection; the features then fill the cache if it lacks them."""
-    emb = embed_pool([name], library.load, library.member_hash, task, EmbeddingCache(None), "trainval", batch_size,
+    emb = embed_pool([name], library.load, library.verified_hash, task, EmbeddingCache(None), "trainval", batch_size,
                      device, False)
     key = task.fingerprint()
-    if not cache.has(library.member_hash(name), key, "trainval"):
+    if not cache.has(library.verified_hash(name), key, "trainval"):
         entry = {"features": emb.features[name]}
         if name in emb.upstream_logits:
             entry["upstream_logits"] = emb.upstream_logits[name]
-        cache.put(library.member_hash(name), key, "trainval", entry)
+        cache.put(library.verified_hash(name), key, "trainval", entry)
     return UnitResult({"cold": True}, images={"embed": len(task.trainval)}, seconds={"embed": emb.stats.seconds})
 
 
@@ -159,7 +159,7 @@ def _selection_unit(library: Library, task: Task, strat: StrategySpec, members: 
 
 def _protocol_unit(library: Library, name: str, task: Task, finetune: TrainConfig, sweep: SweepConfig,
                    store: RecordStore, seed: int, device: torch.device, progress: bool) -> UnitResult:
-    res = transfer_protocol(name, lambda: library.load(name), library.member_hash(name), task, finetune, sweep, store,
+    res = transfer_protocol(name, lambda: library.load(name), library.verified_hash(name), task, finetune, sweep, store,
                             seed, device, progress)
     return UnitResult(res.to_json(), images={k: int(v) for k, v in res.phase_images.items()},
                       seconds=dict(res.phase_seconds))

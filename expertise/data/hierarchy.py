@@ -18,6 +18,7 @@ import numpy as np
 from expertise.errors import DataError
 
 ROOT = "root"
+MAX_NODES = 4_000_000  # a bound checked before a hierarchy file is built (ImageNet-21k with WordNet: about 32k)
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,20 @@ class Hierarchy:
 
     @classmethod
     def from_json(cls, data: Mapping) -> Hierarchy:
-        if "parents" not in data:
+        """Checked before anything is built: an object ``{"parents": {node: [parent, ...]}}`` of
+        string names (at most 256 characters, at most 4,000,000 nodes)."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("parents"), Mapping):
             raise DataError("a hierarchy file needs a 'parents' object mapping each node to its parent list")
-        return cls({str(n): tuple(str(p) for p in ps) for n, ps in data["parents"].items()})
+        parents = data["parents"]
+        if len(parents) > MAX_NODES:
+            raise DataError(f"a hierarchy has at most {MAX_NODES:,} nodes, this one {len(parents):,}")
+        out: dict[str, tuple[str, ...]] = {}
+        for n, ps in parents.items():
+            if not isinstance(ps, list) or not all(isinstance(p, str) and 0 < len(p) <= 256 for p in ps) or len(n) > 256:
+                raise DataError(f"hierarchy node {str(n)[:60]!r}: its parents must be a list of node names "
+                                f"(strings of 1-256 characters), got {str(ps)[:60]}")
+            out[n] = tuple(ps)
+        return cls(out)
 
     def save(self, path: Path) -> None:
         from expertise.io import atomic_write_text
@@ -167,10 +179,12 @@ class Hierarchy:
     def load(cls, path: Path) -> Hierarchy:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DataError(f"no hierarchy file at {path}") from None
-        except json.JSONDecodeError as e:
+        except OSError as e:
+            raise DataError(f"{path} cannot be read ({e.strerror or e})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path} is not valid JSON ({e}); rewrite it or restore it from the library") from None
         return cls.from_json(data)
 

@@ -29,9 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from expertise import schema
 from expertise.errors import ConfigError
 from expertise.models.backbones import (
-    BackboneConfig, ExpertModel, HeadMixin, Preprocessing, count_parameters, create_backbone, prepare, register_member_class,
+    BackboneConfig, ExpertModel, HeadMixin, Preprocessing, count_parameters, create_backbone, head_fields, prepare,
+    register_member_class,
 )
 from expertise.runtime import autocast
 
@@ -196,9 +198,14 @@ class AdapterExpert(HeadMixin, nn.Module):
 
 @register_member_class("AdapterExpert")
 def _build_adapter_expert(cfg: dict[str, Any]) -> AdapterExpert:
+    where = "AdapterExpert config"
+    schema.keys(cfg, where, ("class", "backbone", "num_outputs", "preprocessing"), ("head_kind", "node", "reduction"))
+    num_outputs, head_kind, prep = head_fields(cfg, where)
+    node = cfg.get("node")
     return AdapterExpert(
-        BackboneConfig.from_json(cfg["backbone"]), int(cfg["num_outputs"]), Preprocessing.from_json(cfg["preprocessing"]),
-        cfg.get("head_kind", "upstream"), cfg.get("node"), int(cfg.get("reduction", DEFAULT_REDUCTION)),
+        BackboneConfig.from_json(cfg["backbone"], f"{where}.backbone"), num_outputs, prep, head_kind,
+        None if node is None else schema.string(node, f"{where}.node"),
+        schema.integer(cfg.get("reduction", DEFAULT_REDUCTION), f"{where}.reduction", 1, 256),
     )
 
 

@@ -23,7 +23,13 @@ from timm.layers import GroupNormAct, StdConv2d
 from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
+from expertise import schema
 from expertise.errors import ConfigError
+
+# Bounds on what a member config may ask for, checked before anything is allocated (a library may
+# come from someone else): BiT-L R152x4 has 8,192 channels and ImageNet-21k about 23k label nodes.
+MAX_WIDTH, MAX_INPUT_SIZE, MAX_OUTPUTS = 8192, 2048, 1 << 20
+HEAD_KINDS = ("upstream", "task")
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,14 @@ class Preprocessing:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
+    def from_json(cls, d: dict[str, Any], where: str = "preprocessing") -> Preprocessing:
+        """Checked: ``size`` an integer in [8, 2048], ``mean`` and ``std`` three finite numbers each
+        (``std`` positive), nothing else."""
+        d = schema.obj(d, where)
+        schema.keys(d, where, ("size", "mean", "std"))
+        return cls(schema.integer(d["size"], f"{where}.size", 8, MAX_INPUT_SIZE),
+                   schema.number_list(d["mean"], f"{where}.mean", -10.0, 10.0, 3),  # type: ignore[arg-type]
+                   schema.number_list(d["std"], f"{where}.std", 0.0, 10.0, 3, lo_open=True))  # type: ignore[arg-type]
 
 
 def prepare(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
@@ -84,10 +96,24 @@ class BackboneConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> BackboneConfig:
-        d = dict(d)
-        d["channels"], d["layers"] = tuple(d["channels"]), tuple(d["layers"])
-        return cls(**d)
+    def from_json(cls, d: dict[str, Any], where: str = "backbone") -> BackboneConfig:
+        """Checked against bounds before anything is built: widths up to 8,192 channels, up to 8
+        stages of up to 64 blocks, resolution in [8, 2048]."""
+        d = schema.obj(d, where)
+        schema.keys(d, where, ("name", "channels", "layers"),
+                    ("basic", "stem", "stem_stride", "stem_channels", "groups", "resolution"))
+        stem_channels = d.get("stem_channels")
+        return cls(
+            name=schema.token(d["name"], f"{where}.name"),
+            channels=schema.int_list(d["channels"], f"{where}.channels", 1, MAX_WIDTH, 1, 8),
+            layers=schema.int_list(d["layers"], f"{where}.layers", 1, 64, 1, 8),
+            basic=schema.boolean(d.get("basic", True), f"{where}.basic"),
+            stem=schema.string(d.get("stem", "small"), f"{where}.stem", choices=("small", "bit")),
+            stem_stride=schema.integer(d.get("stem_stride", 2), f"{where}.stem_stride", 1, 4),
+            stem_channels=None if stem_channels is None else schema.integer(stem_channels, f"{where}.stem_channels", 1, MAX_WIDTH),
+            groups=schema.integer(d.get("groups", 8), f"{where}.groups", 1, 512),
+            resolution=schema.integer(d.get("resolution", 32), f"{where}.resolution", 8, MAX_INPUT_SIZE),
+        )
 
 
 # Named backbone shapes, like timm's registry: tests use bit_xs, the cpu demo bit_s, a GPU bit_r50x1.
@@ -193,18 +219,26 @@ def register_member_class(name: str):
     return deco
 
 
+def head_fields(cfg: dict[str, Any], where: str) -> tuple[int, str, Preprocessing]:
+    """The checked ``num_outputs``, ``head_kind`` and ``preprocessing`` every member config has."""
+    return (schema.integer(cfg["num_outputs"], f"{where}.num_outputs", 0, MAX_OUTPUTS),
+            schema.string(cfg.get("head_kind", "upstream"), f"{where}.head_kind", choices=HEAD_KINDS),
+            Preprocessing.from_json(cfg["preprocessing"], f"{where}.preprocessing"))
+
+
 @register_member_class("ExpertModel")
 def _build_expert_model(cfg: dict[str, Any]) -> ExpertModel:
-    return ExpertModel(
-        BackboneConfig.from_json(cfg["backbone"]), int(cfg["num_outputs"]),
-        Preprocessing.from_json(cfg["preprocessing"]), cfg.get("head_kind", "upstream"),
-    )
+    where = "ExpertModel config"
+    schema.keys(cfg, where, ("class", "backbone", "num_outputs", "preprocessing"), ("head_kind",))
+    num_outputs, head_kind, prep = head_fields(cfg, where)
+    return ExpertModel(BackboneConfig.from_json(cfg["backbone"], f"{where}.backbone"), num_outputs, prep, head_kind)
 
 
 def model_from_config(cfg: dict[str, Any]) -> nn.Module:
     """Rebuild an (untrained) member from its ``member_config()``; load weights separately."""
+    schema.obj(cfg, "member config")
     kind = cfg.get("class")
-    if kind not in _BUILDERS:
+    if not isinstance(kind, str) or kind not in _BUILDERS:
         raise ConfigError(f"unknown member class {kind!r}; known: {sorted(_BUILDERS)}")
     return _BUILDERS[kind](cfg)
 

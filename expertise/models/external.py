@@ -13,7 +13,11 @@ benchmark treat it like any other member:
   overridable: a 224-px ImageNet model sees a 32-px task resized to 224, as in the papers.
 
 Weights are only ever read from safetensors: a checkpoint or a Hub repository that has only pickled
-weights (``.bin``, ``.pth``) is refused with an error, never unpickled.
+weights (``.bin``, ``.pth``) is refused with an error, never unpickled. A member config or a Hugging
+Face ``config.json`` is data, never a way to reach a file or code: its ``model_args`` pass only the
+architecture keywords allowed for the model's family (:data:`MODEL_ARGS`), with plain values (numbers,
+booleans, names; never a path), and its ``pretrained_cfg`` only the preprocessing and classifier
+fields of :data:`PRETRAINED_CFG_KEYS`. Anything else is refused in one line before timm sees it.
 """
 
 from __future__ import annotations
@@ -28,11 +32,79 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from expertise import schema
 from expertise.errors import ConfigError
-from expertise.models.backbones import HeadMixin, Preprocessing, register_member_class
+from expertise.models.backbones import HeadMixin, Preprocessing, head_fields, register_member_class
 
 HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"
 _PICKLED = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".tar")
+
+# Keyword arguments of timm's model factories that a stored config may pass, per timm model module
+# (``timm.models.<module>``): shape and regularisation settings only. Loader arguments
+# (``checkpoint_path``, ``pretrained``, ``pretrained_cfg*``, ``cache_dir``, ``features_only``) and
+# anything that takes a file, a class or a callable are in no list. Values pass schema.plain_value.
+_COMMON_ARGS = frozenset({"drop_rate", "drop_path_rate", "global_pool", "in_chans"})
+_VIT_ARGS = frozenset({"img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "qk_norm",
+                       "init_values", "class_token", "no_embed_class", "reg_tokens", "pre_norm", "fc_norm",
+                       "dynamic_img_size", "dynamic_img_pad", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate",
+                       "attn_drop_rate", "act_layer", "norm_layer"})
+MODEL_ARGS: dict[str, frozenset[str]] = {
+    "resnet": frozenset({"layers", "cardinality", "base_width", "stem_width", "stem_type", "replace_stem_pool",
+                         "output_stride", "avg_down", "down_kernel_size", "act_layer", "zero_init_last"}),
+    "resnetv2": frozenset({"layers", "channels", "width_factor", "stem_chs", "stem_type", "output_stride", "preact",
+                           "basic", "bottle_ratio", "avg_down", "zero_init_last"}),
+    "vision_transformer": _VIT_ARGS,
+    "deit": _VIT_ARGS,
+    "beit": _VIT_ARGS | {"use_abs_pos_emb", "use_rel_pos_bias", "use_shared_rel_pos_bias"},
+    "eva": _VIT_ARGS | {"use_rot_pos_emb", "use_abs_pos_emb", "swiglu_mlp", "scale_mlp"},
+    "convnext": frozenset({"depths", "dims", "kernel_sizes", "ls_init_value", "patch_size", "head_hidden_size",
+                           "conv_mlp", "conv_bias", "use_grn", "head_norm_first", "stem_type", "output_stride",
+                           "act_layer", "norm_layer"}),
+    "swin_transformer": frozenset({"img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads",
+                                   "mlp_ratio", "qkv_bias", "strict_img_size", "norm_layer"}),
+    "efficientnet": frozenset({"channel_multiplier", "depth_multiplier", "fix_stem", "output_stride", "act_layer"}),
+    "mobilenetv3": frozenset({"channel_multiplier", "depth_multiplier", "fix_stem", "act_layer"}),
+}
+# Fields of a Hugging Face timm folder's ``pretrained_cfg`` passed on to timm: how inputs are
+# prepared and where the classifier is. Never ``file``, ``url``, ``hf_hub_*``, ``state_dict``,
+# ``custom_load`` or ``source``: this loader says where the weights are.
+PRETRAINED_CFG_KEYS = frozenset({"architecture", "tag", "input_size", "test_input_size", "min_input_size",
+                                 "fixed_input_size", "interpolation", "crop_pct", "test_crop_pct", "crop_mode", "mean",
+                                 "std", "num_classes", "label_offset", "pool_size", "test_pool_size", "first_conv",
+                                 "classifier", "license", "description", "origin_url", "paper_name", "paper_ids",
+                                 "notes"})
+_DESCRIPTIVE = frozenset({"license", "description", "origin_url", "paper_name", "paper_ids", "notes"})
+
+
+def _family(architecture: str) -> str | None:
+    """The timm model module an architecture is defined in (``resnet``, ``vision_transformer``, ...)."""
+    name = timm.models.get_arch_name(architecture)
+    return next((f for f in MODEL_ARGS if timm.models.is_model_in_modules(name, [f])), None)
+
+
+def check_model_args(architecture: str, model_args: Any, where: str) -> dict[str, Any]:
+    """``model_args`` restricted to the keys allowed for the architecture's family, with plain
+    values; anything else is refused with one line."""
+    args = schema.obj(model_args, f"{where}.model_args")
+    family = _family(architecture)
+    allowed = _COMMON_ARGS | MODEL_ARGS.get(family or "", frozenset())
+    refused = sorted(k for k in args if k not in allowed)
+    if refused:
+        raise ConfigError(f"{where}.model_args: {', '.join(map(repr, refused))} not allowed for {architecture!r} "
+                          f"(timm family {family or 'unknown'}; allowed: {', '.join(sorted(allowed))}); "
+                          "a stored config passes only architecture settings, never paths or loader options")
+    if "in_chans" in args and args["in_chans"] != 3:
+        raise ConfigError(f"{where}.model_args.in_chans: pool members read RGB images (3 channels), got {args['in_chans']!r}")
+    return {k: schema.plain_value(v, f"{where}.model_args.{k}") for k, v in args.items()}
+
+
+def check_pretrained_cfg(cfg: Any, where: str) -> dict[str, Any]:
+    """The fields of a folder's ``pretrained_cfg`` that are passed to timm, checked; loader fields
+    (``file``, ``url``, ``hf_hub_id``, ``custom_load``, ...) are dropped, since this loader says
+    where the weights are, and descriptive text is not passed on."""
+    cfg = schema.obj(cfg, f"{where}.pretrained_cfg")
+    return {k: schema.plain_value(v, f"{where}.pretrained_cfg.{k}") for k, v in cfg.items()
+            if k in PRETRAINED_CFG_KEYS and k not in _DESCRIPTIVE}
 
 
 class ExternalModel(HeadMixin, nn.Module):
@@ -43,8 +115,8 @@ class ExternalModel(HeadMixin, nn.Module):
                  head_kind: str = "upstream", model_args: dict[str, Any] | None = None,
                  net: nn.Module | None = None) -> None:
         super().__init__()
-        self.architecture = architecture
-        self.model_args = dict(model_args or {})
+        self.architecture = schema.token(architecture, "architecture")
+        self.model_args = check_model_args(architecture, model_args or {}, "ExternalModel")
         self.preprocessing = preprocessing
         self.net = net if net is not None else _create(architecture, num_classes=0, **self.model_args)
         self.num_features = int(self.net.num_features)
@@ -58,17 +130,16 @@ class ExternalModel(HeadMixin, nn.Module):
         rest the embedding network. ``net`` is modified in place (its classifier is removed)."""
         classifier = net.get_classifier() if hasattr(net, "get_classifier") else None
         head = classifier if isinstance(classifier, nn.Linear) else None
-        pre = head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone()
         net.reset_classifier(0)
         model = cls(architecture, 0 if head is None else head.out_features, preprocessing, "upstream", model_args, net)
-        if head is not None:
+        if head is not None:  # a model without a linear classifier (num_classes 0) has no upstream head
             assert model.head is not None
             with torch.no_grad():
-                model.head.weight.copy_(pre[0])
-                if pre[1] is None:
+                model.head.weight.copy_(head.weight)
+                if head.bias is None:
                     model.head.bias.zero_()
                 else:
-                    model.head.bias.copy_(pre[1])
+                    model.head.bias.copy_(head.bias)
         return model
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,11 +158,16 @@ class ExternalModel(HeadMixin, nn.Module):
 
 @register_member_class("ExternalModel")
 def _build_external(cfg: dict[str, Any]) -> ExternalModel:
-    return ExternalModel(str(cfg["architecture"]), int(cfg["num_outputs"]), Preprocessing.from_json(cfg["preprocessing"]),
-                         cfg.get("head_kind", "upstream"), dict(cfg.get("model_args", {})))
+    where = "ExternalModel config"
+    schema.keys(cfg, where, ("class", "architecture", "num_outputs", "preprocessing"), ("head_kind", "model_args"))
+    num_outputs, head_kind, prep = head_fields(cfg, where)
+    architecture = schema.token(cfg["architecture"], f"{where}.architecture")
+    return ExternalModel(architecture, num_outputs, prep, head_kind,
+                         check_model_args(architecture, cfg.get("model_args", {}), where))
 
 
 def _create(architecture: str, **kwargs: Any) -> nn.Module:
+    schema.token(architecture, "architecture")
     if not timm.is_model(architecture):
         close = timm.list_models(f"*{architecture.split('.')[0][:12]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
@@ -178,20 +254,25 @@ def from_hf_folder(folder: Path, size: int | None = None, location: str | None =
         extra = f" (it has {', '.join(pickled)}: pickled weights are never loaded)" if pickled else ""
         raise ConfigError(f"{folder} has no {HF_WEIGHTS}{extra}; expertise reads safetensors only")
     try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{cfg_file} cannot be read ({e})") from None
-    architecture = cfg.get("architecture") or (cfg.get("pretrained_cfg") or {}).get("architecture")
+    cfg = schema.obj(cfg, str(cfg_file))
+    pretrained_cfg = check_pretrained_cfg(cfg.get("pretrained_cfg") or {}, str(cfg_file))
+    architecture = cfg.get("architecture") or pretrained_cfg.get("architecture")
     if not isinstance(architecture, str) or not architecture:
         raise ConfigError(f"{cfg_file} names no 'architecture'; is it a timm model? (transformers models are not supported)")
+    architecture = schema.token(architecture, f"{cfg_file}: architecture")
     # timm records the factory's arguments; those this loader sets itself are taken from them
-    model_args = {k: v for k, v in (cfg.get("model_args") or {}).items()
-                  if k not in ("num_classes", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay")}
-    num_classes = int(cfg.get("num_classes", _classifier_outputs(architecture, _safetensors_keys(weights))))
-    overlay = {k: v for k, v in (cfg.get("pretrained_cfg") or {}).items() if k not in ("file", "url", "hf_hub_id", "source")}
+    raw_args = schema.obj(cfg.get("model_args") or {}, f"{cfg_file}: model_args")
+    model_args = check_model_args(architecture, {k: v for k, v in raw_args.items() if k != "num_classes"}, str(cfg_file))
+    shapes = _safetensors_keys(weights)
+    num_classes = (schema.integer(cfg["num_classes"], f"{cfg_file}: num_classes", 0, 1 << 20) if "num_classes" in cfg
+                   else _classifier_outputs(architecture, shapes))
+    overlay = {k: v for k, v in pretrained_cfg.items() if k != "architecture"}
     overlay.update(file=str(weights.resolve()), num_classes=num_classes)
     net = _load_timm(architecture, overlay, num_classes, str(folder), **model_args)
-    source = ExternalSource("hf", architecture, location or str(folder), str(cfg.get("pretrained_cfg", {}).get("tag", "")))
+    source = ExternalSource("hf", architecture, location or str(folder), str(pretrained_cfg.get("tag", "")))
     return ExternalModel.wrap(net, architecture, _preprocessing(net, size), model_args), source
 
 

@@ -136,22 +136,27 @@ def build_epn(library, train: UpstreamData, holdout: UpstreamData, nodes: Sequen
 
     name = epn_name(backbone)
     settings = {"nodes": list(nodes), "train": cfg.to_json(), "seed": seed}
-    if name in library:
+
+    def reuse() -> str:
         extra = library.info(name).extra
         if {k: extra.get(k) for k in settings} != json.loads(json.dumps(settings)):
             raise LibraryError(f"the library's EPN {name!r} was trained on other expert domains or settings; "
                                f"remove it (Library.remove({name!r})) or use another --library")
         log(f"EPN {name} already in the library: reusing it")
         return name
-    t0 = time.perf_counter()
-    model = train_epn(train, nodes, backbone, cfg, seed, device, progress)
-    acc = routing_accuracy(model, holdout, nodes, device=device)
-    log(f"EPN {name}: holdout routing decisions {acc['node_accuracy']:.3f} right, every decision right on "
-        f"{acc['exact']:.3f} of images ({time.perf_counter() - t0:.0f}s)")
-    info = MemberInfo(
-        name=name, kind="epn", parent=None, domain=None, upstream_images=len(train), parameters=0, embedding_dim=0,
-        upstream_accuracy=None, preprocessing={}, files={}, architecture=backbone,
-        extra={**settings, "stats": model.epn_stats.to_json(), "holdout_routing": acc},
-    )
-    library.add(info, model)
+
+    with library.claim(name, log) as build:  # a second builder waits here instead of training it again
+        if not build:
+            return reuse()
+        t0 = time.perf_counter()
+        model = train_epn(train, nodes, backbone, cfg, seed, device, progress)
+        acc = routing_accuracy(model, holdout, nodes, device=device)
+        log(f"EPN {name}: holdout routing decisions {acc['node_accuracy']:.3f} right, every decision right on "
+            f"{acc['exact']:.3f} of images ({time.perf_counter() - t0:.0f}s)")
+        info = MemberInfo(
+            name=name, kind="epn", parent=None, domain=None, upstream_images=len(train), parameters=0, embedding_dim=0,
+            upstream_accuracy=None, preprocessing={}, files={}, architecture=backbone,
+            extra={**settings, "stats": model.epn_stats.to_json(), "holdout_routing": acc},
+        )
+        library.add(info, model)
     return name

@@ -189,7 +189,7 @@ def _embed(library: Library, task: Task, cache: EmbeddingCache, names: list[str]
            device: torch.device, progress: bool) -> PoolEmbeddings:
     t0 = time.perf_counter()
     shared = prefill_adapter_banks(library, task, cache, names, batch_size, device)
-    emb = embed_pool(names, library.load, library.member_hash, task, cache, "trainval", batch_size, device, progress)
+    emb = embed_pool(names, library.load, library.verified_hash, task, cache, "trainval", batch_size, device, progress)
     emb.stats.cached -= shared
     emb.stats.images += shared * len(task.trainval)
     emb.stats.seconds = time.perf_counter() - t0
@@ -211,7 +211,7 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
     for n in names:
         info = library.info(n)
         bank = info.extra.get("bank")
-        if info.kind == "adapter_expert" and isinstance(bank, str) and not cache.has(library.member_hash(n), key, "trainval"):
+        if info.kind == "adapter_expert" and isinstance(bank, str) and not cache.has(library.verified_hash(n), key, "trainval"):
             banks.setdefault(bank, []).append(n)
     done = 0
     for bank_path, members in banks.items():
@@ -225,7 +225,7 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
             entry = {"features": feats[node]}
             if head is not None:
                 entry["upstream_logits"] = head.to("cpu")(feats[node]).float()
-            cache.put(library.member_hash(n), key, "trainval", entry)
+            cache.put(library.verified_hash(n), key, "trainval", entry)
             done += 1
     return done
 

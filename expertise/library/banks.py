@@ -1,0 +1,256 @@
+"""Adapter-bank storage (paper 000, section 4.1): adapter experts share one backbone, so they are
+stored without copying it.
+
+:func:`add_bank` writes every expert's adapters once, to ``adapters/<bank>.safetensors`` (and the
+bank's shape to ``adapters/<bank>.json``), and each expert becomes a manifest entry of kind
+``adapter_expert`` whose ``parent`` names the stored backbone member (an ExpertModel, usually the
+baseline) and whose folder holds only its config.json and label prior. Its ``files`` also list the
+bank files by their library-relative path with their sha256, so the usual checks cover them;
+``extra`` holds the bank, the expert's node and the parent's hash when the adapters were trained.
+Loading an expert assembles it from the parent's weights and its slice of the bank.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from expertise import schema
+from expertise.errors import ConfigError, LibraryError
+from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
+from expertise.library import checks
+from expertise.library.manifest import (
+    ADAPTERS, BANK_FILE, CONFIG, MEMBERS, PRIOR, STAGING, WEIGHTS, MemberInfo, bank_config_path, bank_of,
+    check_name, files_digest,
+)
+from expertise.library.transaction import Transaction
+from expertise.models.adapters import AdapterBank, expert_key
+from expertise.models.backbones import ExpertModel
+
+if TYPE_CHECKING:
+    from expertise.library.core import Library
+
+
+def member_problems(lib: Library, name: str, info: MemberInfo, bank: str) -> list[str]:
+    """An adapter expert also needs its bank path to be well-formed and its parent backbone to be
+    the one its adapters were trained on."""
+    if not bank.endswith(".safetensors") or not BANK_FILE.match(bank):
+        return [f"member {name!r}: bank {bank!r} is not adapters/<bank>.safetensors; restore library.json"]
+    if not isinstance(info.extra.get("node"), str):
+        return [f"member {name!r}: its manifest entry names no bank node (extra.node); restore library.json"]
+    parent = lib._members.get(info.parent) if info.parent is not None else None
+    if parent is None:
+        return [f"member {name!r}: its backbone member {info.parent!r} is not in the library; restore it or "
+                "re-create the adapter experts"]
+    if bank_of(parent) is not None:
+        return [f"member {name!r}: its backbone {info.parent!r} is itself an adapter expert; restore library.json"]
+    if files_digest(parent.files) != info.extra.get("parent_hash"):
+        return [f"member {name!r}: its backbone {info.parent!r} changed since the adapters were trained; "
+                f"re-train the adapter experts on it or restore the old {info.parent!r}"]
+    return []
+
+
+def _prefix(info: MemberInfo) -> str:
+    return f"{expert_key(str(info.extra.get('node')))}."
+
+
+def expert_header_shapes(lib: Library, name: str, info: MemberInfo, bank: str) -> checks.Shapes:
+    """The tensors an adapter expert is assembled from, named as :class:`AdapterExpert` names them,
+    from the safetensors headers of its parent and its bank."""
+    parent = str(info.parent)
+    shapes = checks.header_shapes(lib.member_dir(check_name(parent)) / WEIGHTS, parent)
+    prefix = _prefix(info)
+    adapters = checks.header_shapes(lib.path / bank, name, prefix)
+    if not adapters:
+        raise LibraryError(f"member {name!r}: {lib.path / bank} holds no adapters for node {info.extra.get('node')!r}; "
+                           "re-create the adapter experts")
+    shapes.update({f"adapters.{k[len(prefix):]}": v for k, v in adapters.items()})
+    return shapes
+
+
+def expert_state(lib: Library, name: str, info: MemberInfo, bank: str, verify: bool) -> dict[str, torch.Tensor]:
+    """The parent's weights (backbone and head) plus this expert's adapters from the bank."""
+    parent = info.parent
+    if parent is None or parent not in lib:
+        raise LibraryError(f"member {name!r}: its backbone member {parent!r} is not in the library; restore it or re-create the adapter experts")
+    if verify:
+        lib._check_member(parent)
+    state = lib._load_tensors(lib.member_dir(parent) / WEIGHTS, parent)
+    prefix = _prefix(info)
+    adapters = lib._load_tensors(lib.path / bank, name, prefix)
+    state.update({f"adapters.{k[len(prefix):]}": v for k, v in adapters.items()})
+    return state
+
+
+def _reduction(lib: Library, path: str) -> int:
+    f = lib.path / bank_config_path(path)
+    cfg = checks.read_json(f, "an adapter bank config", "re-create the adapter experts or restore it")
+    try:
+        return schema.integer(cfg.get("reduction", 2), f"{f}: reduction", 1, 256)
+    except ConfigError as e:
+        raise LibraryError(f"{e}; re-create the adapter experts") from None
+
+
+def load_bank(lib: Library, bank: str, verify: bool) -> AdapterBank:
+    """The whole bank as one :class:`AdapterBank`: its parent backbone (with upstream head) and the
+    adapters of every adapter expert the manifest still names in it, keyed by node, in manifest
+    order. Embedding many experts through it computes the shared stem once."""
+    path = f"{ADAPTERS}/{check_name(bank)}.safetensors"
+    members = [m for m in lib.members() if bank_of(m) == path]
+    if not members:
+        raise LibraryError(f"the library at {lib.path} has no adapter experts in bank {bank!r}; build them first "
+                           "(expertise experts --kind adapter)")
+    parents = {m.parent for m in members}
+    if len(parents) != 1:
+        raise LibraryError(f"bank {bank!r}: its experts name different backbones {sorted(map(str, parents))}; restore library.json")
+    for m in members:
+        if verify:
+            lib._check_member(m.name)
+        lib.check_loadable(m.name)
+    parent = lib.load(str(members[0].parent), verify=verify)
+    if not isinstance(parent, ExpertModel):
+        raise LibraryError(f"bank {bank!r}: its backbone {members[0].parent!r} is not an ExpertModel; re-create the adapter experts")
+    nodes = [str(m.extra.get("node")) for m in members]
+    model = AdapterBank(parent, nodes, _reduction(lib, path))
+    keys = {f"{expert_key(n)}." for n in nodes}
+    state = {k: v for k, v in lib._load_tensors(lib.path / path, bank).items() if k[:k.find(".") + 1] in keys}
+    try:
+        model.adapters.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise LibraryError(f"bank {bank!r}: adapters do not match its config ({' '.join(first[:3])}); re-create the adapter experts") from None
+    return model.eval()
+
+
+def _referenced(lib: Library) -> set[str]:
+    return {f for m in lib.members() for f in m.files if BANK_FILE.match(f)}
+
+
+def prune(lib: Library) -> None:
+    """Delete bank files no manifest entry names any more (after the manifest commit, under the
+    lock): the last adapter expert of a bank takes the bank with it."""
+    adapters_dir = lib.path / ADAPTERS
+    if not adapters_dir.is_dir():
+        return
+    referenced = _referenced(lib)
+    for f in adapters_dir.iterdir():
+        if f.is_file() and BANK_FILE.match(f"{ADAPTERS}/{f.name}") and f"{ADAPTERS}/{f.name}" not in referenced:
+            f.unlink(missing_ok=True)
+
+
+def stray_files(lib: Library) -> list[str]:
+    """Files under adapters/ that no adapter expert names (verify's report)."""
+    adapters_dir = lib.path / ADAPTERS
+    if not adapters_dir.is_dir():
+        return []
+    referenced = _referenced(lib)
+    return [f"{f} is not part of any adapter expert in the manifest; delete it or re-add the adapter experts"
+            for f in sorted(adapters_dir.iterdir())
+            if not f.name.startswith(".") and f"{ADAPTERS}/{f.name}" not in referenced]
+
+
+def add_bank(lib: Library, bank: AdapterBank, parent: str, members: Mapping[str, MemberInfo],
+             label_priors: Mapping[str, torch.Tensor] | None = None, bank_name: str = "bank",
+             overwrite: bool = False) -> list[MemberInfo]:
+    """Store a trained :class:`AdapterBank` once, as ``adapters/<bank_name>.safetensors`` and
+    ``.json``, and one ``adapter_expert`` member per entry of ``members`` (bank expert -> its
+    MemberInfo; its ``parent`` is set to ``parent``). Returns the stored MemberInfos.
+
+    ``parent`` must be a stored ExpertModel whose weights are exactly ``bank.base``'s: the bank
+    is stored beside it and refers to it, never copying it. With ``overwrite`` an existing bank
+    of that name is replaced together with all its members. The new files are staged and swapped
+    in by one :class:`Transaction`, which the manifest rewrite commits; on error nothing changes.
+    """
+    check_name(bank_name)
+    if not members:
+        raise LibraryError("add_adapter_bank needs at least one member; pass {expert: MemberInfo}")
+    unknown = [e for e in members if e not in bank.experts]
+    if unknown:
+        raise LibraryError(f"adapter experts {unknown} are not in the bank, which holds {bank.experts}")
+    bank_path = f"{ADAPTERS}/{bank_name}.safetensors"
+    config_path = bank_config_path(bank_path)
+    priors = dict(label_priors or {})
+    adapter_state = {k: v.detach().to("cpu").clone().contiguous() for k, v in bank.adapter_state_dict().items()}
+    bank_state = {k: v.detach().to("cpu") for k, v in bank.base.state_dict().items()}
+    prepared: dict[str, tuple[MemberInfo, dict[str, Any], torch.Tensor | None]] = {}
+    for expert, info in members.items():
+        name = check_name(info.name)
+        if info.kind != "adapter_expert":
+            raise LibraryError(f"member {name!r}: an expert of an adapter bank has kind 'adapter_expert', got {info.kind!r}")
+        if info.parent not in (None, parent):
+            raise LibraryError(f"member {name!r}: its parent is the bank's backbone {parent!r}, not {info.parent!r}")
+        model = bank.expert(expert)
+        config = model.member_config()
+        shapes = {**bank_state, **{f"adapters.{k}": v for k, v in model.adapters.state_dict().items()}}
+        checks.match_shapes(name, checks.expected_shapes(config, lib.path / f"member {name!r}: member_config()"),
+                            {k: tuple(v.shape) for k, v in shapes.items()})
+        info = replace(lib.complete_info(info, model), parent=parent, extra={**info.extra, "node": expert})
+        prepared[name] = (info, config, lib.check_prior(name, priors.get(expert)))
+    if len(prepared) != len(members):
+        raise LibraryError(f"adapter experts must have distinct names, got {[i.name for i in members.values()]}")
+    with lib._locked():
+        pinfo = lib.info(parent)
+        if bank_of(pinfo) is not None:
+            raise LibraryError(f"the backbone {parent!r} of a bank must be a member stored whole, not an adapter expert")
+        lib._check_member(parent)
+        stored = lib._load_tensors(lib.member_dir(parent) / WEIGHTS, parent)
+        if stored.keys() != bank_state.keys() or any(not torch.equal(stored[k], bank_state[k]) for k in stored):
+            raise LibraryError(
+                f"the bank's backbone is not the stored {parent!r}: train the bank on library.load({parent!r}) "
+                "(the backbone and head stay frozen while adapters train)"
+            )
+        old = [n for n, m in lib._members.items() if bank_of(m) == bank_path]
+        if (old or (lib.path / bank_path).exists()) and not overwrite:
+            raise LibraryError(f"the library already has an adapter bank {bank_name!r}; pass overwrite=True to replace it and its experts")
+        taken = [n for n in prepared if n in lib._members and n not in old]
+        if taken and not overwrite:
+            raise LibraryError(f"the library already has members {taken}; remove them first or pick other names")
+        if parent in prepared:
+            raise LibraryError(f"an adapter expert cannot replace its own backbone {parent!r}; pick another name")
+        parent_hash = files_digest(pinfo.files)
+        adapters_dir, members_dir = lib.path / ADAPTERS, lib.path / MEMBERS
+        tag = uuid.uuid4().hex[:8]
+        staged_bank = adapters_dir / f"{STAGING}{bank_name}-{tag}"
+        staged = {n: members_dir / f"{STAGING}{n}-{tag}" for n in prepared}
+        try:
+            staged_bank.mkdir(parents=True)
+            atomic_save_safetensors(staged_bank / f"{bank_name}.safetensors", adapter_state,
+                                    metadata={"format": "pt", "bank": bank_name, "parent": parent})
+            atomic_write_json(staged_bank / f"{bank_name}.json", {**bank.bank_config(), "parent": parent, "parent_hash": parent_hash})
+            bank_files = {f"{ADAPTERS}/{f.name}": sha256_file(f) for f in sorted(staged_bank.iterdir())}
+            infos: dict[str, MemberInfo] = {}
+            for name, (info, config, prior) in prepared.items():
+                staged[name].mkdir(parents=True)
+                atomic_write_json(staged[name] / CONFIG, config)
+                if prior is not None:
+                    atomic_save_safetensors(staged[name] / PRIOR, {"prior": prior}, metadata={"member": name})
+                files = {f.name: sha256_file(f) for f in sorted(staged[name].iterdir())}
+                extra = {**info.extra, "bank": bank_path, "bank_config": config_path, "parent_hash": parent_hash}
+                infos[name] = replace(info, files={**files, **bank_files}, extra=extra)
+            manifest: dict[str, MemberInfo] = {}
+            for n, m in lib._members.items():
+                if n in infos:
+                    manifest[n] = infos[n]  # a replaced member keeps its place
+                elif n not in old:
+                    manifest[n] = m
+            manifest.update({n: i for n, i in infos.items() if n not in manifest})
+            with Transaction() as tx:
+                for f in sorted(staged_bank.iterdir()):
+                    tx.put(f, adapters_dir / f.name)
+                for n in sorted(set(old) - set(staged)):
+                    tx.remove(members_dir / n)
+                for n, d in staged.items():
+                    tx.put(d, members_dir / n)
+                tx.commit(lambda: lib._write_manifest(manifest))
+        finally:
+            shutil.rmtree(staged_bank, ignore_errors=True)
+            for d in staged.values():
+                shutil.rmtree(d, ignore_errors=True)
+        prune(lib)
+    return [infos[n] for n in prepared]
+

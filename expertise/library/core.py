@@ -1,0 +1,531 @@
+"""The :class:`Library` facade: open or create a library, read members, load them, verify, add and
+remove; see :mod:`expertise.library` for the layout on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from expertise.data.hierarchy import Hierarchy
+from expertise.errors import DiskError, ExpertiseError, LibraryError, disk_error
+from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
+from expertise.library import banks, checks, locking
+from expertise.library.manifest import (
+    BANK_FILE, CLAIMS, CONFIG, HIERARCHY, KINDS, LOCK, MANIFEST, MEMBERS, PRIOR, STAGING, TOP_FILES,
+    WEIGHTS, Manifest, MemberInfo, bank_config_path, bank_of, check_name, files_digest,
+)
+from expertise.library.transaction import Transaction
+from expertise.models import external as _external  # noqa: F401  registers ExternalModel for model_from_config
+from expertise.models.adapters import AdapterBank
+from expertise.models.backbones import count_parameters
+
+
+def _shareless_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as independent CPU tensors: safetensors refuses tensors that share memory
+    (tied weights, views), so each one is cloned."""
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+
+
+class Library:
+    """A folder of pool members with a manifest; see :mod:`expertise.library` for the layout."""
+
+    def __init__(self, path: Path, hierarchy: Hierarchy | None, members: dict[str, MemberInfo],
+                 top_files: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self.hierarchy = hierarchy
+        self._members = members
+        self._top_files = top_files
+        self._verified: dict[str, str] = {}  # member -> its hash, once its files verified in this process
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, hierarchy: Hierarchy | None, exist_ok: bool = False) -> Library:
+        """Make a new, empty library at ``path`` (created if needed). With ``exist_ok`` an existing
+        library is opened instead, provided its hierarchy is the same one."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            if not exist_ok:
+                raise LibraryError(f"{path} is already a model library; open it with Library.open or pass exist_ok=True")
+            lib = cls.open(path)
+            if hierarchy is not None and (lib.hierarchy is None or lib.hierarchy.to_json() != hierarchy.to_json()):
+                raise LibraryError(f"the library at {path} was built on a different hierarchy; use a new folder")
+            return lib
+        if path.exists() and not path.is_dir():
+            raise LibraryError(f"{path} is a file, not a folder; choose another library path")
+        if (path / MEMBERS).exists():
+            raise LibraryError(f"{path} has a members/ folder but no {MANIFEST}: a damaged library? restore it or use a new folder")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise disk_error(e, path) from None
+        lib = cls(path, hierarchy, {}, {})
+        with lib._locked():
+            if hierarchy is not None:
+                hierarchy.save(path / HIERARCHY)
+                lib._top_files = {HIERARCHY: sha256_file(path / HIERARCHY)}
+            lib._write_manifest()  # last: its presence is what makes the folder a library
+        return lib
+
+    @classmethod
+    def open(cls, path: Path) -> Library:
+        path = Path(path)
+        if not path.exists():
+            raise LibraryError(f"no model library at {path}; check the path or build one (expertise upstream / expertise experts)")
+        if not path.is_dir():
+            raise LibraryError(f"{path} is a file, not a model library folder; pass the library folder")
+        if not (path / MANIFEST).exists():
+            raise LibraryError(f"{path} is not a model library (no {MANIFEST}); pass a folder made by Library.create")
+        manifest = Manifest.read(path)
+        lib = cls(path, None, manifest.members, manifest.files)
+        lib.hierarchy = lib._read_hierarchy()
+        return lib
+
+    def _check_top_file(self, fname: str) -> Path | None:
+        """The path of a top-level file after checking it against its recorded sha256; None when it
+        does not exist."""
+        f = self.path / fname
+        if not f.exists():
+            if self._top_files and fname in self._top_files:
+                raise LibraryError(f"{f} is missing but {MANIFEST} records it; restore it from a backup")
+            return None
+        if checks.outside(f, self.path):
+            raise LibraryError(f"{f} leads outside the library (a symbolic link); copy the file into the library")
+        if self._top_files is not None:  # None: a library written before top-level files were hashed
+            if fname not in self._top_files:
+                raise LibraryError(f"{f} is not recorded in {MANIFEST}; delete it or restore the library from a backup")
+            if sha256_file(f) != self._top_files[fname]:
+                raise LibraryError(f"{f} was modified since it was written (sha256 mismatch); restore it from a backup")
+        return f
+
+    def _read_hierarchy(self) -> Hierarchy | None:
+        f = self._check_top_file(HIERARCHY)
+        if f is None:
+            return None
+        try:
+            return Hierarchy.load(f)
+        except ExpertiseError as e:
+            raise LibraryError(f"{f} cannot be read ({e}); restore it from a backup") from None
+
+    def read_meta(self, fname: str) -> dict[str, Any] | None:
+        """A top-level JSON file (``upstream.json``), checked against its recorded sha256; None
+        when the library has none."""
+        if fname not in TOP_FILES:
+            raise ValueError(f"{fname!r} is not a top-level library file; use one of {TOP_FILES}")
+        f = self._check_top_file(fname)
+        return None if f is None else checks.read_json(f, "a library metadata file", "restore it from a backup")
+
+    def write_meta(self, fname: str, data: dict[str, Any]) -> None:
+        """Write a top-level JSON file and record its sha256 in the manifest, under the lock."""
+        if fname not in TOP_FILES or fname == HIERARCHY:
+            raise ValueError(f"{fname!r} is not a metadata file; use one of {TOP_FILES[1:]}")
+        with self._locked():
+            atomic_write_json(self.path / fname, data)
+            self._top_files = {**(self._top_files or {}), fname: sha256_file(self.path / fname)}
+            self._write_manifest()
+
+    def refresh(self) -> None:
+        """Re-read the manifest, e.g. after another process added members."""
+        manifest = Manifest.read(self.path)
+        self._members, self._top_files, self._verified = manifest.members, manifest.files, {}
+
+    # -- reading ---------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Member names in manifest (insertion) order."""
+        return list(self._members)
+
+    def members(self) -> list[MemberInfo]:
+        return list(self._members.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __repr__(self) -> str:
+        return f"Library({str(self.path)!r}, {len(self)} members)"
+
+    def info(self, name: str) -> MemberInfo:
+        if name not in self._members:
+            known = self.names()
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            listing = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") if known else "none"
+            raise LibraryError(f"no member {name!r} in the library at {self.path}{hint} (members: {listing})")
+        return self._members[name]
+
+    def member_dir(self, name: str) -> Path:
+        return self.path / MEMBERS / check_name(name)
+
+    def member_hash(self, name: str) -> str:
+        """16 hex digits over the member's file hashes: a key that changes whenever a file does
+        (and is the same for two members with identical files). Unverified: use
+        :meth:`verified_hash` for a key under which results computed from the member are reused.
+
+        Adapter experts of one bank list the same bank files, so their hash also covers the member's
+        name, its node and its parent's file hashes: distinct experts never share cache entries, and
+        retraining the bank or replacing the backbone invalidates them."""
+        info = self.info(name)
+        if bank_of(info) is None:
+            return files_digest(info.files)
+        parent = self._members.get(info.parent) if info.parent is not None else None
+        parent_digest = files_digest(parent.files) if parent is not None else "missing"
+        return files_digest(info.files, f"member:{name}\nnode:{info.extra.get('node')}\nparent:{info.parent}:{parent_digest}\n")
+
+    def verified_hash(self, name: str) -> str:
+        """:meth:`member_hash` after checking the member's files against it, once per process (per
+        handle): cached embeddings and records keyed by it are never used for a member whose files
+        fail verification."""
+        if name not in self._verified:
+            self._check_member(name)
+            self._verified[name] = self.member_hash(name)
+        return self._verified[name]
+
+    def file_path(self, name: str, fname: str) -> Path | None:
+        """Where a file listed in a member's manifest entry lives: its own folder for a plain name, the
+        library root for a bank file (``adapters/...``); None for anything else (a hand-edited
+        manifest must not point outside the library)."""
+        if BANK_FILE.match(fname):
+            return self.path / fname
+        if not fname or "/" in fname or "\\" in fname or fname in (".", ".."):
+            return None
+        return self.member_dir(name) / fname
+
+    def problems(self, name: str) -> list[str]:
+        """What is wrong with one member's files (missing, modified, leading outside the library, or
+        for an adapter expert a backbone that changed since its adapters were trained); [] when intact."""
+        info, folder = self.info(name), self.member_dir(name)
+        if not folder.is_dir():
+            return [f"member {name!r}: folder {folder} is missing"]
+        bank = bank_of(info)
+        required = (CONFIG, WEIGHTS) if bank is None else (CONFIG, bank, bank_config_path(bank))
+        problems = [f"member {name!r}: manifest lists no {f}" for f in required if f not in info.files]
+        for fname, digest in info.files.items():
+            f = self.file_path(name, fname)
+            if f is None:
+                problems.append(f"member {name!r}: manifest lists a file {fname!r} outside the library; restore library.json")
+            elif checks.outside(f, self.path):
+                problems.append(f"member {name!r}: {f} leads outside the library (a symbolic link); copy the file into it")
+            elif not f.is_file():
+                problems.append(f"member {name!r}: file {f} is missing")
+            elif sha256_file(f) != digest:
+                problems.append(f"member {name!r}: {f} was modified since it was written (sha256 mismatch)")
+        if bank is not None:
+            problems += banks.member_problems(self, name, info, bank)
+        return problems
+
+    def _check_member(self, name: str) -> None:
+        problems = self.problems(name)
+        if problems:
+            raise LibraryError(f"member {name!r} was modified since it was written; re-create it or restore it ({'; '.join(problems)})")
+
+    def config(self, name: str) -> dict[str, Any]:
+        return checks.read_config(self.member_dir(name) / CONFIG)
+
+    def check_loadable(self, name: str) -> dict[str, Any]:
+        """The member's config, after checking, on the meta device and from the safetensors headers
+        alone, that it builds exactly the tensors stored: nothing is allocated."""
+        info, cfg = self.info(name), self.config(name)
+        expected = checks.expected_shapes(cfg, self.member_dir(name) / CONFIG)
+        bank = bank_of(info)
+        if bank is None:
+            stored = checks.header_shapes(self.member_dir(name) / WEIGHTS, name)
+        else:
+            stored = banks.expert_header_shapes(self, name, info, bank)
+        checks.match_shapes(name, expected, stored)
+        if PRIOR in info.files:
+            prior = checks.header_shapes(self.member_dir(name) / PRIOR, name)
+            n = None if self.hierarchy is None else len(self.hierarchy.label_nodes)
+            if set(prior) != {"prior"} or len(prior["prior"]) != 1 or (n is not None and prior["prior"] != (n,)):
+                raise LibraryError(f"member {name!r}: {PRIOR} must hold one 'prior' vector [{n or 'label nodes'}], "
+                                   f"holds {prior}; re-create the member")
+        return cfg
+
+    def load(self, name: str, verify: bool = True) -> nn.Module:
+        """The member rebuilt from config.json with its weights loaded strictly, in eval mode.
+        ``verify`` first checks the sha256 of each of the member's files; the config and the
+        weights' shapes are always checked before anything is allocated."""
+        from expertise.models.backbones import model_from_config
+
+        info = self.info(name)  # unknown names fail here, with a did-you-mean
+        if verify:
+            self._check_member(name)
+        cfg = self.check_loadable(name)
+        model = model_from_config(cfg)
+        bank = bank_of(info)
+        state = self._load_tensors(self.member_dir(name) / WEIGHTS, name) if bank is None else \
+            banks.expert_state(self, name, info, bank, verify)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise LibraryError(f"member {name!r}: weights do not match its config ({' '.join(first[:3])}); re-create the member") from None
+        return model.eval()
+
+    def load_adapter_bank(self, bank: str = "bank", verify: bool = True) -> AdapterBank:
+        """The whole bank as one :class:`AdapterBank` (see :func:`expertise.library.banks.load_bank`)."""
+        return banks.load_bank(self, bank, verify)
+
+    def label_prior(self, name: str) -> torch.Tensor | None:
+        """float64 [num_label_nodes], or None when the member has no label prior. Always verified."""
+        info = self.info(name)
+        if PRIOR not in info.files:
+            return None
+        f = self.member_dir(name) / PRIOR
+        if checks.outside(f, self.path) or not f.is_file() or sha256_file(f) != info.files[PRIOR]:
+            raise LibraryError(f"member {name!r}: {f} was modified since it was written or is missing; re-create it or restore it")
+        tensors = self._load_tensors(f, name)
+        if set(tensors) != {"prior"} or tensors["prior"].ndim != 1:
+            raise LibraryError(f"member {name!r}: {f} must hold one 'prior' vector; re-create the member")
+        return tensors["prior"].to(torch.float64)
+
+    @staticmethod
+    def _load_tensors(f: Path, name: str, prefix: str | None = None) -> dict[str, torch.Tensor]:
+        """Every tensor of a safetensors file, or (``prefix``) only those whose name starts with it,
+        read without touching the rest: one expert's slice of a bank."""
+        try:
+            if prefix is not None:
+                with safe_open(str(f), framework="pt") as fh:
+                    return {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}
+            return load_file(str(f))
+        except FileNotFoundError:
+            raise LibraryError(f"member {name!r}: {f} is missing; re-create the member or restore it") from None
+        except (SafetensorError, OSError, ValueError) as e:
+            raise LibraryError(f"member {name!r}: {f} is not a readable safetensors file ({e}); re-create the member") from None
+
+    def clean(self) -> list[Path]:
+        """Remove what interrupted writes left behind (temporary files, staging folders) and return
+        it; nothing when a live writer holds the library (its files are in use) or it is read-only."""
+        found = checks.leftovers(self.path)
+        if found:
+            with contextlib.suppress(LibraryError, DiskError):
+                with self._locked():  # taking the lock removes what dead writers left
+                    pass
+        return [f for f in found if not f.exists()]
+
+    def verify(self) -> list[str]:
+        """Every problem found, one line each; [] when every member is loadable. Checks the
+        top-level files against their recorded hashes and schemas, each member's files (present,
+        inside the library, matching their sha256), that its config passes its schema and builds
+        exactly the tensors its safetensors headers hold, and reports files the manifest does not
+        name and leftovers of interrupted writes (:meth:`clean` removes those)."""
+        from expertise.library.upstream_meta import check_upstream
+
+        problems: list[str] = []
+        for fname in TOP_FILES:
+            try:
+                if fname == HIERARCHY:
+                    self._read_hierarchy()
+                elif (meta := self.read_meta(fname)) is not None:
+                    check_upstream(meta, str(self.path / fname))
+            except ExpertiseError as e:
+                problems.append(str(e))
+        for name in self.names():
+            member_problems = self.problems(name)
+            problems += member_problems
+            folder, listed = self.member_dir(name), self._members[name].files
+            if folder.is_dir():
+                problems += [f"member {name!r}: {f} is not listed in the manifest; delete it or re-add the member"
+                             for f in sorted(folder.iterdir()) if f.name not in listed]
+            if not member_problems:
+                try:
+                    self.config(name)
+                except LibraryError as e:
+                    problems.append(f"member {name!r}: unreadable config: {e}")
+                    continue
+                try:
+                    self.check_loadable(name)
+                except LibraryError as e:
+                    problems.append(str(e))
+        problems += [f"{f} is left over from an interrupted write (or one in progress); delete it when no writer holds the library"
+                     for f in checks.leftovers(self.path)]
+        problems += banks.stray_files(self)
+        members_dir = self.path / MEMBERS
+        if members_dir.is_dir():
+            problems += [f"{d} is not a member named in {MANIFEST}; delete it or re-add the member"
+                         for d in sorted(members_dir.iterdir()) if not d.name.startswith(".") and d.name not in self._members]
+        return problems
+
+    # -- writing ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive writer lock (see :mod:`expertise.library.locking`). Under it nobody else is
+        writing, so the manifest is re-read (never clobber another writer's members) and what dead
+        writers left behind is removed."""
+        lock = self.path / LOCK
+        who = locking.try_acquire(lock)
+        if who is not None:
+            raise locking.locked_error(self.path, lock, who)
+        with locking.held(lock):
+            if (self.path / MANIFEST).exists():
+                self.refresh()
+            for f in checks.leftovers(self.path):
+                shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+            yield
+
+    @contextlib.contextmanager
+    def claim(self, name: str, log: Callable[[str], None] = print, done: Callable[[], bool] | None = None,
+              poll_s: float = 2.0) -> Iterator[bool]:
+        """Claim the building of ``name`` (a member, or a unit such as an adapter bank), so two
+        builders never train the same thing: a second process waits while the claim is held.
+        Yields True when this process should build it, False when it is done (``done()``, by
+        default: the member exists), perhaps by the process this one waited for."""
+        is_done = done or (lambda: name in self._members)
+        lock = self.path / CLAIMS / check_name(name)
+        try:
+            lock.parent.mkdir(exist_ok=True)
+        except OSError as e:
+            raise disk_error(e, lock.parent) from None
+        told = False
+        while True:
+            self.refresh()
+            if is_done():
+                yield False
+                return
+            who = locking.try_acquire(lock)
+            if who is None:
+                break
+            if not told:
+                log(f"{name} is being built by pid {who[0]} on {who[1] or 'this host'}; waiting for it "
+                    f"(delete {lock} if no such process is running)")
+                told = True
+            time.sleep(poll_s)
+        with locking.held(lock):
+            self.refresh()
+            yield not is_done()
+
+    def _write_manifest(self, members: dict[str, MemberInfo] | None = None) -> None:
+        members = self._members if members is None else members
+        if self._top_files is None:  # a library written before top-level files were hashed: record them now
+            self._top_files = {f: sha256_file(self.path / f) for f in TOP_FILES if (self.path / f).is_file()}
+        Manifest(members, self._top_files).write(self.path)
+        self._members, self._verified = dict(members), {}
+
+    def add(self, info: MemberInfo, model: nn.Module, label_prior: torch.Tensor | None = None,
+            overwrite: bool = False) -> MemberInfo:
+        """Write ``model`` (and its optional label prior, float [num_label_nodes]) as member
+        ``info.name`` and return the stored MemberInfo, with ``files`` (sha256 per file) and any
+        zero ``parameters``/``embedding_dim`` filled from the model.
+
+        The member is assembled in a hidden staging folder and swapped in by one
+        :class:`Transaction` that the manifest rewrite commits; on any error the library is left as it was.
+        """
+        name = check_name(info.name)
+        if bank_of(info) is not None:  # e.g. info copied from a bank's expert: this member is stored whole
+            info = replace(info, extra={k: v for k, v in info.extra.items() if k not in ("bank", "bank_config", "parent_hash")})
+        info = self.complete_info(info, model)
+        # Everything that can fail on the model's side happens before the disk is touched.
+        config = model.member_config()  # type: ignore[operator]
+        state = _shareless_state_dict(model)
+        checks.match_shapes(name, checks.expected_shapes(config, Path(f"member {name!r}: member_config()")),
+                            {k: tuple(v.shape) for k, v in state.items()})
+        prior = self.check_prior(name, label_prior)
+        with self._locked():
+            if name in self._members and not overwrite:
+                raise LibraryError(f"the library already has a member {name!r}; pass overwrite=True to replace it, "
+                                   "or pick another name")
+            staging = self.path / MEMBERS / f"{STAGING}{name}-{uuid.uuid4().hex[:8]}"
+            try:
+                staging.mkdir(parents=True)
+                atomic_write_json(staging / CONFIG, config)
+                atomic_save_safetensors(staging / WEIGHTS, state, metadata={"format": "pt", "member": name})
+                if prior is not None:
+                    atomic_save_safetensors(staging / PRIOR, {"prior": prior}, metadata={"member": name})
+                info = replace(info, files={f.name: sha256_file(f) for f in sorted(staging.iterdir())})
+                with Transaction() as tx:
+                    tx.put(staging, self.path / MEMBERS / name)
+                    tx.commit(lambda: self._write_manifest({**self._members, name: info}))
+            except OSError as e:
+                raise disk_error(e, staging) from None
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful commit
+            banks.prune(self)  # the member replaced may have been a bank's last adapter expert
+        return info
+
+    def add_adapter_bank(self, bank: AdapterBank, parent: str, members: Mapping[str, MemberInfo],
+                         label_priors: Mapping[str, torch.Tensor] | None = None, bank_name: str = "bank",
+                         overwrite: bool = False) -> list[MemberInfo]:
+        """Store a trained :class:`AdapterBank` once beside its backbone ``parent`` (see
+        :func:`expertise.library.banks.add_bank`)."""
+        return banks.add_bank(self, bank, parent, members, label_priors, bank_name, overwrite)
+
+    def complete_info(self, info: MemberInfo, model: nn.Module) -> MemberInfo:
+        """``info`` checked against the model and the library, its empty fields filled from the model."""
+        if info.kind not in KINDS:
+            raise LibraryError(f"member {info.name!r}: kind must be one of {KINDS}, got {info.kind!r}")
+        if not callable(getattr(model, "member_config", None)):
+            raise LibraryError(f"member {info.name!r}: the model has no member_config(); only pool members can be stored")
+        if info.domain is not None and self.hierarchy is not None and info.domain not in self.hierarchy.parents:
+            raise LibraryError(f"member {info.name!r}: domain {info.domain!r} is not a node of the library's hierarchy")
+        # numpy scalars (np.float32 accuracies, np.int64 counts) are not JSON: store plain Python numbers.
+        changes: dict[str, Any] = {
+            "upstream_images": int(info.upstream_images), "parameters": int(info.parameters),
+            "embedding_dim": int(info.embedding_dim),
+            "upstream_accuracy": None if info.upstream_accuracy is None else float(info.upstream_accuracy),
+        }
+        if info.parameters == 0:
+            changes["parameters"] = count_parameters(model)
+        if info.embedding_dim == 0:
+            dim = getattr(model, "num_features", None)
+            if not isinstance(dim, int) or dim <= 0:
+                raise LibraryError(f"member {info.name!r}: give embedding_dim, the model has no num_features")
+            changes["embedding_dim"] = dim
+        prep = getattr(model, "preprocessing", None)
+        if prep is not None and hasattr(prep, "to_json"):
+            if not info.preprocessing:
+                changes["preprocessing"] = prep.to_json()
+            elif info.preprocessing != prep.to_json():
+                raise LibraryError(f"member {info.name!r}: preprocessing {info.preprocessing} differs from the model's {prep.to_json()}")
+        if not info.architecture and hasattr(model, "backbone_config"):
+            changes["architecture"] = model.backbone_config.name
+        info = replace(info, **changes)
+        try:
+            json.dumps(info.to_json())
+        except (TypeError, ValueError) as e:
+            raise LibraryError(f"member {info.name!r}: its info is not JSON-serialisable ({e}); keep 'extra' to plain JSON values") from None
+        return info
+
+    def check_prior(self, name: str, prior: torch.Tensor | None) -> torch.Tensor | None:
+        if prior is None:
+            return None
+        prior = torch.as_tensor(prior).detach().to("cpu", torch.float64).clone()
+        if prior.ndim != 1 or not bool(torch.isfinite(prior).all()) or bool((prior < 0).any()):
+            raise LibraryError(f"member {name!r}: a label prior must be a finite, non-negative vector [num_label_nodes]")
+        if self.hierarchy is not None and prior.numel() != len(self.hierarchy.label_nodes):
+            raise LibraryError(
+                f"member {name!r}: label prior has {prior.numel()} entries, the hierarchy {len(self.hierarchy.label_nodes)} label nodes"
+            )
+        return prior
+
+    def remove(self, name: str) -> None:
+        """Drop a member, its folder and the manifest entry in one :class:`Transaction`.
+
+        Removing an adapter expert leaves its bank to the bank's other experts, and deletes the bank
+        files with the last one. A backbone that adapter experts are built on cannot be removed
+        before them: they hold no copy of its weights."""
+        with self._locked():
+            self.info(name)
+            dependents = [n for n, m in self._members.items() if n != name and bank_of(m) is not None and m.parent == name]
+            if dependents:
+                raise LibraryError(
+                    f"member {name!r} is the backbone of adapter experts {dependents}, which hold no copy of its weights; "
+                    "remove them first"
+                )
+            with Transaction() as tx:
+                tx.remove(self.member_dir(name))
+                tx.commit(lambda: self._write_manifest({n: m for n, m in self._members.items() if n != name}))
+            banks.prune(self)
+
