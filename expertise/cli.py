@@ -48,12 +48,12 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ExpertiseError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:  # a disk error our writers did not wrap (a folder made by a library call)
             if e.errno not in DISK_ERRNOS:
                 raise
-            err.print(f"[bold red]error:[/] {disk_error(e)}", highlight=False)
+            err.print(f"[bold red]error:[/] {disk_error(e)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished units of work are saved; run the same command again to resume")
@@ -429,7 +429,7 @@ def library_verify(library: Annotated[Path, typer.Argument(help="Library folder.
     problems = lib.verify()
     if problems:
         for p in problems:
-            err.print(f"[red]✗[/] {p}", highlight=False)
+            err.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     out.print(f"[green]✓[/] {library}: {len(lib)} members, every one loadable and every file matching its hash")
 
