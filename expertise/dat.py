@@ -54,10 +54,11 @@ from expertise.data.hierarchy import ROOT, Hierarchy
 from expertise.data.tasks import Task
 from expertise.data.upstream import UpstreamData
 from expertise.errors import ConfigError, DataError
-from expertise.models.backbones import BACKBONES, ExpertModel, prepare
+from expertise.models.backbones import BACKBONES, ExpertModel
+from expertise.models.forward import forward_batches
 from expertise.records import make_record
 from expertise.runtime import derive_seed
-from expertise.train import TrainConfig, fit, multilabel_loss, predict
+from expertise.train import TrainConfig, fit, multilabel_loss
 from expertise.transfer import finetune_and_test
 from expertise.upstream import UpstreamBatches
 
@@ -412,12 +413,8 @@ def leaf_logits(model: ExpertModel, hierarchy: Hierarchy, images_uint8: torch.Te
     if outs != len(hierarchy.label_nodes):
         raise ConfigError(f"the upstream model has {outs} upstream outputs but the hierarchy has "
                           f"{len(hierarchy.label_nodes)} label nodes; use the B trained on this upstream data")
-    cols = torch.tensor([hierarchy.label_index[leaf] for leaf in hierarchy.leaves])
-    parts = []
-    for i in range(0, images_uint8.shape[0], batch_size):
-        x = prepare(images_uint8[i:i + batch_size], model.preprocessing)
-        parts.append(predict(model, x, batch_size, device, forward=lambda m, v: m.upstream_logits(v))[:, cols])
-    return torch.cat(parts) if parts else torch.zeros((0, len(cols)))
+    logits = forward_batches(model, images_uint8, ("upstream_logits",), batch_size, device)["upstream_logits"]
+    return hierarchy.leaf_logits(logits)
 
 
 def _label_summary(hierarchy: Hierarchy, p_t: np.ndarray, p_s: np.ndarray, w: np.ndarray,

@@ -159,16 +159,3 @@ class EpochSampler:
             out[filled:filled + take] = self._perm[offset:offset + take]
             filled += take
         return out
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: torch.device = torch.device("cpu"),
-            forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Batched forward pass over prepared inputs; returns float32 outputs on CPU."""
-    forward = forward or (lambda m, v: m(v))
-    model.to(device).eval()
-    outs = []
-    for i in range(0, x.shape[0], batch_size):
-        with autocast(device):
-            outs.append(forward(model, x[i:i + batch_size].to(device)).float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0)

@@ -14,8 +14,9 @@ from torch import nn
 from expertise.data.tasks import Split, Task
 from expertise.errors import ConfigError
 from expertise.models.backbones import prepare
+from expertise.models.forward import forward_batches
 from expertise.runtime import derive_seed
-from expertise.train import EpochSampler, TrainConfig, fit, predict, softmax_loss
+from expertise.train import EpochSampler, TrainConfig, fit, softmax_loss
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def finetune(member: nn.Module, train: Split, num_classes: int, cfg: TrainConfig
 
 
 def accuracy(model: nn.Module, split: Split, device: torch.device = torch.device("cpu"), batch_size: int = 500) -> float:
-    logits = predict(model, prepare(split.images, model.preprocessing), batch_size, device)
+    logits = forward_batches(model, split.images, ("logits",), batch_size, device)["logits"]
     return float((logits.argmax(1) == split.labels).float().mean())
 
 

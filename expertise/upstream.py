@@ -19,8 +19,9 @@ from expertise.data.upstream import UpstreamData
 from expertise.errors import LibraryError
 from expertise.library import Library, MemberInfo
 from expertise.models.backbones import BACKBONES, ExpertModel, Preprocessing, count_parameters, prepare
+from expertise.models.forward import forward_batches
 from expertise.runtime import derive_seed
-from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss, predict
+from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
 
 
 def baseline_name(backbone: str) -> str:
@@ -60,13 +61,11 @@ def leaf_accuracy(model: ExpertModel, data: UpstreamData, indices: np.ndarray | 
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
     if len(idx) == 0:
         return float("nan")
-    leaf_cols = torch.tensor([data.hierarchy.label_index[leaf] for leaf in data.hierarchy.leaves])
     correct = 0
-    for i in range(0, len(idx), batch_size):
+    for i in range(0, len(idx), batch_size):  # rendered a chunk at a time, not all at once
         chunk = idx[i:i + batch_size]
-        x = prepare(data.images(chunk), model.preprocessing)
-        logits = predict(model, x, batch_size, device, forward=lambda m, v: m.upstream_logits(v))
-        pred = logits[:, leaf_cols].argmax(1).numpy()
+        logits = forward_batches(model, data.images(chunk), ("upstream_logits",), batch_size, device)["upstream_logits"]
+        pred = data.hierarchy.leaf_logits(logits).argmax(1).numpy()
         correct += int((pred == data.leaf_ids[chunk]).sum())
     return correct / len(idx)
 

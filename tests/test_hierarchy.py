@@ -62,6 +62,20 @@ def test_label_matrix_marks_leaf_and_ancestors(dag: Hierarchy) -> None:
     assert {dag.label_nodes[j] for j in np.flatnonzero(m[1])} == {"tree", "plant"}
 
 
+def test_leaf_columns_pick_each_leaf_from_upstream_outputs(dag: Hierarchy) -> None:
+    import torch
+
+    assert [dag.label_nodes[c] for c in dag.leaf_columns] == list(dag.leaves)
+    outputs = np.arange(3 * len(dag.label_nodes), dtype=np.float32).reshape(3, -1)
+    leaf = dag.leaf_logits(outputs)
+    assert leaf.shape == (3, len(dag.leaves))
+    for j, name in enumerate(dag.leaves):
+        assert np.array_equal(leaf[:, j], outputs[:, dag.label_index[name]])
+    assert torch.equal(dag.leaf_logits(torch.from_numpy(outputs)), torch.from_numpy(leaf))
+    with pytest.raises(DataError, match="label nodes"):
+        dag.leaf_logits(outputs[:, :-1])
+
+
 def test_subtree_counts_tree(tree: Hierarchy) -> None:
     c = tree.subtree_counts(COUNTS)
     assert c == {ROOT: 11, "animal": 10, "plant": 1, "cat": 5, "dog": 5, "poodle": 2, "terrier": 3, "tree": 1}

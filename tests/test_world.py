@@ -3,6 +3,8 @@ splits, downstream tasks, and the UpstreamData API."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import time
 
@@ -13,7 +15,7 @@ import torch
 from expertise.data.hierarchy import ROOT
 from expertise.data.tasks import GROUPS, TRAIN_SIZE, VAL_SIZE
 from expertise.data.upstream import UpstreamData
-from expertise.data.world import World, WorldConfig, save_preview
+from expertise.data.world import WORLD_VERSION, World, WorldConfig, save_preview
 from expertise.errors import ConfigError, DataError
 
 SMALL = WorldConfig(seed=0, upstream_size=3000, holdout_size=500, test_size=150)
@@ -72,6 +74,40 @@ def test_render_rate(train: UpstreamData) -> None:
         train.images(idx)
         best = max(best, idx.size / (time.perf_counter() - start))
     assert best >= 5000, f"rendered {best:.0f} images/s at 32 px; need 5,000"
+
+
+# sha256 prefixes of what a small world renders, taken at WORLD_VERSION 2 (numpy 2, matplotlib's
+# bundled fonts, x86-64). A change here means the same WorldConfig now renders other pixels: bump
+# WORLD_VERSION (libraries of the old world are then refused) and take the new values.
+PINNED_V2 = {
+    "hierarchy": "738f7c6fb71d2a65",
+    "upstream/train": "7fa16b94153725ca",
+    "upstream/holdout": "1f7653a602e7deef",
+    "glyph_digits": "fc883b7ec6acbf72",
+    "glyph_unseen": "69f879abed324a58",
+    "glyph_fonts": "6bb2ff44851354e2",
+    "shape_unseen": "8f787245c89619f2",
+    "texture_unseen": "398220c2f5f05b27",
+    "shape_microscopy": "feed5a1f26f2dee6",
+    "texture_sensor": "8582fe22165c2822",
+    "count": "03125126d8c9f7fc",
+    "orientation": "c693a8fa89f8fd74",
+    "location": "c5e3e58ba144c100",
+}
+
+
+def test_world_renders_the_pinned_bytes() -> None:
+    w = World(WorldConfig(seed=0, resolution=16, upstream_size=200, holdout_size=50, test_size=8))
+    got = {"hierarchy": hashlib.sha256(json.dumps(w.hierarchy.to_json(), sort_keys=True).encode()).hexdigest()[:16]}
+    for split in ("train", "holdout"):
+        data = w.upstream(split)
+        h = hashlib.sha256(data.images(np.arange(len(data))).numpy().tobytes())
+        h.update(np.ascontiguousarray(data.leaf_ids).tobytes())
+        got[f"upstream/{split}"] = h.hexdigest()[:16]
+    got.update({name: w.task(name).fingerprint() for name in w.task_names})
+    assert WORLD_VERSION == 2
+    changed = [k for k in PINNED_V2.keys() | got.keys() if PINNED_V2.get(k) != got.get(k)]
+    assert not changed, f"the world renders other bytes for {sorted(changed)}: bump WORLD_VERSION"
 
 
 # -- images -----------------------------------------------------------------------------------

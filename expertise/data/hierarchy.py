@@ -12,10 +12,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from expertise.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = "root"
 MAX_NODES = 4_000_000  # a bound checked before a hierarchy file is built (ImageNet-21k with WordNet: about 32k)
@@ -116,6 +120,21 @@ class Hierarchy:
                 if n != ROOT:
                     m[i, self.label_index[n]] = True
         return m
+
+    @cached_property
+    def leaf_columns(self) -> tuple[int, ...]:
+        """The column of each leaf (in ``leaves`` order) among ``label_nodes``, so in an upstream
+        head's outputs. Each upstream image has one leaf, so these are the columns a softmax or an
+        argmax over upstream classes reads."""
+        return tuple(self.label_index[leaf] for leaf in self.leaves)
+
+    def leaf_logits(self, logits: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """[N, num_leaves]: the leaf columns of an upstream head's outputs [N, num_label_nodes]
+        (a tensor or an array; the result is of the same kind)."""
+        if logits.ndim != 2 or logits.shape[1] != len(self.label_nodes):
+            raise DataError(f"upstream outputs of shape {tuple(logits.shape)} do not match this hierarchy's "
+                            f"{len(self.label_nodes)} label nodes")
+        return logits[:, list(self.leaf_columns)]
 
     def label_matrix(self, leaf_ids: np.ndarray) -> np.ndarray:
         """Multi-hot labels, float32 [N, num_label_nodes], for leaf indices into ``leaves``."""

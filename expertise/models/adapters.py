@@ -35,7 +35,7 @@ from expertise.models.backbones import (
     BackboneConfig, ExpertModel, HeadMixin, Preprocessing, count_parameters, create_backbone, head_fields, prepare,
     register_member_class,
 )
-from expertise.runtime import autocast
+from expertise.models.forward import run_batches
 
 DEFAULT_REDUCTION = 2
 MAX_GROUPS = 32
@@ -302,7 +302,6 @@ class AdapterBank(nn.Module):
         }
 
 
-@torch.inference_mode()
 def embed_images_with_experts(bank: AdapterBank, images: torch.Tensor, experts: Sequence[str] | None = None,
                               batch_size: int = 500, device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
     """uint8 [N, 3, H, W] -> {expert: float32 [N, D]}: several adapter experts embed the same images,
@@ -312,14 +311,4 @@ def embed_images_with_experts(bank: AdapterBank, images: torch.Tensor, experts: 
     names = bank.experts if experts is None else list(experts)
     for e in names:
         bank.stack(e)  # unknown experts fail before any work
-    bank.to(device).eval()
-    out: dict[str, list[torch.Tensor]] = {e: [] for e in names}
-    for i in range(0, images.shape[0], batch_size):
-        x = prepare(images[i:i + batch_size], bank.preprocessing).to(device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            feats = bank.embed_experts(x, names)
-        for e in names:
-            out[e].append(feats[e].float().cpu())
-    return {e: torch.cat(v) if v else torch.empty(0, bank.num_features) for e, v in out.items()}
+    return run_batches(bank, images, lambda x: bank.embed_experts(x, names), batch_size, device)

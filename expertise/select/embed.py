@@ -1,5 +1,6 @@
-"""The one embedding path: batched, inference-mode extraction of pre-logits features for every
-pool member on a task's images, cached on disk by (member hash, task fingerprint)."""
+"""Embedding a pool: pre-logits features (and upstream logits) of every member on a task's images,
+through the one forward path (``expertise.models.forward``), cached on disk by (member hash, task
+fingerprint)."""
 
 from __future__ import annotations
 
@@ -14,49 +15,22 @@ from torch import nn
 
 from expertise.data.tasks import Split, Task
 from expertise.io import atomic_save_safetensors
-from expertise.models.backbones import Preprocessing, prepare
+from expertise.models.forward import forward_batches, upstream_head
 from expertise.progress import progress_bar
-from expertise.runtime import autocast
 
 
-def upstream_head(model: nn.Module) -> nn.Module | None:
-    """The module that maps a member's ``embed()`` output to its upstream logits, when it has one
-    (``model.upstream_head``, or an ExpertModel's head while it is still the upstream head). With
-    it, one pass yields both the features and the upstream predictions that label matching, LEEP
-    and NCE need, instead of a second forward pass."""
-    head = getattr(model, "upstream_head", None)
-    if head is not None:
-        return head
-    if getattr(model, "has_upstream_head", False):
-        return getattr(model, "head", None)
-    return None
-
-
-@torch.inference_mode()
 def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
                  device: torch.device = torch.device("cpu"), with_logits: bool = False
                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 [N, 3, H, W] -> float32 [N, D] pre-logits features, prepared with the model's own
-    preprocessing batch by batch (so the float copy of a large split never sits in memory).
+    """uint8 [N, 3, H, W] -> float32 [N, D] pre-logits features, through the one forward path.
     ``with_logits`` also returns the upstream logits float32 [N, L] (None for a member without an
     upstream head), computed from the same features."""
-    prep: Preprocessing = model.preprocessing  # type: ignore[assignment]
-    model.to(device).eval()
-    head = upstream_head(model) if with_logits else None
-    feats, logits = [], []
-    for i in range(0, images.shape[0], batch_size):
-        x = prepare(images[i:i + batch_size], prep).to(device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            f = model.embed(x)
-            if head is not None:
-                logits.append(head(f).float().cpu())
-            feats.append(f.float().cpu())
-    features = torch.cat(feats)
+    has_head = with_logits and upstream_head(model) is not None
+    out = forward_batches(model, images, ("features", "upstream_logits") if has_head else ("features",),
+                          batch_size, device)
     if not with_logits:
-        return features
-    return features, (torch.cat(logits) if head is not None else None)
+        return out["features"]
+    return out["features"], out.get("upstream_logits")
 
 
 @dataclass

@@ -21,8 +21,9 @@ import torch
 from expertise.data.hierarchy import ROOT, Hierarchy
 from expertise.data.upstream import UpstreamData
 from expertise.errors import ConfigError, DataError
-from expertise.models.backbones import BACKBONES, ExpertModel, prepare
-from expertise.runtime import autocast, derive_seed
+from expertise.models.backbones import BACKBONES, ExpertModel
+from expertise.models.forward import check_images, forward_batches
+from expertise.runtime import derive_seed
 from expertise.train import TrainConfig, fit, multilabel_loss
 from expertise.upstream import UpstreamBatches
 
@@ -87,24 +88,14 @@ def train_epn(train: UpstreamData, nodes: Sequence[str], backbone: str, cfg: Tra
     return model
 
 
-@torch.inference_mode()
 def epn_probabilities(model: ExpertModel, images: torch.Tensor | np.ndarray, batch_size: int = 500,
                       device: torch.device = torch.device("cpu")) -> np.ndarray:
-    """float64 [N, E]: sigmoid of the EPN's outputs for uint8 images [N, 3, H, W], prepared with the
-    model's own preprocessing one batch at a time (the float copy of all images never sits in memory)."""
-    x = torch.as_tensor(images)
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
-        raise DataError(f"EPN inputs must be uint8 images [N, 3, H, W], got {x.dtype} {tuple(x.shape)}")
+    """float64 [N, E]: sigmoid of the EPN's outputs for uint8 images [N, 3, H, W], through the one
+    forward path."""
+    images = check_images(images)
     if model.head is None:
         raise ConfigError("this model has no output head; it is not an EPN (train one with train_epn)")
-    model.to(device).eval()
-    out = []
-    for i in range(0, x.shape[0], batch_size):
-        batch = prepare(x[i:i + batch_size], model.preprocessing).to(device)
-        with autocast(device):
-            out.append(torch.sigmoid(model(batch).float()).cpu())
-    e = model.head.out_features
-    return torch.cat(out).double().numpy() if out else np.zeros((0, e), dtype=np.float64)
+    return forward_batches(model, images, ("probabilities",), batch_size, device)["probabilities"].double().numpy()
 
 
 def epn_name(backbone: str) -> str:

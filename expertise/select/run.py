@@ -70,7 +70,7 @@ def source_probabilities(library: Library, logits: torch.Tensor) -> np.ndarray:
     x = logits.double()
     h = library.hierarchy
     if h is not None and x.shape[1] == len(h.label_nodes):
-        x = x[:, [h.label_index[leaf] for leaf in h.leaves]]
+        x = h.leaf_logits(x)
     return torch.softmax(x, dim=1).numpy()
 
 
