@@ -104,7 +104,7 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
              quiet: QuietOpt = False) -> None:
     """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
     embedded upstream world into LIBRARY."""
-    from expertise.pipeline import build_library
+    from expertise.upstream.build import build_library
 
     cfg, dev = _setup(preset, overrides, device)
     build_library(cfg, library, dev, not quiet, out.print, upstream_only=True)
@@ -119,7 +119,7 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
     """Train experts for the top-K hierarchy nodes: full (B tuned on each node's slice) or adapter
     (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing."""
     from expertise.errors import ConfigError
-    from expertise.pipeline import build_library
+    from expertise.upstream.build import build_library
 
     kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
     if kind not in kinds:
@@ -144,7 +144,8 @@ def select(library: LibOpt, task: TaskOpt,
     """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
     member's score (table, JSON and a bar chart) and the time each stage took."""
     from expertise.io import atomic_write_json
-    from expertise.pipeline import resolve_task, world_of_library
+    from expertise.data.loaders import load_task
+    from expertise.upstream.build import world_of_library
     from expertise.plots import plot_selection
     from expertise.runtime import configure
     from expertise.select.embed import EmbeddingCache
@@ -152,7 +153,7 @@ def select(library: LibOpt, task: TaskOpt,
 
     dev = configure(device=device)
     lib = _open_library(library)
-    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed, skip_corrupt)
+    t = load_task(task, resolution=_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(cache or library / "cache"), seed=seed,
                         device=dev, progress=not quiet)
     rows = ranking_table(run, lib)
@@ -193,13 +194,14 @@ def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option
              preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
              quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
     """Fine-tune MEMBER on TASK's 1,000 train+val images with a new head; report test accuracy."""
-    from expertise.pipeline import resolve_task, world_of_library
-    from expertise.transfer import finetune_and_test
+    from expertise.data.loaders import load_task
+    from expertise.upstream.build import world_of_library
+    from expertise.transfer.finetune import finetune_and_test
 
     cfg, dev = _setup(preset, overrides, device)
     lib = _open_library(library)
     model = lib.load(member)
-    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed, skip_corrupt)
+    t = load_task(task, resolution=_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     res = finetune_and_test(model, t, cfg.finetune, seed, dev, not quiet)
     out.print(f"{member} on {t.name}: test accuracy [bold]{res.test_accuracy:.3f}[/] "
               f"({res.images} images in {res.train_seconds:.1f}s)")
@@ -219,15 +221,16 @@ def transfer(library: LibOpt, task: TaskOpt,
              quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy."""
-    from expertise.bench.protocol import SweepConfig, transfer_protocol
-    from expertise.bench.store import RecordStore
-    from expertise.pipeline import resolve_task, world_of_library
+    from expertise.transfer.protocol import SweepConfig, transfer_protocol
+    from expertise.store import RecordStore
+    from expertise.data.loaders import load_task
+    from expertise.upstream.build import world_of_library
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import run_selection
 
     cfg, dev = _setup(preset, overrides, device)
     lib = _open_library(library)
-    t = resolve_task(task, _resolution(lib), world_of_library(lib), seed, skip_corrupt)
+    t = load_task(task, resolution=_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     sweep = SweepConfig(lr_factors=_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(out_dir / "cache"), seed=seed, device=dev,
                         progress=not quiet)
@@ -263,10 +266,11 @@ def dat(library: LibOpt, task: TaskOpt,
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's."""
     import time
 
-    from expertise.dat import dat_record, run_dat
+    from expertise.dat import cost_ratios, dat_record, run_dat
     from expertise.errors import ConfigError, LibraryError
     from expertise.io import atomic_write_json
-    from expertise.pipeline import resolve_task, world_of_library
+    from expertise.data.loaders import load_task
+    from expertise.upstream.build import world_of_library
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import run_selection
 
@@ -280,7 +284,7 @@ def dat(library: LibOpt, task: TaskOpt,
     base = next((m.name for m in lib.members() if m.kind == "baseline"), None)
     if base is None:
         raise LibraryError(f"the library at {library} has no baseline B; run 'expertise upstream' first")
-    t = resolve_task(task, _resolution(lib), world, seed, skip_corrupt)
+    t = load_task(task, resolution=_resolution(lib), seed=seed, world=world, skip_corrupt=skip_corrupt)
     t0 = time.perf_counter()
     sel = run_selection(lib, t, "proxy", 1, "knn_loo", EmbeddingCache(None), seed=seed, device=dev, progress=not quiet)
     select_s = time.perf_counter() - t0
@@ -291,7 +295,7 @@ def dat(library: LibOpt, task: TaskOpt,
                   init=init, seed=seed, device=dev, progress=not quiet)
     total = sum(res.seconds.values())
     select_images = sel.images_per_member * len(sel.members_embedded)
-    dat_images = sum(v for k, v in res.images.items() if k in ("weights", "pretrain"))
+    ratios = cost_ratios(res, select_s, select_images)
     record = dat_record(res, {"library": str(library), "preset": cfg.name,
                               "knn_selection": {"seconds": select_s, "images": select_images, "pick": sel.selection.best}})
     path = out_dir / f"dat.{t.name}.{sampler}.{weighting}.{init}.json"
@@ -301,8 +305,7 @@ def dat(library: LibOpt, task: TaskOpt,
     out.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()) + f" (total {total:.0f}s)")
     out.print(f"kNN selection of {len(sel.members_embedded)} members: {select_s:.1f}s, {select_images:,} images "
               f"(picked {sel.selection.best}); DAT before fine-tuning costs "
-              f"{(total - res.seconds.get('finetune', 0.0)) / max(select_s, 1e-9):,.0f}x the time and "
-              f"{dat_images / max(select_images, 1):,.0f}x the images")
+              f"{ratios['time_ratio']:,.0f}x the time and {ratios['images_ratio']:,.0f}x the images")
     out.print(f"wrote {path}")
 
 
@@ -334,10 +337,10 @@ def bench(ctx: typer.Context,
     'expertise bench report DIR' rebuilds the report from the records alone."""
     if ctx.invoked_subcommand is not None:
         return
-    from expertise.bench.protocol import SweepConfig
+    from expertise.transfer.protocol import SweepConfig
     from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
     from expertise.errors import ConfigError
-    from expertise.pipeline import world_of_library
+    from expertise.upstream.build import world_of_library
 
     if library is None:
         raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")

@@ -18,13 +18,14 @@ from expertise.config import Preset
 from expertise.data.loaders import load_sklearn_digits
 from expertise.data.world import save_preview
 from expertise.io import atomic_write_json, atomic_write_text
-from expertise.bench.store import RecordStore
-from expertise.pipeline import build_library, finetune_member
+from expertise.store import RecordStore
+from expertise.transfer.protocol import finetune_member
+from expertise.upstream.build import build_library
 from expertise.records import make_record
 from expertise.select.embed import EmbeddingCache
 from expertise.plots import pyplot, save_figure, short_name
 from expertise.select.run import run_selection
-from expertise.upstream import baseline_name
+from expertise.upstream.baseline import baseline_name
 
 
 # The strategies whose picks the demo shows: (label, strategy, proxy, budget).

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import expertise.library.manifest as library_module
-from expertise.adapters import adapter_expert_name, build_adapter_experts, train_adapter_bank
+from expertise.upstream.adapter_bank import adapter_expert_name, build_adapter_experts, train_adapter_bank
 from expertise.data.tasks import Split
 from expertise.data.world import World, WorldConfig
 from expertise.errors import ConfigError, LibraryError
@@ -23,7 +23,7 @@ from expertise.models.adapters import (
 )
 from expertise.models.backbones import BACKBONES, ExpertModel, Preprocessing, count_parameters, model_from_config, prepare
 from expertise.train import TrainConfig
-from expertise.transfer import finetune
+from expertise.transfer.finetune import finetune
 
 NODES = ["shape", "texture"]
 CFG = TrainConfig(steps=3, batch_size=8, lr=0.5, warmup_steps=0)

@@ -1,4 +1,4 @@
-"""The transfer protocol (expertise.bench.protocol; paper 000, section 6.3): the sweep picks the
+"""The transfer protocol (expertise.transfer.protocol; paper 000, section 6.3): the sweep picks the
 best validation setting, the retrain uses it on train+val, a killed run resumes without repeating
 a unit, and a tiny real run works end to end."""
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from expertise.bench.protocol import RETRAIN_KIND, SWEEP_KIND, SweepConfig, transfer_protocol
-from expertise.bench.store import RecordStore
+from expertise.transfer.protocol import RETRAIN_KIND, SWEEP_KIND, SweepConfig, transfer_protocol
+from expertise.store import RecordStore
 from expertise.data.tasks import Split, Task
 from expertise.errors import ConfigError
 from expertise.train import TrainConfig

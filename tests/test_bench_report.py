@@ -1,11 +1,11 @@
-"""Figures (expertise.bench.plots) and markdown tables (expertise.bench.tables) from results."""
+"""Figures (expertise.bench.figures) and markdown tables (expertise.bench.tables) from results."""
 
 import math
 
 import pytest
 
 from expertise.bench.metrics import CI, group_means
-from expertise.bench.plots import plot_group_means, plot_task_regret, plot_zero_regret
+from expertise.bench.figures import plot_group_means, plot_task_regret, plot_zero_regret
 from expertise.bench.tables import Cost, cost_table, fmt_ci, group_table, markdown_table, regret_table
 from expertise.errors import DataError
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from expertise.bench.protocol import SweepConfig
+from expertise.transfer.protocol import SweepConfig
 from expertise.bench.runner import StrategySpec, expected_best, parse_strategies, run_bench, write_report
-from expertise.bench.store import RecordStore
+from expertise.store import RecordStore
 from expertise.cli import app
 from expertise.config import get_preset
 from expertise.errors import ConfigError
-from expertise.pipeline import build_library
+from expertise.upstream.build import build_library
 from expertise.train import TrainConfig
 
 PRESET = get_preset("tiny", {"baseline.steps": "30", "expert.steps": "5", "epn.steps": "10", "num_experts": "2"})

@@ -1,10 +1,10 @@
-"""The resumable record store (expertise.bench.store): one atomic record per finished unit."""
+"""The resumable record store (expertise.store): one atomic record per finished unit."""
 
 import json
 
 import pytest
 
-from expertise.bench.store import RecordStore, UnitResult
+from expertise.store import RecordStore, UnitResult
 from expertise.errors import ConfigError, DataError
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from expertise.data.hierarchy import Hierarchy
-from expertise.data.upstream import UpstreamData
+from expertise.data.upstream_data import UpstreamData
 from expertise.errors import ConfigError, DataError
-from expertise.select.epn import epn_probabilities, routing_targets, train_epn
+from expertise.upstream.epn import epn_probabilities, routing_targets, train_epn
 from expertise.select.strategies import domain_prediction
 from expertise.train import TrainConfig
 

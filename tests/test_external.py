@@ -19,7 +19,7 @@ from expertise.models.backbones import prepare
 from expertise.pool import add_external, external_name, load_external
 from expertise.select.embed import EmbeddingCache
 from expertise.select.run import pool_names, run_selection
-from expertise.transfer import finetune_and_test
+from expertise.transfer.finetune import finetune_and_test
 
 
 def _timm_net(arch: str = "test_resnet", num_classes: int = 7, seed: int = 0) -> torch.nn.Module:

@@ -6,7 +6,7 @@ import pytest
 
 from expertise.config import get_preset
 from expertise.demo import DEMO_STRATEGIES, run_demo
-from expertise.bench.store import RecordStore
+from expertise.store import RecordStore
 from expertise.library import Library
 from expertise.select.run import pool_names
 
@@ -70,7 +70,7 @@ def test_demo_rerun_reuses_everything(demo_run):
 
 def test_resuming_with_other_upstream_settings_is_refused(demo_run):
     from expertise.errors import LibraryError
-    from expertise.pipeline import build_library
+    from expertise.upstream.build import build_library
 
     preset, out, _ = demo_run
     other = get_preset("tiny", {"baseline.steps": "77"})
@@ -85,7 +85,7 @@ def test_a_library_of_an_earlier_world_version_is_refused(demo_run, tmp_path):
 
     from expertise.data.world import WORLD_VERSION
     from expertise.errors import LibraryError
-    from expertise.pipeline import UPSTREAM_FILE, world_of_library
+    from expertise.upstream.build import UPSTREAM_FILE, world_of_library
 
     _, out, _ = demo_run
     assert world_of_library(Library.open(out / "library")).cfg.resolution == get_preset("tiny").world.resolution

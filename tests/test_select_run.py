@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from expertise.cli import app
 from expertise.config import get_preset
 from expertise.errors import ConfigError, LibraryError
-from expertise.pipeline import build_library
+from expertise.upstream.build import build_library
 from expertise.select.embed import EmbeddingCache
 from expertise.select.proxies import knn_loo, leep
 from expertise.select.run import pool_names, ranking_table, run_selection, source_probabilities

@@ -14,7 +14,7 @@ import torch
 
 from expertise.data.hierarchy import ROOT
 from expertise.data.tasks import GROUPS, TRAIN_SIZE, VAL_SIZE
-from expertise.data.upstream import UpstreamData
+from expertise.data.upstream_data import UpstreamData
 from expertise.data.world import WORLD_VERSION, World, WorldConfig, save_preview
 from expertise.errors import ConfigError, DataError
 

@@ -16,7 +16,7 @@ of any member of the pool, ``max_{m_i in M} t(m_i, D)``. Then
 
 The expectations in eq. 1 are estimated by the caller: a member's ``t(m, D)`` here is whatever
 accuracy the caller passes, in this project the median test accuracy of the transfer protocol
-(:mod:`expertise.bench.protocol`). Every accuracy is a fraction in [0, 1]; a value above 1 is
+(:mod:`expertise.transfer.protocol`). Every accuracy is a fraction in [0, 1]; a value above 1 is
 refused, since it is almost always a percentage passed by mistake.
 
 Summaries follow paper 000 (Tables 1-2): the mean over the tasks of each VTAB group and over all

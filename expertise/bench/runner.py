@@ -1,7 +1,7 @@
 """The benchmark run: every selection strategy on every pool and task, the oracle (the transfer
 protocol for every pool member), regret, confidence intervals and compute accounting.
 
-``run_bench`` does the work as units in a :class:`~expertise.bench.store.RecordStore`:
+``run_bench`` does the work as units in a :class:`~expertise.store.RecordStore`:
 
 - ``embed``: one member embedding one task's 1,000 train+val images (cold cost, cached features);
 - ``selection``: one strategy ranking one pool for one task (from the cached features);
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from expertise.bench import metrics, plots, tables
+from expertise.bench import figures, metrics, tables
 from expertise.bench.pools import parse_pool
-from expertise.bench.protocol import SweepConfig, transfer_protocol
-from expertise.bench.store import RecordStore, UnitResult
+from expertise.transfer.protocol import SweepConfig, transfer_protocol
+from expertise.store import RecordStore, UnitResult
 from expertise.data.tasks import GROUPS, Task
 from expertise.errors import ConfigError, DataError, ExpertiseError
 from expertise.io import atomic_write_text
@@ -276,7 +276,7 @@ def write_report(out: Path, n_resamples: int = 10_000, seed: int = 0) -> Path:
     rows["oracle (fine-tune every member)"] = metrics.group_means(oracle, d.groups, n_resamples, seed=seed)
     lines += [f"## Table 1 layout: fine-tuned test accuracy of each strategy's pick (pool `{main_pool}`, budget 1)", "",
               tables.group_table(rows), ""]
-    plots.plot_group_means(rows, out / "strategies.png", title=f"Test accuracy of each strategy's pick (pool {main_pool}, B=1)")
+    figures.plot_group_means(rows, out / "strategies.png", title=f"Test accuracy of each strategy's pick (pool {main_pool}, B=1)")
 
     # Table 2: kNN selection within each kind of pool.
     t2 = {}
@@ -328,12 +328,12 @@ def write_report(out: Path, n_resamples: int = 10_000, seed: int = 0) -> Path:
         for pool, curves in zero_panels.items():
             k = len(next(iter(curves.values())))
             curves = {s: c for s, c in curves.items()}
-            plots.plot_zero_regret({pool: curves}, list(range(1, k + 1)), out / f"zero_regret.{_slug(pool)}.png")
+            figures.plot_zero_regret({pool: curves}, list(range(1, k + 1)), out / f"zero_regret.{_slug(pool)}.png")
         lines += ["Plots: " + ", ".join(f"`zero_regret.{_slug(p)}.png`" for p in zero_panels) +
                   " (fraction of tasks with zero regret against the budget, paper 002 Figure 7), "
                   "`task_regret.png` (relative regret per task at B=1), `strategies.png` (Table 1 as bars).", ""]
     if per_task_bars:
-        plots.plot_task_regret(per_task_bars, out / "task_regret.png", groups=d.groups,
+        figures.plot_task_regret(per_task_bars, out / "task_regret.png", groups=d.groups,
                                title=f"Relative regret per task at B=1 (pool {main_pool})")
 
     # Per-task accuracies of every member (the oracle table).
@@ -379,7 +379,7 @@ def write_report(out: Path, n_resamples: int = 10_000, seed: int = 0) -> Path:
                       "in percent; positive when the strategy's pick fine-tunes better. `task_delta.png` shows it per task.",
                       "", tables.markdown_table(["strategy", "mean delta (%)", "tasks better", "tasks worse"], body,
                                                 ["l", "r", "r", "r"]), ""]
-            plots.plot_task_regret(deltas, out / "task_delta.png", groups=d.groups,
+            figures.plot_task_regret(deltas, out / "task_delta.png", groups=d.groups,
                                    title=f"Relative delta against {reference} per task (B=1, pool {main_pool})",
                                    ylabel="relative delta vs task-agnostic")
     path = out / SUMMARY

@@ -28,7 +28,7 @@ from expertise.library.manifest import (
     WEIGHTS, Manifest, MemberInfo, bank_config_path, bank_of, check_name, files_digest,
 )
 from expertise.library.transaction import Transaction
-from expertise.models import external as _external  # noqa: F401  registers ExternalModel for model_from_config
+from expertise.models import external  # noqa: F401  registers ExternalModel for model_from_config
 from expertise.models.adapters import AdapterBank
 from expertise.models.backbones import count_parameters
 

@@ -8,7 +8,7 @@ their scores and the cost it spent (a :class:`Selection`). Every strategy is det
 - ``label_matching`` (:func:`label_matching`): KL divergence between the task's predicted upstream
   labels and each expert's label prior (paper 000, section 5);
 - ``domain_prediction`` (:func:`domain_prediction`): geometric mean of the expert prediction
-  network's probabilities (paper 000, section 5; the EPN is in :mod:`expertise.select.epn`);
+  network's probabilities (paper 000, section 5; the EPN is in :mod:`expertise.upstream.epn`);
 - ``hybrid`` (:func:`hybrid`): task-agnostic top-1 plus task-aware top-(B-1) (paper 002, sec. 5.3).
 """
 

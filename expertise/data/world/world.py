@@ -12,7 +12,7 @@ import torch
 
 from expertise.data.hierarchy import ROOT, Hierarchy
 from expertise.data.tasks import TRAIN_SIZE, VAL_SIZE, Split, Task
-from expertise.data.upstream import UpstreamData
+from expertise.data.upstream_data import UpstreamData
 from expertise.data.world.banks import build_banks
 from expertise.data.world.canvas import GLYPH_STYLE, SHAPE_STYLE, TEXTURE_STYLE, Canvas, Style
 from expertise.data.world.catalogue import DOMAINS, HELD_OUT, WorldClass, catalogue

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from expertise.data.upstream import UpstreamData
+from expertise.data.upstream_data import UpstreamData
 from expertise.errors import ConfigError, DataError, LibraryError
 from expertise.library import Library, MemberInfo
 from expertise.models.adapters import DEFAULT_REDUCTION, AdapterBank, adapter_overhead, expert_adapter_parameters
 from expertise.models.backbones import ExpertModel, Preprocessing, count_parameters, prepare
 from expertise.runtime import derive_seed
 from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
-from expertise.upstream import leaf_accuracy
+from expertise.upstream.baseline import leaf_accuracy
 
 
 def adapter_expert_name(backbone: str, node: str) -> str:

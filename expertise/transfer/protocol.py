@@ -20,7 +20,7 @@ rate outermost. The default ``lr_factors=(1.0, 0.3, 3.0)`` puts the preset's own
 first, so a tie keeps the preset's setting.
 
 Resumption. Every fine-tune (task x member x setting x seed x phase) is one unit in a
-:class:`~expertise.bench.store.RecordStore`: a killed run resumes and never repeats a finished
+:class:`~expertise.store.RecordStore`: a killed run resumes and never repeats a finished
 unit, and the member is loaded only when some unit actually has to be computed. A unit's identity
 is the member's name and weight hash, the task's name and data fingerprint, the train config, the
 phase and the seeds; the device is not part of it (a unit finished on a GPU is reused on a CPU).
@@ -40,18 +40,22 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from expertise.bench.store import RecordStore, Unit, UnitResult
+from expertise.store import RecordStore, Unit, UnitResult
 from expertise.data.tasks import Split, Task
 from expertise.errors import ConfigError
 from expertise.runtime import derive_seed
 from expertise.train import TrainConfig
-from expertise.transfer import accuracy, finetune
+from expertise.transfer.finetune import accuracy, finetune
+
+if TYPE_CHECKING:
+    from expertise.config import Preset
+    from expertise.library import Library
 
 PROTOCOL_VERSION = 1
 SWEEP_KIND, RETRAIN_KIND = "transfer_sweep", "transfer_retrain"
@@ -302,3 +306,15 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
         phase_seconds=phase_seconds, phase_images=phase_images,
         units_computed=counts["computed"], units_reused=counts["reused"], diverged=len(test_accs) - len(finite_test),
     )
+
+
+DEMO_SWEEP = SweepConfig(lr_factors=(1.0,))  # the preset's fine-tune settings, one retrain
+
+
+def finetune_member(library: Library, member: str, task: Task, preset: Preset, store: RecordStore,
+                    device: torch.device, progress: bool = True) -> ProtocolResult:
+    """Fine-tune ``member`` on the task's 1,000 train+val images with the preset's settings and
+    test it: the transfer protocol without a sweep, one retrain. Its unit lives in ``store``, so
+    the demo's fine-tunes are reused by ``expertise bench`` on the same folder, and the other way round."""
+    return transfer_protocol(member, lambda: library.load(member), library.verified_hash(member), task, preset.finetune,
+                             DEMO_SWEEP, store, preset.seed, device, progress)

@@ -1,6 +1,6 @@
-"""The stages as library calls the CLI and the demo share: open or build a library on an upstream
-world, load a task, rank a library for a task, fine-tune one member. Each call is a unit of work
-whose result is cached, so a repeated or interrupted run redoes nothing that finished."""
+"""The upstream build plan: create or resume a library on the embedded world (B, the full experts,
+the EPN, the adapter bank, in that order; each a unit of work that a rerun skips), and read back
+which world a library was built on (``upstream.json``, checked against its hash and schema)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,15 @@ from typing import Any
 import torch
 
 from expertise.config import Preset
-from expertise.data.loaders import load_task
-from expertise.data.tasks import Task
 from expertise.data.world import WORLD_VERSION, World
 from expertise.errors import ConfigError, LibraryError
 from expertise.library import UPSTREAM, Library
 from expertise.library.upstream_meta import check_upstream, world_config
-from expertise.bench.protocol import ProtocolResult, SweepConfig, transfer_protocol
-from expertise.bench.store import RecordStore
-from expertise.adapters import build_adapter_experts
-from expertise.select.epn import build_epn
-from expertise.upstream import build_upstream
+from expertise.upstream.adapter_bank import build_adapter_experts
+from expertise.upstream.epn import build_epn
+from expertise.upstream.full_experts import build_upstream
 
 UPSTREAM_FILE = UPSTREAM
-DEMO_SWEEP = SweepConfig(lr_factors=(1.0,))  # the preset's fine-tune settings, one retrain
 
 
 def config_digest(obj: Any) -> str:
@@ -94,16 +89,3 @@ def build_library(preset: Preset, path: Path, device: torch.device, progress: bo
         names += build_adapter_experts(library, train, holdout, names[0], nodes, preset.adapter, preset.seed, device,
                                        progress, log)
     return library, world, names
-
-
-def resolve_task(spec: str, resolution: int, world: World | None, seed: int = 0, skip_corrupt: bool = False) -> Task:
-    return load_task(spec, resolution=resolution, seed=seed, world=world, skip_corrupt=skip_corrupt)
-
-
-def finetune_member(library: Library, member: str, task: Task, preset: Preset, store: RecordStore,
-                    device: torch.device, progress: bool = True) -> ProtocolResult:
-    """Fine-tune ``member`` on the task's 1,000 train+val images with the preset's settings and
-    test it: the transfer protocol without a sweep, one retrain. Its unit lives in ``store``, so
-    the demo's fine-tunes are reused by ``expertise bench`` on the same folder, and the other way round."""
-    return transfer_protocol(member, lambda: library.load(member), library.verified_hash(member), task, preset.finetune,
-                             DEMO_SWEEP, store, preset.seed, device, progress)

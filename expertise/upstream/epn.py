@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from expertise.data.hierarchy import ROOT, Hierarchy
-from expertise.data.upstream import UpstreamData
+from expertise.data.upstream_data import UpstreamData
 from expertise.errors import ConfigError, DataError
 from expertise.models.backbones import BACKBONES, ExpertModel
 from expertise.models.forward import check_images, forward_batches
 from expertise.runtime import derive_seed
 from expertise.train import TrainConfig, fit, multilabel_loss
-from expertise.upstream import UpstreamBatches
+from expertise.upstream.baseline import UpstreamBatches
 
 
 def _check_nodes(hierarchy: Hierarchy, nodes: Sequence[str]) -> tuple[str, ...]:

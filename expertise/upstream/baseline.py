@@ -1,0 +1,86 @@
+"""The baseline B (paper 000, section 4.2): a ResNet-v2 trained from scratch on all upstream data
+with a sigmoid loss over every hierarchy node, through :func:`expertise.train.fit`; the upstream
+batch source every upstream stage shares, member names, and leaf accuracy on the holdout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from expertise.data.upstream_data import UpstreamData
+from expertise.library import MemberInfo
+from expertise.models.backbones import BACKBONES, ExpertModel, Preprocessing, count_parameters, prepare
+from expertise.models.forward import forward_batches
+from expertise.runtime import derive_seed
+from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
+
+
+def baseline_name(backbone: str) -> str:
+    return f"{backbone}.baseline"
+
+
+def expert_name(backbone: str, node: str) -> str:
+    """timm-style names: ``bit_s.expert_glyph-latin`` for node ``glyph/latin``."""
+    return f"{backbone}.expert_{node.replace('/', '-')}"
+
+
+@dataclass(frozen=True)
+class UpstreamBatches:
+    """Batches of (prepared images, targets) drawn from ``indices`` of ``data``. Targets are the
+    multi-hot hierarchy labels by default; ``targets(indices) -> float32 [B, T]`` swaps in another
+    objective (the EPN's routing targets) without another batch source."""
+
+    data: UpstreamData
+    indices: np.ndarray
+    batch_size: int
+    prep: Preprocessing
+    seed: int
+    targets: Callable[[np.ndarray], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_sampler", EpochSampler(self.indices, self.batch_size, self.seed))
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._sampler.batch(step)  # type: ignore[attr-defined]
+        targets = self.targets or self.data.targets
+        return prepare(self.data.images(idx), self.prep), targets(idx)
+
+
+def leaf_accuracy(model: ExpertModel, data: UpstreamData, indices: np.ndarray | None = None,
+                  device: torch.device = torch.device("cpu"), batch_size: int = 1000) -> float:
+    """Top-1 accuracy over leaves: the highest-scoring leaf logit must be the image's leaf."""
+    idx = np.arange(len(data)) if indices is None else np.asarray(indices)
+    if len(idx) == 0:
+        return float("nan")
+    correct = 0
+    for i in range(0, len(idx), batch_size):  # rendered a chunk at a time, not all at once
+        chunk = idx[i:i + batch_size]
+        logits = forward_batches(model, data.images(chunk), ("upstream_logits",), batch_size, device)["upstream_logits"]
+        pred = data.hierarchy.leaf_logits(logits).argmax(1).numpy()
+        correct += int((pred == data.leaf_ids[chunk]).sum())
+    return correct / len(idx)
+
+
+def train_baseline(train: UpstreamData, backbone: str, cfg: TrainConfig, seed: int,
+                   device: torch.device = torch.device("cpu"), progress: bool = True) -> tuple[ExpertModel, TrainStats]:
+    """B: a ResNet-v2 trained from scratch with a sigmoid loss over every hierarchy label node."""
+    torch.manual_seed(derive_seed(seed, "baseline", "init"))
+    model = ExpertModel(BACKBONES[backbone], num_outputs=len(train.hierarchy.label_nodes))
+    batches = UpstreamBatches(train, np.arange(len(train)), cfg.batch_size, model.preprocessing,
+                              derive_seed(seed, "baseline", "data"))
+    stats = fit(model, batches, cfg, multilabel_loss, device=device, desc="baseline B", show_progress=progress)
+    return model, stats
+
+
+def member_info(name: str, kind: str, model: ExpertModel, backbone: str, parent: str | None, domain: str | None,
+          images: int, accuracy: float, extra: dict) -> MemberInfo:
+    return MemberInfo(
+        name=name, kind=kind, parent=parent, domain=domain, upstream_images=images,
+        parameters=count_parameters(model), embedding_dim=model.num_features, upstream_accuracy=accuracy,
+        preprocessing=model.preprocessing.to_json(), files={}, architecture=backbone, extra=extra,
+    )
+
+
