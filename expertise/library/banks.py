@@ -24,6 +24,7 @@ from expertise import schema
 from expertise.errors import ConfigError, LibraryError
 from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
 from expertise.library import checks
+from expertise.library.admission import check_prior, complete_info
 from expertise.library.manifest import (
     ADAPTERS, BANK_FILE, CONFIG, MEMBERS, PRIOR, STAGING, WEIGHTS, MemberInfo, bank_config_path, bank_of,
     check_name, files_digest,
@@ -189,8 +190,8 @@ def add_bank(lib: Library, bank: AdapterBank, parent: str, members: Mapping[str,
         shapes = {**bank_state, **{f"adapters.{k}": v for k, v in model.adapters.state_dict().items()}}
         checks.match_shapes(name, checks.expected_shapes(config, lib.path / f"member {name!r}: member_config()"),
                             {k: tuple(v.shape) for k, v in shapes.items()})
-        info = replace(lib.complete_info(info, model), parent=parent, extra={**info.extra, "node": expert})
-        prepared[name] = (info, config, lib.check_prior(name, priors.get(expert)))
+        info = replace(complete_info(info, model, lib.hierarchy), parent=parent, extra={**info.extra, "node": expert})
+        prepared[name] = (info, config, check_prior(name, priors.get(expert), lib.hierarchy))
     if len(prepared) != len(members):
         raise LibraryError(f"adapter experts must have distinct names, got {[i.name for i in members.values()]}")
     with lib._locked():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import shutil
 import time
 import uuid
@@ -24,19 +23,13 @@ from expertise.errors import DiskError, ExpertiseError, LibraryError, disk_error
 from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
 from expertise.library import banks, checks, locking
 from expertise.library.manifest import (
-    BANK_FILE, CLAIMS, CONFIG, HIERARCHY, KINDS, LOCK, MANIFEST, MEMBERS, PRIOR, STAGING, TOP_FILES,
+    BANK_FILE, CLAIMS, CONFIG, HIERARCHY, LOCK, MANIFEST, MEMBERS, PRIOR, STAGING, TOP_FILES,
     WEIGHTS, Manifest, MemberInfo, bank_config_path, bank_of, check_name, files_digest,
 )
+from expertise.library.admission import check_prior, complete_info, shareless_state_dict
 from expertise.library.transaction import Transaction
 from expertise.models import external  # noqa: F401  registers ExternalModel for model_from_config
 from expertise.models.adapters import AdapterBank
-from expertise.models.backbones import count_parameters
-
-
-def _shareless_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state as independent CPU tensors: safetensors refuses tensors that share memory
-    (tied weights, views), so each one is cloned."""
-    return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
 
 
 class Library:
@@ -426,13 +419,13 @@ class Library:
         name = check_name(info.name)
         if bank_of(info) is not None:  # e.g. info copied from a bank's expert: this member is stored whole
             info = replace(info, extra={k: v for k, v in info.extra.items() if k not in ("bank", "bank_config", "parent_hash")})
-        info = self.complete_info(info, model)
+        info = complete_info(info, model, self.hierarchy)
         # Everything that can fail on the model's side happens before the disk is touched.
         config = model.member_config()  # type: ignore[operator]
-        state = _shareless_state_dict(model)
+        state = shareless_state_dict(model)
         checks.match_shapes(name, checks.expected_shapes(config, Path(f"member {name!r}: member_config()")),
                             {k: tuple(v.shape) for k, v in state.items()})
-        prior = self.check_prior(name, label_prior)
+        prior = check_prior(name, label_prior, self.hierarchy)
         with self._locked():
             if name in self._members and not overwrite:
                 raise LibraryError(f"the library already has a member {name!r}; pass overwrite=True to replace it, "
@@ -461,54 +454,6 @@ class Library:
         """Store a trained :class:`AdapterBank` once beside its backbone ``parent`` (see
         :func:`expertise.library.banks.add_bank`)."""
         return banks.add_bank(self, bank, parent, members, label_priors, bank_name, overwrite)
-
-    def complete_info(self, info: MemberInfo, model: nn.Module) -> MemberInfo:
-        """``info`` checked against the model and the library, its empty fields filled from the model."""
-        if info.kind not in KINDS:
-            raise LibraryError(f"member {info.name!r}: kind must be one of {KINDS}, got {info.kind!r}")
-        if not callable(getattr(model, "member_config", None)):
-            raise LibraryError(f"member {info.name!r}: the model has no member_config(); only pool members can be stored")
-        if info.domain is not None and self.hierarchy is not None and info.domain not in self.hierarchy.parents:
-            raise LibraryError(f"member {info.name!r}: domain {info.domain!r} is not a node of the library's hierarchy")
-        # numpy scalars (np.float32 accuracies, np.int64 counts) are not JSON: store plain Python numbers.
-        changes: dict[str, Any] = {
-            "upstream_images": int(info.upstream_images), "parameters": int(info.parameters),
-            "embedding_dim": int(info.embedding_dim),
-            "upstream_accuracy": None if info.upstream_accuracy is None else float(info.upstream_accuracy),
-        }
-        if info.parameters == 0:
-            changes["parameters"] = count_parameters(model)
-        if info.embedding_dim == 0:
-            dim = getattr(model, "num_features", None)
-            if not isinstance(dim, int) or dim <= 0:
-                raise LibraryError(f"member {info.name!r}: give embedding_dim, the model has no num_features")
-            changes["embedding_dim"] = dim
-        prep = getattr(model, "preprocessing", None)
-        if prep is not None and hasattr(prep, "to_json"):
-            if not info.preprocessing:
-                changes["preprocessing"] = prep.to_json()
-            elif info.preprocessing != prep.to_json():
-                raise LibraryError(f"member {info.name!r}: preprocessing {info.preprocessing} differs from the model's {prep.to_json()}")
-        if not info.architecture and hasattr(model, "backbone_config"):
-            changes["architecture"] = model.backbone_config.name
-        info = replace(info, **changes)
-        try:
-            json.dumps(info.to_json())
-        except (TypeError, ValueError) as e:
-            raise LibraryError(f"member {info.name!r}: its info is not JSON-serialisable ({e}); keep 'extra' to plain JSON values") from None
-        return info
-
-    def check_prior(self, name: str, prior: torch.Tensor | None) -> torch.Tensor | None:
-        if prior is None:
-            return None
-        prior = torch.as_tensor(prior).detach().to("cpu", torch.float64).clone()
-        if prior.ndim != 1 or not bool(torch.isfinite(prior).all()) or bool((prior < 0).any()):
-            raise LibraryError(f"member {name!r}: a label prior must be a finite, non-negative vector [num_label_nodes]")
-        if self.hierarchy is not None and prior.numel() != len(self.hierarchy.label_nodes):
-            raise LibraryError(
-                f"member {name!r}: label prior has {prior.numel()} entries, the hierarchy {len(self.hierarchy.label_nodes)} label nodes"
-            )
-        return prior
 
     def remove(self, name: str) -> None:
         """Drop a member, its folder and the manifest entry in one :class:`Transaction`.
