@@ -31,6 +31,19 @@ app.add_typer(bench_app, name="bench")
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
+def _registry_help() -> tuple[str, str, str]:
+    """Option help from the strategy and proxy registries, so a new entry shows up here by itself."""
+    from expertise.select.proxies import PROXIES
+    from expertise.select.registry import STRATEGIES, default_rows
+
+    proxied = [n for n, s in STRATEGIES.items() if s.uses_proxy]
+    return (f"Selection strategy: {', '.join(STRATEGIES)}.",
+            f"Proxy of {' and '.join(proxied)}: {', '.join(PROXIES)}.",
+            f"Strategy rows (repeat; default all): {', '.join(r.label for r, _ in default_rows())}, "
+            f"or {' / '.join(f'{n}:PROXY' for n in proxied)}.")
+
+
+STRATEGY_HELP, PROXY_HELP, BENCH_STRATEGY_HELP = _registry_help()
 PresetOpt = Annotated[str, typer.Option("--preset", help="Scale preset: tiny, cpu or gpu.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a preset field, e.g. --set baseline.steps=500.")]
 LibOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
@@ -132,10 +145,8 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
 @app.command()
 @user_errors
 def select(library: LibOpt, task: TaskOpt,
-           strategy: Annotated[str, typer.Option("--strategy", "-s", help="random, task_agnostic, domain_prediction, "
-                                                 "label_matching, proxy or hybrid.")] = "proxy",
-           proxy: Annotated[str, typer.Option("--proxy", "-p", help="Proxy of 'proxy' and 'hybrid': knn_loo, knn_val, "
-                                              "linear_probe, ridge_loo, logme, hscore, regularized_hscore, leep, nce.")] = "knn_loo",
+           strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "proxy",
+           proxy: Annotated[str, typer.Option("--proxy", "-p", help=PROXY_HELP)] = "knn_loo",
            budget: Annotated[int, typer.Option("--budget", "-b", help="How many members to pick.")] = 1,
            cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
@@ -210,8 +221,8 @@ def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option
 @app.command()
 @user_errors
 def transfer(library: LibOpt, task: TaskOpt,
-             strategy: Annotated[str, typer.Option("--strategy", "-s", help="Selection strategy (see 'expertise select').")] = "proxy",
-             proxy: Annotated[str, typer.Option("--proxy", "-p", help="Proxy of 'proxy' and 'hybrid'.")] = "knn_loo",
+             strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "proxy",
+             proxy: Annotated[str, typer.Option("--proxy", "-p", help=PROXY_HELP)] = "knn_loo",
              budget: Annotated[int, typer.Option("--budget", "-b", help="Picks to fine-tune; the best is kept.")] = 1,
              out_dir: Annotated[Path, typer.Option("--out", help="Records folder (resumable).")] = Path("runs/transfer"),
              lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid: learning-rate factors around the preset's.")] = "1,0.3,3",
@@ -324,7 +335,7 @@ def bench(ctx: typer.Context,
           library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder.")] = None,
           suite: Annotated[str, typer.Option("--suite", help="builtin, natural, specialized, structured, or TASK,TASK,...")] = "builtin",
           out_dir: Annotated[Path, typer.Option("--out", help="Output folder: records, summary.md, plots.")] = Path("runs/bench"),
-          strategies: Annotated[Optional[list[str]], typer.Option("--strategy", help="Strategy rows (repeat); default all.")] = None,
+          strategies: Annotated[Optional[list[str]], typer.Option("--strategy", help=BENCH_STRATEGY_HELP)] = None,
           pools: Annotated[Optional[list[str]], typer.Option("--pool", help="Pool specs (repeat), e.g. all, experts, 'params<=5e6'.")] = None,
           lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid around the preset's learning rate; "
                                                   "one factor skips the sweep.")] = "1",

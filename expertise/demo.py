@@ -24,17 +24,15 @@ from expertise.upstream.build import build_library
 from expertise.records import make_record
 from expertise.select.embed import EmbeddingCache
 from expertise.plots import pyplot, save_figure, short_name
+from expertise.select.registry import default_rows
 from expertise.select.run import run_selection
 from expertise.upstream.baseline import baseline_name
 
 
-# The strategies whose picks the demo shows: (label, strategy, proxy, budget).
-DEMO_STRATEGIES: tuple[tuple[str, str, str, int], ...] = (
-    ("knn_loo", "proxy", "knn_loo", 1), ("linear_probe", "proxy", "linear_probe", 1), ("logme", "proxy", "logme", 1),
-    ("leep", "proxy", "leep", 1), ("label_matching", "label_matching", "", 1),
-    ("domain_prediction", "domain_prediction", "", 1), ("task_agnostic", "task_agnostic", "", 1),
-    ("hybrid(knn_loo), B=2", "hybrid", "knn_loo", 2), ("random", "random", "", 1),
-)
+# The strategies whose picks the demo shows, from the registry's default rows: (label, strategy, proxy, budget).
+DEMO_STRATEGIES: tuple[tuple[str, str, str, int], ...] = tuple(
+    (row.label + (f", B={row.demo_budget}" if row.demo_budget > 1 else ""), strategy.name, row.proxy or "", row.demo_budget)
+    for row, strategy in default_rows())
 
 
 

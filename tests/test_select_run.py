@@ -16,7 +16,7 @@ from expertise.upstream.build import build_library
 from expertise.select.embed import EmbeddingCache
 from expertise.select.proxies import knn_loo, leep
 from expertise.select.run import pool_names, ranking_table, run_selection, source_probabilities
-from expertise.select.strategies import STRATEGIES
+from expertise.select.registry import STRATEGIES
 
 PRESET = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "20", "num_experts": "3",
                              "adapter.steps": "6"})

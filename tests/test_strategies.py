@@ -9,8 +9,9 @@ from scipy.stats import entropy
 
 from expertise.errors import ConfigError, DataError
 from expertise.library import MemberInfo
+from expertise.select.registry import READS, STRATEGIES, default_rows, get_strategy, register
 from expertise.select.strategies import (
-    STRATEGIES, Selection, domain_prediction, hybrid, label_matching, random_selection, task_agnostic,
+    Selection, domain_prediction, hybrid, label_matching, random_selection, task_agnostic,
     task_label_distribution,
 )
 
@@ -34,7 +35,45 @@ def check_selection(sel: Selection, pool: set[str], budget: int) -> None:
 
 
 def test_strategy_names():
-    assert STRATEGIES == ("random", "task_agnostic", "domain_prediction", "label_matching", "proxy", "hybrid")
+    assert tuple(STRATEGIES) == ("random", "task_agnostic", "domain_prediction", "label_matching", "proxy", "hybrid")
+
+
+def test_registry_declares_what_each_strategy_reads():
+    reads = {n: set(s.reads) for n, s in STRATEGIES.items()}
+    assert reads == {"random": {"seed"}, "task_agnostic": {"metadata"}, "domain_prediction": {"epn_predictions"},
+                     "label_matching": {"baseline_predictions", "label_priors"}, "proxy": {"features"},
+                     "hybrid": {"features", "metadata"}}
+    assert all(s.reads <= READS for s in STRATEGIES.values())
+    assert [n for n, s in STRATEGIES.items() if s.uses_proxy] == ["proxy", "hybrid"]
+    labels = [r.label for r, _ in default_rows()]
+    assert labels == ["knn_loo", "linear_probe", "logme", "leep", "label_matching", "domain_prediction",
+                      "task_agnostic", "hybrid(knn_loo)", "random"]
+    with pytest.raises(ConfigError, match="did you mean 'hybrid'"):
+        get_strategy("hybird")
+    with pytest.raises(ValueError, match="unknown inputs"):
+        register("oracle", {"test_labels"}, "cheating", ())
+
+
+def test_a_registered_strategy_is_one_entry_everywhere(monkeypatch):
+    """Adding a strategy is one entry: it shows up in the CLI help, the demo and the benchmark rows."""
+    import importlib
+
+    import expertise.bench.runner as runner
+    import expertise.demo as demo
+    from expertise.select import registry
+    from expertise.select.registry import Row
+
+    monkeypatch.setattr(registry, "STRATEGIES", dict(registry.STRATEGIES))
+    register("smallest", {"metadata"}, "fewest parameters first", (Row("smallest", 9),))(
+        lambda i: task_agnostic([i.library.info(n) for n in i.pool], i.budget))
+    assert "smallest" in importlib.reload(runner).parse_strategies(["smallest"])[0].label
+    assert any(label == "smallest" for label, *_ in importlib.reload(demo).DEMO_STRATEGIES)
+    import expertise.cli as cli
+
+    assert "smallest" in cli._registry_help()[0]
+    monkeypatch.undo()
+    importlib.reload(runner)
+    importlib.reload(demo)
 
 
 # -- random -----------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ from expertise.errors import ConfigError, DataError, ExpertiseError
 from expertise.io import atomic_write_text
 from expertise.library import Library, MemberInfo
 from expertise.select.embed import EmbeddingCache, embed_pool
+from expertise.select.proxies import get_proxy
+from expertise.select.registry import STRATEGIES, default_rows
 from expertise.select.run import run_selection
 from expertise.train import TrainConfig
 
@@ -52,13 +54,9 @@ class StrategySpec:
     proxy: str = "knn_loo"
 
 
-DEFAULT_STRATEGIES: tuple[StrategySpec, ...] = (
-    StrategySpec("knn_loo", "proxy", "knn_loo"), StrategySpec("linear_probe", "proxy", "linear_probe"),
-    StrategySpec("logme", "proxy", "logme"), StrategySpec("leep", "proxy", "leep"),
-    StrategySpec("label_matching", "label_matching"), StrategySpec("domain_prediction", "domain_prediction"),
-    StrategySpec("task_agnostic", "task_agnostic"), StrategySpec("hybrid(knn_loo)", "hybrid", "knn_loo"),
-    StrategySpec("random", "random"),
-)
+# The registry's default rows (expertise.select.registry): a strategy added there is a row here.
+DEFAULT_STRATEGIES: tuple[StrategySpec, ...] = tuple(
+    StrategySpec(row.label, strategy.name, row.proxy or "knn_loo") for row, strategy in default_rows())
 DEFAULT_POOLS: tuple[str, ...] = ("all", "experts", "full_experts", "adapter_experts", "baseline")
 # Table 2 of paper 000: kNN selection within each kind of pool.
 TABLE2_POOLS: dict[str, str] = {"baseline": "baseline", "adapter_experts": "adapters", "full_experts": "full",
@@ -66,19 +64,23 @@ TABLE2_POOLS: dict[str, str] = {"baseline": "baseline", "adapter_experts": "adap
 
 
 def parse_strategies(labels: Sequence[str] | None) -> tuple[StrategySpec, ...]:
-    """Strategies by label: the default labels, or ``proxy:<name>`` / ``hybrid:<name>``."""
+    """Strategies by label: the default labels, or ``<strategy>:<proxy>`` for a strategy that reads
+    features (``proxy:logme``, ``hybrid:leep``)."""
     if not labels:
         return DEFAULT_STRATEGIES
     known = {s.label: s for s in DEFAULT_STRATEGIES}
+    proxied = [n for n, s in STRATEGIES.items() if s.uses_proxy]
     out = []
     for label in labels:
+        kind, _, proxy = label.partition(":")
         if label in known:
             out.append(known[label])
-        elif label.startswith(("proxy:", "hybrid:")):
-            kind, proxy = label.split(":", 1)
-            out.append(StrategySpec(proxy if kind == "proxy" else f"hybrid({proxy})", kind, proxy))
+        elif kind in proxied and proxy:
+            get_proxy(proxy)
+            out.append(StrategySpec(proxy if kind == "proxy" else f"{kind}({proxy})", kind, proxy))
         else:
-            raise ConfigError(f"unknown strategy {label!r}; choose from {', '.join(known)}, proxy:<proxy> or hybrid:<proxy>")
+            raise ConfigError(f"unknown strategy {label!r}; choose from {', '.join(known)}, "
+                              f"{' or '.join(f'{n}:<proxy>' for n in proxied)}")
     return tuple(out)
 
 

@@ -1,77 +1,32 @@
-"""Selection over a library: every strategy of :mod:`expertise.select.strategies` wired to what it
-needs from the library and the task, with the cost of each stage.
-
-What each strategy reads:
-
-==================  ======================================================================
-``random``          the pool's names and a seed (per task, so tasks get different draws)
-``task_agnostic``   the manifest: upstream holdout accuracy, upstream images, parameters
-``proxy``           one embedding pass of the task's 1,000 train+val images per member, then
-                    the proxy (``knn_loo`` by default; ``leep`` and ``nce`` read the member's
-                    upstream predictions from the same pass)
-``label_matching``  the baseline B's upstream predictions on the task (one member embedded)
-                    and every member's label prior
-``domain_prediction`` the library's expert prediction network on the task (one pass)
-``hybrid``          ``task_agnostic`` top-1 plus the ``proxy`` ranking
-==================  ======================================================================
-
-Members a strategy cannot score (no label prior, no EPN domain, no upstream head for LEEP) follow
-the scored members in pool order with score ``-inf``, so every strategy ranks the whole pool and
-budgets up to the pool size always work.
-"""
+"""Selection over a library: :func:`run_selection` looks a strategy up in the registry
+(:mod:`expertise.select.registry`, which says what each strategy reads), embeds only the members
+it reads, ranks, and reports the cost of each stage. Adapter experts of one bank are embedded in
+one pass that computes the shared stem once."""
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from expertise.data.tasks import Task
-from expertise.errors import ConfigError, LibraryError
+from expertise.errors import ConfigError
 from expertise.library import Library
-from expertise.runtime import derive_seed
 from expertise.models.adapters import embed_images_with_experts
 from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, embed_pool, upstream_head
 from expertise.select.proxies import get_proxy
-from expertise.select.strategies import (
-    STRATEGIES, Selection, domain_prediction, hybrid, label_matching, random_selection, rank, select_by_proxy,
-    task_agnostic, task_label_distribution,
-)
+from expertise.select.registry import Inputs, get_strategy, source_probabilities
+from expertise.select.strategies import Selection
 
 POOL_KINDS = ("baseline", "full_expert", "adapter_expert", "external")
-UNSCORED = -math.inf
 
 
 def pool_names(library: Library) -> list[str]:
     """Every member that can be fine-tuned on a task (the EPN is a router, not a pool member)."""
     return [m.name for m in library.members() if m.kind in POOL_KINDS]
-
-
-def _first_of_kind(library: Library, kind: str, what: str) -> str:
-    for m in library.members():
-        if m.kind == kind:
-            return m.name
-    raise LibraryError(f"the library at {library.path} has no {kind} member, which {what} needs; "
-                       "build one with 'expertise upstream' (the EPN is trained with the experts)")
-
-
-def source_probabilities(library: Library, logits: torch.Tensor) -> np.ndarray:
-    """A member's upstream predictive distribution per image, float64 [N, Z], for LEEP and NCE.
-
-    Our upstream heads are sigmoid heads over every hierarchy node, but the leaves are mutually
-    exclusive (each upstream image has one leaf), so the distribution over source labels is the
-    softmax over the leaf logits. A head of another width (an external classifier) is a softmax
-    head over its own classes."""
-    x = logits.double()
-    h = library.hierarchy
-    if h is not None and x.shape[1] == len(h.label_nodes):
-        x = h.leaf_logits(x)
-    return torch.softmax(x, dim=1).numpy()
 
 
 @dataclass
@@ -111,14 +66,6 @@ class SelectionRun:
         }
 
 
-def _complete(sel: Selection, pool: list[str], budget: int) -> Selection:
-    """Append the members ``sel`` did not score, in pool order with score -inf; picks are the
-    first ``budget`` of the whole ranking."""
-    scored = {n for n, _ in sel.ranking}
-    ranking = list(sel.ranking) + [(n, UNSCORED) for n in pool if n not in scored]
-    return Selection(sel.strategy, tuple(ranking), tuple(n for n, _ in ranking[:budget]), sel.seconds, sel.images)
-
-
 def _check_budget(budget: int, pool: list[str]) -> None:
     if not pool:
         raise ConfigError("the pool is empty: add members to the library first")
@@ -131,58 +78,24 @@ def run_selection(library: Library, task: Task, strategy: str = "proxy", budget:
                   device: torch.device = torch.device("cpu"), batch_size: int = 500,
                   progress: bool = True) -> SelectionRun:
     """Rank the pool (``names``, default :func:`pool_names`) for ``task`` with ``strategy`` and
-    pick ``budget`` members. ``proxy`` is the task-aware score of ``proxy`` and ``hybrid``."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    pick ``budget`` members. ``proxy`` is the task-aware score of the strategies that read features
+    (``proxy`` and ``hybrid``)."""
+    spec = get_strategy(strategy)
+    if spec.uses_proxy:
+        get_proxy(proxy)  # an unknown proxy fails before anything is embedded
     pool = list(names) if names is not None else pool_names(library)
     for n in pool:
         library.info(n)  # unknown names fail with a did-you-mean
     _check_budget(budget, pool)
-    cache = cache or EmbeddingCache(None)
-    embed = functools.partial(_embed, library, task, cache, batch_size=batch_size, device=device, progress=progress)
+    embedded = spec.members_to_embed(library, pool)
+    emb = _embed(library, task, cache or EmbeddingCache(None), embedded, batch_size, device, progress) if embedded else None
+    sel = spec.rank(Inputs(library, task, pool, budget, proxy, seed, emb))
+    used_proxy = proxy if spec.uses_proxy else None
+    if emb is None:
+        return SelectionRun(sel, task.name, used_proxy)
     n_images = len(task.trainval)
-    uses_proxy = strategy in ("proxy", "hybrid")
-
-    if strategy == "random":
-        sel = random_selection(pool, budget, derive_seed(seed, "random", task.name))
-        return SelectionRun(sel, task.name, None)
-    if strategy == "task_agnostic":
-        return SelectionRun(task_agnostic([library.info(n) for n in pool], budget), task.name, None)
-    if uses_proxy:
-        emb = embed(pool)
-        aware = _score_proxy(library, task, proxy, emb, pool, budget)
-        if strategy == "hybrid":
-            sel = hybrid(task_agnostic([library.info(n) for n in pool], budget), aware, budget)
-        else:
-            sel = aware
-        return _run(sel, task, proxy, emb, pool, n_images)
-    if strategy == "label_matching":
-        base = _first_of_kind(library, "baseline", "label matching")
-        emb = embed([base])
-        if base not in emb.upstream_logits:
-            raise LibraryError(f"the baseline {base!r} has no upstream head; label matching needs its upstream predictions")
-        t0 = time.perf_counter()
-        dist = task_label_distribution(torch.sigmoid(emb.upstream_logits[base].double()))
-        priors = {n: p for n in pool if (p := library.label_prior(n)) is not None}
-        if not priors:
-            raise LibraryError("no member of the pool has a label prior; label matching needs upstream experts")
-        sel = label_matching(dist, priors, min(budget, len(priors)))
-        sel = Selection(sel.strategy, sel.ranking, sel.picks, {"score": time.perf_counter() - t0}, n_images)
-        return _run(_complete(sel, pool, budget), task, None, emb, [base], n_images)
-    # domain_prediction
-    epn = _first_of_kind(library, "epn", "domain prediction")
-    nodes = list(library.info(epn).extra.get("nodes", []))
-    emb = embed([epn])
-    t0 = time.perf_counter()
-    experts = [n for n in pool if library.info(n).domain in nodes and library.info(n).kind != "baseline"]
-    if not experts:
-        raise LibraryError(f"no pool member is an expert for a domain the EPN {epn!r} predicts ({nodes[:5]}); "
-                           "build experts for those nodes or choose another strategy")
-    probs = torch.sigmoid(emb.upstream_logits[epn].double()).numpy()
-    cols = [nodes.index(library.info(n).domain) for n in experts]
-    sel = domain_prediction(probs[:, cols], experts, min(budget, len(experts)))
-    sel = Selection(sel.strategy, sel.ranking, sel.picks, {"score": time.perf_counter() - t0}, n_images)
-    return _run(_complete(sel, pool, budget), task, None, emb, [epn], n_images)
+    sel = Selection(sel.strategy, sel.ranking, sel.picks, {"embed": emb.stats.seconds, **sel.seconds}, n_images)
+    return SelectionRun(sel, task.name, used_proxy, emb.stats, list(embedded), n_images)
 
 
 def _embed(library: Library, task: Task, cache: EmbeddingCache, names: list[str], batch_size: int,
@@ -230,27 +143,6 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
     return done
 
 
-def _score_proxy(library: Library, task: Task, proxy: str, emb: PoolEmbeddings, pool: list[str],
-                 budget: int) -> Selection:
-    spec = get_proxy(proxy)
-    fn = functools.partial(spec.fn, n_train=len(task.train)) if spec.needs_split else spec.fn
-    if spec.input == "features":
-        inputs = {n: emb.features[n] for n in pool}
-    else:
-        inputs = {n: source_probabilities(library, emb.upstream_logits[n]) for n in pool if n in emb.upstream_logits}
-        if not inputs:
-            raise LibraryError(f"proxy {proxy!r} needs upstream predictions, and no pool member has an upstream head")
-    sel = select_by_proxy(inputs, task.trainval.labels, fn, min(budget, len(inputs)), name=proxy)
-    return _complete(sel, pool, budget)
-
-
-def _run(sel: Selection, task: Task, proxy: str | None, emb: PoolEmbeddings, embedded: list[str],
-         n_images: int) -> SelectionRun:
-    seconds = {"embed": emb.stats.seconds, **sel.seconds}
-    sel = Selection(sel.strategy, sel.ranking, sel.picks, seconds, n_images)
-    return SelectionRun(sel, task.name, proxy, emb.stats, list(embedded), n_images)
-
-
 def ranking_table(run: SelectionRun, library: Library) -> list[dict]:
     """Rows for display: rank, member, kind, domain, score (None when unscored), picked."""
     picks = set(run.selection.picks)
@@ -259,4 +151,4 @@ def ranking_table(run: SelectionRun, library: Library) -> list[dict]:
             for i, (n, s) in enumerate(run.selection.ranking, 1)]
 
 
-__all__ = ["POOL_KINDS", "SelectionRun", "pool_names", "ranking_table", "rank", "run_selection", "source_probabilities"]
+__all__ = ["POOL_KINDS", "SelectionRun", "pool_names", "ranking_table", "run_selection", "source_probabilities"]

@@ -77,7 +77,6 @@ def select_by_proxy(features: Mapping[str, torch.Tensor | np.ndarray], labels: t
 # Strategies beyond the proxy: random, task-agnostic, label matching, domain prediction, hybrid.
 # ---------------------------------------------------------------------------------------------
 
-STRATEGIES: tuple[str, ...] = ("random", "task_agnostic", "domain_prediction", "label_matching", "proxy", "hybrid")
 # Floor for EPN probabilities before the log: a member the EPN rules out for one image costs
 # log(1e-12) ~ -27.6 there instead of -inf, so one such image cannot veto a member on its own.
 PROB_FLOOR = 1e-12
