@@ -14,6 +14,8 @@ import torch
 # Rows x columns of the distance block computed at once: ~256 MiB of float64 whatever N is.
 DEFAULT_BLOCK_ELEMENTS = 1 << 25
 _HASH_SEED = 0x5EED
+_MULT_BITS = 10
+_HASH_COLUMNS = 1 << 11
 
 
 def duplicate_representatives(x: torch.Tensor) -> torch.Tensor:
@@ -25,14 +27,19 @@ def duplicate_representatives(x: torch.Tensor) -> torch.Tensor:
     so a hash collision can never merge different rows.
     """
     n, d = x.shape
-    bits = (x + 0.0).contiguous().view(torch.int64)  # + 0.0 turns -0.0 into +0.0
+    bits = (x + 0.0).contiguous().view(torch.int32)  # [N, 2D]; + 0.0 turns -0.0 into +0.0
     gen = torch.Generator().manual_seed(_HASH_SEED)
-    mult = (torch.randint(1, 2**62, (d,), generator=gen, dtype=torch.int64) * 2 + 1).to(x.device)
-    h = torch.zeros(n, dtype=torch.int64, device=x.device)
-    step = max(1, (1 << 24) // max(d, 1))
-    for start in range(0, n, step):  # bounds the [rows, D] temporary
-        b = bits[start:start + step]
-        h[start:start + step] = ((b ^ (b >> 29)) * mult).sum(dim=1)
+    mult = torch.randint(1, 1 << _MULT_BITS, (2 * d, 2), generator=gen).to(device=x.device, dtype=torch.float64)
+    # Each product of a 32-bit half (< 2^31) and a multiplier (< 2^10), summed over 2^11 columns,
+    # stays below 2^52: the float64 product is an exact integer in any summation order, so equal
+    # rows hash equal wherever they sit in the matrix (BLAS may sum rows in different orders).
+    h = torch.zeros((n, 2), dtype=torch.int64, device=x.device)
+    rows = max(1, (1 << 22) // _HASH_COLUMNS)
+    for start in range(0, n, rows):  # bounds the float64 copy of the bits
+        for col in range(0, 2 * d, _HASH_COLUMNS):
+            chunk = bits[start:start + rows, col:col + _HASH_COLUMNS].to(torch.float64)
+            h[start:start + rows] += (chunk @ mult[col:col + _HASH_COLUMNS]).to(torch.int64)
+    h = h[:, 0] * 1_000_003 + h[:, 1]  # wrapping mix of the two hashes
     order = torch.sort(h, stable=True).indices
     hs = h[order]
     same = hs[1:] == hs[:-1]
@@ -58,13 +65,14 @@ def duplicate_representatives(x: torch.Tensor) -> torch.Tensor:
 
 def nearest(
     x: torch.Tensor, queries: torch.Tensor, n_candidates: int, k: int, metric: str, leave_one_out: bool,
-    block_elements: int = DEFAULT_BLOCK_ELEMENTS, gram: torch.Tensor | None = None,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS, gram: torch.Tensor | None = None, rep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices int64 [Q, k] into the first ``n_candidates`` rows of ``x`` float64 [N, D] of each
     query row's k nearest, nearest first, lowest index first among equidistant ones; with
     ``leave_one_out`` a query is never its own neighbour (its exact duplicates still are).
-    ``gram``: ``x @ x.T`` when already formed (Euclidean only), so no product is recomputed."""
-    rep = duplicate_representatives(x)
+    ``gram``: ``x @ x.T`` when already formed (Euclidean only), so no product is recomputed;
+    ``rep``: :func:`duplicate_representatives` of x when already known."""
+    rep = duplicate_representatives(x) if rep is None else rep
     cand_rep = rep[:n_candidates]
     dup_cols = torch.nonzero(cand_rep != torch.arange(n_candidates, device=x.device)).flatten()
     if metric == "cosine":

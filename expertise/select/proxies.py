@@ -166,10 +166,10 @@ def _check_knn_args(k: Any, metric: Any, name: str) -> int:
 
 
 def _knn_loo_accuracy(x: torch.Tensor, codes: torch.Tensor, num_classes: int, k: int, metric: str,
-                      gram: torch.Tensor | None = None) -> float:
+                      gram: torch.Tensor | None = None, rep: torch.Tensor | None = None) -> float:
     n = x.shape[0]
     neighbours = knn.nearest(x, torch.arange(n, device=x.device), n, k, metric, True, _BLOCK_ELEMENTS,
-                             gram if metric == "euclidean" else None)
+                             gram if metric == "euclidean" else None, rep)
     return float((knn.majority_vote(codes[neighbours], num_classes) == codes).double().mean())
 
 
@@ -249,10 +249,10 @@ def knn_val(
 
 
 def _knn_val_accuracy(x: torch.Tensor, codes: torch.Tensor, num_classes: int, n_train: int, k: int, metric: str,
-                      gram: torch.Tensor | None = None) -> float:
+                      gram: torch.Tensor | None = None, rep: torch.Tensor | None = None) -> float:
     queries = torch.arange(n_train, x.shape[0], device=x.device)
     neighbours = knn.nearest(x, queries, n_train, k, metric, False, _BLOCK_ELEMENTS,
-                             gram if metric == "euclidean" else None)  # [N - n_train, k] into train
+                             gram if metric == "euclidean" else None, rep)  # [N - n_train, k] into train
     predicted = knn.majority_vote(codes[:n_train][neighbours], num_classes)
     return float((predicted == codes[n_train:]).double().mean())
 

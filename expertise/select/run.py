@@ -38,8 +38,10 @@ from expertise.runtime import derive_seed
 from expertise.models.adapters import embed_images_with_experts
 from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, embed_pool, upstream_head
 from expertise.select.proxies import get_proxy
+from expertise.select.scoring import score_pool
 from expertise.select.strategies import (
     STRATEGIES, Selection, domain_prediction, hybrid, label_matching, random_selection, rank, select_by_proxy,
+    select_by_scores,
     task_agnostic, task_label_distribution,
 )
 
@@ -233,14 +235,17 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
 def _score_proxy(library: Library, task: Task, proxy: str, emb: PoolEmbeddings, pool: list[str],
                  budget: int) -> Selection:
     spec = get_proxy(proxy)
-    fn = functools.partial(spec.fn, n_train=len(task.train)) if spec.needs_split else spec.fn
     if spec.input == "features":
-        inputs = {n: emb.features[n] for n in pool}
-    else:
-        inputs = {n: source_probabilities(library, emb.upstream_logits[n]) for n in pool if n in emb.upstream_logits}
-        if not inputs:
-            raise LibraryError(f"proxy {proxy!r} needs upstream predictions, and no pool member has an upstream head")
-    sel = select_by_proxy(inputs, task.trainval.labels, fn, min(budget, len(inputs)), name=proxy)
+        # One decomposition per member, on the features' device, batched there (the same scores
+        # as spec.fn member by member).
+        t0 = time.perf_counter()
+        scores = score_pool({n: emb.features[n] for n in pool}, task.trainval.labels, [proxy], n_train=len(task.train))
+        sel = select_by_scores(scores[proxy], min(budget, len(pool)), proxy, time.perf_counter() - t0)
+        return _complete(sel, pool, budget)
+    inputs = {n: source_probabilities(library, emb.upstream_logits[n]) for n in pool if n in emb.upstream_logits}
+    if not inputs:
+        raise LibraryError(f"proxy {proxy!r} needs upstream predictions, and no pool member has an upstream head")
+    sel = select_by_proxy(inputs, task.trainval.labels, spec.fn, min(budget, len(inputs)), name=proxy)
     return _complete(sel, pool, budget)
 
 

@@ -46,13 +46,22 @@ class Spectrum:
         return self.s2 > self.rank_rtol * top if self.s2.numel() else self.s2 > 0
 
 
+def gram_matrix(f: torch.Tensor) -> torch.Tensor:
+    """F F^T [N, N] float64. On the CPU through numpy, whose ``a @ a.T`` is BLAS's symmetric rank-k
+    update (half the arithmetic of torch's general product); elsewhere torch's product."""
+    if f.device.type == "cpu":
+        a = f.numpy()
+        return torch.from_numpy(a @ a.T)
+    return f @ f.T
+
+
 def compute_spectrum(f: torch.Tensor, gram: torch.Tensor | None = None) -> Spectrum:
     """The :class:`Spectrum` of features ``f`` float64 [N, D] (any device); ``gram`` = F F^T when
     the caller already has it. Gram side when N <= D, covariance side otherwise."""
     n, d = f.shape
     rtol = max(n, d) * EPS
     if n <= d:
-        g = f @ f.T if gram is None else gram
+        g = gram_matrix(f) if gram is None else gram
         lam, u = torch.linalg.eigh(g)
         return Spectrum(u.flip(1), lam.flip(0).clamp_min(0.0), n, d, True, g, rtol)
     lam, v = torch.linalg.eigh(f.T @ f)
@@ -103,7 +112,7 @@ def centred_residual_operator(
     ``targets`` Y [N, C]; ``p``, ``perp``: :func:`project` of Y; ``ones_p``, ``ones_perp``: of 1.
     """
     u = spec.u
-    ay = perp[None] + torch.einsum("nr,ar,rc->anc", u, psi, p)  # A Y
+    ay = perp[None] + torch.matmul(u, psi[:, :, None] * p[None])  # A Y [A, N, C], one batched product
     a1 = ones_perp[None, :, 0] + (u @ (psi * ones_p[:, 0]).T).T  # A 1 [A, N]
     diag_a = (u * u) @ psi.T  # [N, A]
     if not spec.complete:
@@ -124,7 +133,7 @@ def class_quadratic_form(spec: Spectrum, psi: torch.Tensor, onehot: torch.Tensor
     ``1_c^T A 1_c' = (W^T W + P^T diag(psi) P)_{cc'}`` and 1 = sum_c 1_c."""
     p, w = project(spec, onehot)
     base = w.T @ w  # [C, C]
-    q = base[None] + torch.einsum("rc,ar,rk->ack", p, psi, p)  # [A, C, C]
+    q = base[None] + torch.matmul(p.T, psi[:, :, None] * p[None])  # [A, C, C]
     q1 = q.sum(dim=2)  # 1_c^T A 1 [A, C]
     ones_a_ones = q1.sum(dim=1)
     use = ones_a_ones > null_tol * spec.n

@@ -1,0 +1,120 @@
+"""Scoring a whole pool: every feature proxy of every member from one decomposition per member.
+
+:func:`score_pool` validates each member's features once, takes one :class:`Spectrum` per member
+(one Gram or covariance product and one symmetric eigendecomposition, batched over members of one
+shape on an accelerator), and derives from it every requested proxy: ridge_loo, logme, hscore and
+regularized_hscore from the spectrum, knn_loo and knn_val from the same Gram matrix. Torch float64
+on the features' device (or ``device``); the results equal the per-member functions of
+:mod:`expertise.select.proxies`, which are the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from expertise.errors import ConfigError
+from expertise.select import knn
+from expertise.select import proxies as P
+from expertise.select.spectral import Spectrum, compute_spectrum, spectra_batched
+from expertise.select.spectral_proxies import hscore_value, regularized_hscore_value
+
+SPECTRAL = ("ridge_loo", "logme", "hscore", "regularized_hscore")
+FEATURE_PROXIES = ("knn_loo", "knn_val", "linear_probe", *SPECTRAL)
+# Working memory one member of a batch may take on an accelerator: features, Gram and eigenvectors.
+_BATCH_BYTES = 1 << 30
+
+
+def _check_proxies(proxies: Sequence[str]) -> list[str]:
+    names = list(proxies)
+    for p in names:
+        P.get_proxy(p)  # ConfigError naming the choices for an unknown name
+        if p not in FEATURE_PROXIES:
+            raise ConfigError(f"score_pool scores feature proxies ({', '.join(FEATURE_PROXIES)}); {p!r} reads "
+                              "upstream predictions: call its function per member")
+    if not names:
+        raise ConfigError("score_pool needs at least one proxy")
+    return names
+
+
+def default_batch(n: int, d: int, device: torch.device) -> int:
+    """Members per batch: 1 on the CPU (its kernels gain nothing from batching and memory stays
+    per member); on an accelerator as many as fit in ~1 GiB of float64 working memory."""
+    if device.type == "cpu":
+        return 1
+    per_member = 8 * (n * d + 3 * n * min(n, d))
+    return max(1, _BATCH_BYTES // per_member)
+
+
+def _batches(names: list[str], features: Mapping[str, Any], labels: Any, device: torch.device | None,
+             batch: int | None) -> Iterator[list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """Validated members in groups of up to ``batch`` consecutive members of equal shape."""
+    group: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for name in names:
+        f = features[name]
+        if device is not None and isinstance(f, torch.Tensor):
+            f = f.to(device)
+        elif device is not None and device.type != "cpu":
+            f = torch.as_tensor(np.asarray(f), device=device)
+        x, codes, onehot = P._tensors(f, labels, name)
+        size = batch or default_batch(x.shape[0], x.shape[1], x.device)
+        if group and (group[0][1].shape != x.shape or group[0][1].device != x.device or len(group) >= size):
+            yield group
+            group = []
+        group.append((name, x, codes, onehot))
+    if group:
+        yield group
+
+
+def _spectra(group: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[Spectrum]:
+    if len(group) == 1:
+        return [compute_spectrum(group[0][1])]
+    return spectra_batched(torch.stack([x for _, x, _, _ in group]))
+
+
+def score_pool(
+    features: Mapping[str, Any], labels: Any, proxies: Sequence[str] = FEATURE_PROXIES,
+    n_train: int = P.DEFAULT_N_TRAIN, device: torch.device | str | None = None, batch: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """``scores[proxy][member]`` for every member of ``features`` (name -> float [N, D]: numpy or
+    torch, read one member at a time, so a lazy mapping keeps memory per member) and every proxy
+    in ``proxies`` (feature proxies, default settings; the split ones use ``n_train``).
+
+    One spectrum per member serves all spectral proxies and its Gram matrix the kNN ones.
+    ``device``: where to compute (default: where each member's tensor is). ``batch``: members per
+    batched decomposition (default :func:`default_batch`). linear_probe runs scikit-learn on the CPU.
+    """
+    wanted = _check_proxies(proxies)
+    dev = torch.device(device) if device is not None else None
+    scores: dict[str, dict[str, float]] = {p: {} for p in wanted}
+    need_spectrum = any(p in SPECTRAL for p in wanted)  # kNN alone computes its distances blockwise
+    for group in _batches(list(features), features, labels, dev, batch):
+        spectra = _spectra(group) if need_spectrum else [None] * len(group)
+        for (name, x, codes, onehot), spec in zip(group, spectra):
+            rep = knn.duplicate_representatives(x) if any(p.startswith("knn") for p in wanted) else None
+            for p in wanted:
+                scores[p][name] = _score_one(p, name, x, codes, onehot, spec, n_train, rep)
+    return scores
+
+
+def _score_one(proxy: str, name: str, x: torch.Tensor, codes: torch.Tensor, onehot: torch.Tensor,
+               spec: Spectrum | None, n_train: int, rep: torch.Tensor | None) -> float:
+    gram = spec.gram if spec is not None else None
+    c = onehot.shape[1]
+    if proxy == "knn_loo":
+        return P._knn_loo_accuracy(x, codes, c, 1, "euclidean", gram, rep)
+    if proxy == "knn_val":
+        return P._knn_val_accuracy(x, codes, c, P._check_n_train(n_train, x.shape[0], name), 1, "euclidean", gram, rep)
+    if proxy == "linear_probe":
+        return P.linear_probe(x.cpu().numpy(), codes.cpu().numpy(), n_train=n_train, name=name)
+    assert spec is not None
+    if proxy == "ridge_loo":
+        return P._ridge_loo_best(spec, codes, onehot, P.DEFAULT_ALPHAS)
+    if proxy == "logme":
+        return float(P._logme_result(spec, onehot, 1e-10, 1000, False, name))
+    if proxy == "hscore":
+        return float(hscore_value(spec, onehot))
+    return float(regularized_hscore_value(x, spec, onehot))
