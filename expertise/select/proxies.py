@@ -2,13 +2,18 @@
 
 Each proxy is a pure function ``(features [N, D], labels [N]) -> float``, higher is better, where
 ``features`` are one member's embeddings of the task's images (a numpy array or a torch tensor)
-and ``labels`` the task's integer labels. Inputs go through :func:`validate_features`, which
-turns them into float64 / int64 numpy arrays and raises an error naming the member when they are
-unusable, so a bad embedding never becomes a silently meaningless score.
+and ``labels`` the task's integer labels. Inputs are validated (:func:`validate_features`, whose
+errors name the member, so a bad embedding never becomes a silently meaningless score) and scored
+in torch float64 on the features' device. ridge_loo, logme, hscore and regularized_hscore come from
+one spectral decomposition of the member's features (:mod:`expertise.select.spectral`), kNN from
+one matrix product (:mod:`expertise.select.knn`); :func:`expertise.select.scoring.score_pool`
+computes that decomposition once per member for all of them. linear_probe is scikit-learn's
+logistic regression on the CPU; LEEP and NCE read upstream predictions.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,6 +25,8 @@ import torch
 
 from expertise.errors import ConfigError, DataError
 from expertise.select import knn
+from expertise.select.source_proxies import PROB_SUM_TOL, hard_source_labels, leep, nce, nce_from_probs  # noqa: F401  (public here)
+from expertise.select.validation import _tensors, validate_features
 from expertise.select.spectral import Spectrum, compute_spectrum
 from expertise.select.spectral_proxies import (
     hscore_value, logme_maximise, regularized_hscore_value, ridge_loo_accuracies,
@@ -32,9 +39,6 @@ METRICS = ("euclidean", "cosine")
 DEFAULT_N_TRAIN = 800
 DEFAULT_C_GRID = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
-# Rows of source probabilities must sum to 1 within this: float32 softmax outputs stay within
-# ~1e-6, while logits or unnormalised scores passed by mistake miss it by far.
-PROB_SUM_TOL = 1e-4
 # Rows of the [rows, N] distance block computed at once: bounds memory at ~256 MiB of float64
 # whatever N is, while one block still covers a whole VTAB-1k task (N = 1,000) in one go.
 _BLOCK_ELEMENTS = knn.DEFAULT_BLOCK_ELEMENTS
@@ -42,94 +46,6 @@ _BLOCK_ELEMENTS = knn.DEFAULT_BLOCK_ELEMENTS
 
 class LogMEConvergenceWarning(RuntimeWarning):
     """LogME's maximiser was not bracketed to ``tol`` within ``max_iter`` steps."""
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch here
-        x = x.detach().cpu()
-        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
-            x = x.float()
-        x = x.numpy()
-    return np.asarray(x)
-
-
-def validate_features(features: Any, labels: Any, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """Check one member's embeddings of a task and return them as (float64 [N, D], int64 [N]).
-
-    Raises DataError, naming ``name``, when the features are not a finite 2-D numeric array, the
-    labels are not N integers, or there are fewer than 2 samples or fewer than 2 classes.
-    """
-    x = _as_numpy(features)
-    if x.dtype.kind not in "biuf":
-        raise DataError(f"{name}: features must be numeric, got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise DataError(f"{name}: features must be 2-D [N, D], got shape {tuple(x.shape)}")
-    x = x.astype(np.float64, copy=False)
-    y = _as_numpy(labels)
-    if y.ndim != 1:
-        raise DataError(f"{name}: labels must be 1-D [N], got shape {tuple(y.shape)}")
-    if y.shape[0] != x.shape[0]:
-        raise DataError(f"{name}: {x.shape[0]} feature rows but {y.shape[0]} labels; embed exactly the labelled images")
-    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y)))):
-        raise DataError(f"{name}: labels must be integers, got dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if x.shape[0] < 2:
-        raise DataError(f"{name}: need at least 2 samples to score, got {x.shape[0]}")
-    if x.shape[1] < 1:
-        raise DataError(f"{name}: features have 0 dimensions")
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise DataError(
-            f"{name}: {int(bad.sum())} of {x.shape[0]} feature rows contain NaN or inf (first at row {int(np.argmax(bad))}); "
-            "the model's embedding diverged or overflowed: re-create the member or embed in float32"
-        )
-    if np.unique(y).size < 2:
-        raise DataError(f"{name}: labels hold a single class ({int(y[0])}); a task needs at least 2 classes to score")
-    return x, y
-
-
-def _tensors(features: Any, labels: Any, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validated (features float64 [N, D], class codes int64 [N] in [0, C), one-hot float64 [N, C])
-    as torch tensors on the features' device: a tensor on an accelerator stays there (checked in
-    torch, with :func:`validate_features`' messages); anything else goes through that function."""
-    if isinstance(features, torch.Tensor) and features.device.type != "cpu":
-        x, y = _validate_on_device(features, labels, name)
-    else:
-        xn, yn = validate_features(features, labels, name)
-        x, y = torch.from_numpy(xn), torch.from_numpy(yn)
-    _, codes = torch.unique(y, return_inverse=True)
-    onehot = torch.nn.functional.one_hot(codes, int(codes.max()) + 1).to(torch.float64)
-    return x, codes, onehot
-
-
-def _validate_on_device(features: torch.Tensor, labels: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`validate_features` for a tensor on an accelerator, without copying it to the host."""
-    if features.is_complex() or features.dtype == torch.bool:
-        raise DataError(f"{name}: features must be numeric, got dtype {features.dtype}")
-    if features.ndim != 2:
-        raise DataError(f"{name}: features must be 2-D [N, D], got shape {tuple(features.shape)}")
-    x = features.detach().to(torch.float64)
-    y = labels.detach().to(x.device) if isinstance(labels, torch.Tensor) else torch.as_tensor(_as_numpy(labels), device=x.device)
-    if y.ndim != 1:
-        raise DataError(f"{name}: labels must be 1-D [N], got shape {tuple(y.shape)}")
-    if y.shape[0] != x.shape[0]:
-        raise DataError(f"{name}: {x.shape[0]} feature rows but {y.shape[0]} labels; embed exactly the labelled images")
-    if y.is_complex() or (y.is_floating_point() and not bool((torch.isfinite(y) & (y == torch.round(y))).all())):
-        raise DataError(f"{name}: labels must be integers, got dtype {y.dtype}")
-    y = y.to(torch.int64)
-    if x.shape[0] < 2:
-        raise DataError(f"{name}: need at least 2 samples to score, got {x.shape[0]}")
-    if x.shape[1] < 1:
-        raise DataError(f"{name}: features have 0 dimensions")
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bool(bad.any()):
-        raise DataError(
-            f"{name}: {int(bad.sum())} of {x.shape[0]} feature rows contain NaN or inf (first at row {int(bad.long().argmax())}); "
-            "the model's embedding diverged or overflowed: re-create the member or embed in float32"
-        )
-    if torch.unique(y).numel() < 2:
-        raise DataError(f"{name}: labels hold a single class ({int(y[0])}); a task needs at least 2 classes to score")
-    return x, y
 
 
 def nearest_neighbours_loo(x: Any, k: int, metric: str = "euclidean") -> np.ndarray:
@@ -218,13 +134,6 @@ def _check_grid(values: Any, what: str, name: str) -> tuple[float, ...]:
     return grid
 
 
-def _one_hot(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes int64 [N] in [0, C), one-hot float64 [N, C]) of labels of any integer values."""
-    classes, codes = np.unique(labels, return_inverse=True)
-    codes = codes.reshape(-1)
-    return codes, np.eye(classes.size)[codes]
-
-
 # ------------------------------------------------------------------ task-aware: train / val split
 
 
@@ -275,6 +184,14 @@ def _standardise(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.nda
     return (train - mean) / std, (val - mean) / std
 
 
+@functools.cache
+def _threadpools() -> Any:
+    """One threadpoolctl controller for the process (it scans the loaded BLAS/OpenMP libraries once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 # lbfgs at scikit-learn's tolerance; enough steps for 800 standardised rows of a few thousand dims.
 _PROBE_MAX_ITER = 1000
 _PROBE_TOL = 1e-4
@@ -303,7 +220,6 @@ def linear_probe(
     """
     from sklearn.exceptions import ConvergenceWarning  # sklearn is slow to import: only when used
     from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
 
     x, y = validate_features(features, labels, name)
     n_train = _check_n_train(n_train, x.shape[0], name)
@@ -317,16 +233,19 @@ def linear_probe(
     # hundreds of steps from zero, take tens. Each fit still converges to the same tolerance.
     # Single-threaded BLAS/OpenMP: on these small problems thread start-up and contention with
     # torch's threads cost ten times the arithmetic (measured: 0.14 s against 1.5 s per member).
+    # The BLAS limit is entered once per probe through one cached controller: threadpoolctl's
+    # plain threadpool_limits rescans the loaded libraries on every entry (~20 ms, measured), more
+    # than a whole fit on 256-d features.
     model = LogisticRegression(max_iter=_PROBE_MAX_ITER, tol=_PROBE_TOL, warm_start=True)
-    for c in sorted(grid):
-        model.set_params(C=c)
-        with warnings.catch_warnings(), threadpool_limits(1):
-            # lbfgs stops at scikit-learn's tolerance within tens of steps on standardised features;
-            # should a C hit max_iter, the nearly converged fit is still a fair probe, and one
-            # warning per member and C would flood a selection run.
-            warnings.simplefilter("ignore", ConvergenceWarning)
+    with warnings.catch_warnings(), _threadpools().limit(limits=1):
+        # lbfgs stops at scikit-learn's tolerance within tens of steps on standardised features;
+        # should a C hit max_iter, the nearly converged fit is still a fair probe, and one
+        # warning per member and C would flood a selection run.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for c in sorted(grid):
+            model.set_params(C=c)
             model.fit(train, y[:n_train])
-        accuracies[c] = float(np.mean(model.predict(val) == y[n_train:]))
+            accuracies[c] = float(np.mean(model.predict(val) == y[n_train:]))
     best = max(grid, key=lambda c: accuracies[c])  # max keeps the first of equals: grid order
     result = LinearProbeResult(accuracies[best], best, accuracies)
     return result if return_details else result.accuracy
@@ -486,96 +405,6 @@ def regularized_hscore(features: Any, labels: Any, name: str = "features") -> fl
     """
     x, codes, onehot = _tensors(features, labels, name)
     return float(regularized_hscore_value(x, compute_spectrum(x), onehot))
-
-
-# ------------------------------------------------------------------- source-label based proxies
-
-
-def _validate_probs(source_probs: Any, name: str) -> np.ndarray:
-    """Source probabilities as float64 [N, Z]: finite, non-negative rows that sum to 1 within
-    PROB_SUM_TOL, renormalised to sum to 1 exactly (float32 softmax rounding)."""
-    p = _as_numpy(source_probs)
-    if p.dtype.kind not in "biuf":
-        raise DataError(f"{name}: source_probs must be numeric, got dtype {p.dtype}")
-    if p.ndim != 2 or p.shape[1] < 1:
-        raise DataError(f"{name}: source_probs must be 2-D [N, Z], got shape {tuple(p.shape)}")
-    p = p.astype(np.float64, copy=False)
-    if not np.isfinite(p).all():
-        raise DataError(f"{name}: source_probs contain NaN or inf; the member's upstream head diverged")
-    if (p < 0).any():
-        raise DataError(f"{name}: source_probs contain negative values; pass softmax probabilities, not logits")
-    sums = p.sum(axis=1)
-    bad = np.abs(sums - 1.0) > PROB_SUM_TOL
-    if bad.any():
-        raise DataError(
-            f"{name}: {int(bad.sum())} source_probs rows do not sum to 1 (row {int(np.argmax(bad))} sums to "
-            f"{sums[np.argmax(bad)]:.6g}); pass softmax probabilities over the source labels"
-        )
-    return p / sums[:, None]
-
-
-def _check_same_length(n: int, labels: Any, what: str, name: str) -> None:
-    """DataError unless the (1-D) target labels number ``n``, like the source side."""
-    y = _as_numpy(labels)
-    if y.ndim == 1 and y.shape[0] != n:
-        raise DataError(f"{name}: {n} {what} but {y.shape[0]} target labels; score the same images")
-
-
-def hard_source_labels(source_probs: Any, name: str = "source_probs") -> np.ndarray:
-    """The member's hard source label per sample, int64 [N]: the argmax of each row of
-    ``source_probs`` float [N, Z] (the lowest index among equal probabilities)."""
-    return _validate_probs(source_probs, name).argmax(axis=1)
-
-
-def leep(source_probs: Any, labels: Any, name: str = "source_probs") -> float:
-    """LEEP (Nguyen et al., 2020), <= 0: the log-likelihood of the empirical expected predictor.
-
-    ``source_probs`` theta float [N, Z] (rows: the member's upstream predictive distribution
-    p(z | x_i)), ``labels`` y int [N]. With the empirical joint
-    ``P(y, z) = 1/N sum_i [y_i = y] theta_iz`` and ``P(y | z) = P(y, z) / P(z)``,
-    ``LEEP = 1/N sum_i log sum_z P(y_i | z) theta_iz``. Source labels z with P(z) = 0 get no
-    weight from any sample, so their (undefined) conditional is taken as 0.
-    """
-    p = _validate_probs(source_probs, name)
-    _check_same_length(p.shape[0], labels, "rows of source_probs", name)
-    _, y = validate_features(p, labels, name)
-    codes, onehot = _one_hot(y)
-    joint = onehot.T @ p / p.shape[0]  # [C, Z]
-    marginal = joint.sum(axis=0)  # P(z) [Z]
-    conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)  # P(y | z)
-    # For each i, some z with theta_iz > 0 has P(y_i, z) >= theta_iz / N > 0: the log is finite.
-    expected = (conditional[codes] * p).sum(axis=1)
-    return float(np.mean(np.log(expected)))
-
-
-def nce(source_labels: Any, labels: Any, name: str = "source_labels") -> float:
-    """NCE (Tran et al., 2019), <= 0: the negative conditional entropy ``-H(Y | Z)`` in nats.
-
-    ``source_labels`` z int [N] (the member's hard source label per sample, e.g.
-    :func:`hard_source_labels`), ``labels`` y int [N]. With the empirical joint
-    ``P(y, z) = #{i: y_i = y, z_i = z} / N``, ``NCE = sum_{y, z} P(y, z) log (P(y, z) / P(z))``;
-    0 when z determines y.
-    """
-    z = _as_numpy(source_labels)
-    if z.ndim != 1:
-        raise DataError(f"{name}: source labels must be 1-D [N], got shape {tuple(z.shape)}")
-    if z.dtype.kind not in "biuf" or (z.dtype.kind == "f" and not np.all(np.isfinite(z) & (z == np.round(z)))):
-        raise DataError(f"{name}: source labels must be integers, got dtype {z.dtype}")
-    _check_same_length(z.shape[0], labels, "source labels", name)
-    _, y = validate_features(z.astype(np.float64)[:, None], labels, name)  # checks the target labels
-    _, y_codes = np.unique(y, return_inverse=True)
-    _, z_codes = np.unique(z.astype(np.int64), return_inverse=True)
-    n_y, n_z = int(y_codes.max()) + 1, int(z_codes.max()) + 1
-    counts = np.bincount(y_codes.reshape(-1) * n_z + z_codes.reshape(-1), minlength=n_y * n_z)
-    joint = counts.reshape(n_y, n_z) / y.size  # P(y, z) [C, Z]
-    conditional = joint / joint.sum(axis=0)  # P(y | z); every z occurs, so P(z) > 0
-    present = joint > 0  # 0 log 0 = 0
-    return float((joint[present] * np.log(conditional[present])).sum())
-
-
-def nce_from_probs(source_probs: Any, labels: Any, name: str = "source_probs") -> float:
-    """:func:`nce` of the hard (argmax) source labels of ``source_probs`` float [N, Z]."""
-    return nce(hard_source_labels(source_probs, name), labels, name)
 
 
 # ---------------------------------------------------------------------------------- registry

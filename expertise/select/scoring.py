@@ -10,8 +10,9 @@ on the features' device (or ``device``); the results equal the per-member functi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from expertise.select import proxies as P
 from expertise.select.spectral import Spectrum, compute_spectrum, spectra_batched
 from expertise.select.spectral_proxies import hscore_value, regularized_hscore_value
 
+T = TypeVar("T")
 SPECTRAL = ("ridge_loo", "logme", "hscore", "regularized_hscore")
 FEATURE_PROXIES = ("knn_loo", "knn_val", "linear_probe", *SPECTRAL)
 # Working memory one member of a batch may take on an accelerator: features, Gram and eigenvectors.
@@ -78,6 +80,7 @@ def _spectra(group: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]) 
 def score_pool(
     features: Mapping[str, Any], labels: Any, proxies: Sequence[str] = FEATURE_PROXIES,
     n_train: int = P.DEFAULT_N_TRAIN, device: torch.device | str | None = None, batch: int | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``scores[proxy][member]`` for every member of ``features`` (name -> float [N, D]: numpy or
     torch, read one member at a time, so a lazy mapping keeps memory per member) and every proxy
@@ -86,18 +89,41 @@ def score_pool(
     One spectrum per member serves all spectral proxies and its Gram matrix the kNN ones.
     ``device``: where to compute (default: where each member's tensor is). ``batch``: members per
     batched decomposition (default :func:`default_batch`). linear_probe runs scikit-learn on the CPU.
+    ``seconds``: when given, the wall time of each stage is added to it (``validate``, the shared
+    ``spectrum``, ``duplicates`` for kNN, and each proxy), synchronising an accelerator per stage.
     """
     wanted = _check_proxies(proxies)
     dev = torch.device(device) if device is not None else None
     scores: dict[str, dict[str, float]] = {p: {} for p in wanted}
     need_spectrum = any(p in SPECTRAL for p in wanted)  # kNN alone computes its distances blockwise
-    for group in _batches(list(features), features, labels, dev, batch):
-        spectra = _spectra(group) if need_spectrum else [None] * len(group)
+    clock = _Clock(seconds)
+    groups = _batches(list(features), features, labels, dev, batch)
+    while (group := clock.run("validate", lambda: next(groups, None))) is not None:
+        spectra = clock.run("spectrum", lambda: _spectra(group)) if need_spectrum else [None] * len(group)
         for (name, x, codes, onehot), spec in zip(group, spectra):
-            rep = knn.duplicate_representatives(x) if any(p.startswith("knn") for p in wanted) else None
+            rep = None
+            if any(p.startswith("knn") for p in wanted):
+                rep = clock.run("duplicates", lambda: knn.duplicate_representatives(x))
             for p in wanted:
-                scores[p][name] = _score_one(p, name, x, codes, onehot, spec, n_train, rep)
+                scores[p][name] = clock.run(p, lambda: _score_one(p, name, x, codes, onehot, spec, n_train, rep))
     return scores
+
+
+class _Clock:
+    """Adds each stage's wall time to ``seconds`` (when given), synchronising CUDA first."""
+
+    def __init__(self, seconds: dict[str, float] | None) -> None:
+        self.seconds = seconds
+
+    def run(self, stage: str, fn: Callable[[], T]) -> T:
+        if self.seconds is None:
+            return fn()
+        t0 = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+        return out
 
 
 def _score_one(proxy: str, name: str, x: torch.Tensor, codes: torch.Tensor, onehot: torch.Tensor,
