@@ -230,3 +230,39 @@ def test_score_pool_rejects_source_proxies_and_unknown_names() -> None:
         score_pool(pool, y, ["leep"])
     with pytest.raises(ConfigError, match="unknown proxy"):
         score_pool(pool, y, ["lgome"])
+
+
+# ------------------------------------------------------------------- the accelerator's checks
+
+DEVICE_BAD_INPUTS = [
+    (torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), [0, 1], "NaN or inf"),
+    (torch.zeros(4), [0, 1, 0, 1], "2-D"),
+    (torch.zeros((4, 2)), [0, 1, 0], "4 feature rows but 3 labels"),
+    (torch.zeros((1, 2)), [0], "at least 2 samples"),
+    (torch.zeros((4, 2)), [1, 1, 1, 1], "single class"),
+    (torch.zeros((4, 2)), torch.tensor([0.5, 1, 0, 1]), "integers"),
+    (torch.zeros((4, 2), dtype=torch.complex64), [0, 1, 0, 1], "numeric"),
+]
+
+
+@pytest.mark.parametrize("features, labels, message", DEVICE_BAD_INPUTS)
+def test_device_validation_matches_the_numpy_checks(features, labels, message) -> None:
+    """Tensors on an accelerator are checked in torch (no copy to the host) with the same errors;
+    run here on CPU tensors, the same code."""
+    from expertise.errors import DataError
+    from expertise.select.validation import _validate_on_device
+
+    with pytest.raises(DataError, match=message) as e:
+        _validate_on_device(features, labels, "bit_s.expert_x")
+    assert "bit_s.expert_x" in str(e.value)
+
+
+def test_device_validation_returns_what_numpy_validation_does() -> None:
+    from expertise.select.validation import _validate_on_device, validate_features
+
+    x, y = _features(7, 30, 4, 3, 0.3)
+    xt, yt = _validate_on_device(torch.from_numpy(x), y.astype(np.float64), "m")
+    xn, yn = validate_features(x, y.astype(np.float64), "m")
+    assert xt.dtype == torch.float64 and yt.dtype == torch.int64
+    np.testing.assert_array_equal(xt.numpy(), xn)
+    np.testing.assert_array_equal(yt.numpy(), yn)
