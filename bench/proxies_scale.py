@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -31,6 +30,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))  # the frozen NumPy proxies of before issue 17
 
 START, END = "<!-- proxies_scale:start -->", "<!-- proxies_scale:end -->"
+# Members scored at once on the CPU (score_pool's workers). 1 by default: on the shared two-core
+# machine another job holds one core, and two workers measured slower than one (GIL-bound lbfgs).
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 FEATURE_PROXIES = ("knn_loo", "knn_val", "linear_probe", "ridge_loo", "logme", "hscore", "regularized_hscore")
 
 
@@ -57,7 +59,7 @@ class SyntheticPool(Mapping[str, np.ndarray]):
         return self.members
 
 
-def _worker(kind: str, members: int, n: int, d: int, device: str) -> dict:
+def _worker(kind: str, members: int, n: int, d: int, device: str, workers: int) -> dict:
     """One pool run in this process: seconds per proxy (and per shared stage) and peak RSS."""
     from threadpoolctl import threadpool_limits
 
@@ -66,7 +68,7 @@ def _worker(kind: str, members: int, n: int, d: int, device: str) -> dict:
 
     pool = SyntheticPool(members, n, d)
     seconds: dict[str, float] = {}
-    baseline_mb = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    baseline_mb = _status_mb("VmRSS")
     limits = threadpool_limits(torch.get_num_threads())
     t0 = time.perf_counter()
     if kind == "new":
@@ -76,7 +78,7 @@ def _worker(kind: str, members: int, n: int, d: int, device: str) -> dict:
                 return pool
             return {k: torch.from_numpy(pool[k]).to(device) for k in pool}  # noqa: the device path holds them there
 
-        score_pool(lazy_on_device(), pool.labels, FEATURE_PROXIES, seconds=seconds)
+        score_pool(lazy_on_device(), pool.labels, FEATURE_PROXIES, seconds=seconds, workers=workers if device == "cpu" else 1)
     elif kind == "old":
         import numpy_reference_proxies as ref
 
@@ -94,12 +96,21 @@ def _worker(kind: str, members: int, n: int, d: int, device: str) -> dict:
         seconds["knn_loo"] = time.perf_counter() - t0
     total = time.perf_counter() - t0
     limits.restore_original_limits()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = _status_mb("VmHWM")  # this process's peak (getrusage's survives exec: it would be the parent's)
     return {"seconds": seconds, "total": total, "rss_mb": rss_mb, "work_mb": rss_mb - baseline_mb}
 
 
-def run_worker(kind: str, members: int, n: int, d: int, device: str = "cpu") -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, str(members), str(n), str(d), "--device", device]
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (kB) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def run_worker(kind: str, members: int, n: int, d: int, device: str = "cpu", workers: int = WORKERS) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, str(members), str(n), str(d), "--device", device,
+           "--workers", str(workers)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -131,6 +142,8 @@ def section(device: str, quick: bool) -> str:
     embed_s = embed_seconds_per_image("bit_s", 1000, device)
     loads = [_load()]
     runs = {m: run_worker("new", m, n, d, device) for m in sizes}
+    other_workers = 2 if WORKERS == 1 else 1
+    other = run_worker("new", sizes[-1], n, d, device, workers=other_workers)
     loads.append(_load())
     old_members = 2 if quick else 10
     old = run_worker("old", old_members, n, d)
@@ -139,12 +152,13 @@ def section(device: str, quick: bool) -> str:
         START, f"## Proxy scoring at pool scale ({device})", "",
         f"Regenerate with `make bench-proxies` (`bench/proxies_scale.py`{' --device ' + device if device != 'cpu' else ''}). "
         f"Pools of M members, each 1,000 x 2,048 float32 features (ReLU of class-shifted Gaussians, 10 classes; "
-        f"ResNet-50-sized), all seven feature proxies through `score_pool` (one spectrum per member). Each pool is one "
+        f"ResNet-50-sized), all seven feature proxies through `score_pool` (one spectrum per member; {WORKERS} members at "
+        f"once in threads on the CPU, `BENCH_WORKERS`). Each pool is one "
         f"fresh process, single run (the machine is shared: load averages {' / '.join(loads)} during the runs); "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS (`BENCH_THREADS`), {platform.machine()}. Ratios are to the "
         f"embedding time of the same pool: M x 1,000 images through an untrained `bit_r50x1` (128 px, 2,048-d), "
         f"measured here at {embed_r50 * 1000:.0f} ms per image (best of 2).", "",
-        "| members | " + " | ".join(FEATURE_PROXIES) + " | shared spectrum | all (s) | per member (s) | score / embed | peak RSS (MB) | of which working (MB) |",
+        "| members | " + " | ".join(FEATURE_PROXIES) + " | shared spectrum | all, wall (s) | per member (s) | score / embed | peak RSS (MB) | of which working (MB) |",
         "|---:|" + "---:|" * (len(FEATURE_PROXIES) + 7),
     ]
     for m, r in runs.items():
@@ -165,11 +179,13 @@ def section(device: str, quick: bool) -> str:
         + f" | {old['total']:.1f} | {old['rss_mb']:.0f} | {old['work_mb']:.0f} |",
         "| before, scaled to 100 | " + " | ".join(f"{s[p] * scale:.0f}" for p in FEATURE_PROXIES) + f" | {old['total'] * scale:.0f} | | |",
     ]
-    if 100 in runs:
-        new = runs[100]
-        lines.append(f"| after, 100 members (measured) | " + " | ".join(f"{new['seconds'].get(p, 0.0):.1f}" for p in FEATURE_PROXIES)
-                     + f" | {new['total']:.1f} | {new['rss_mb']:.0f} | {new['work_mb']:.0f} |")
-    lines += ["", "Per-proxy columns after issue 17 exclude the shared stages (validation, the one spectrum per member, "
+    new = runs[sizes[-1]]
+    for w, r in ((WORKERS, new), (other_workers, other)):
+        lines.append(f"| after, {sizes[-1]} members, {w} worker(s) (measured) | "
+                     + " | ".join(f"{r['seconds'].get(p, 0.0):.1f}" for p in FEATURE_PROXIES)
+                     + f" | {r['total']:.1f} | {r['rss_mb']:.0f} | {r['work_mb']:.0f} |")
+    lines += ["", "Per-proxy columns after issue 17 are summed over the workers (CPU seconds, so with 2 workers they add up to "
+              "about twice the wall time) and exclude the shared stages (validation, the one spectrum per member, "
               "the duplicate hash), which the shared-spectrum column holds. Peak RSS includes the ~0.8 GB that importing "
               "torch and scikit-learn maps before any work; the working column is the peak above the resident size after "
               "those imports.", ""]
@@ -232,12 +248,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     ap.add_argument("--worker", nargs=4, metavar=("KIND", "MEMBERS", "N", "D"))
+    ap.add_argument("--workers", type=int, default=WORKERS)
     args = ap.parse_args()
     threads = int(os.environ.get("BENCH_THREADS", "1"))
     torch.set_num_threads(threads)
     if args.worker:
         kind, m, n, d = args.worker
-        print(json.dumps(_worker(kind, int(m), int(n), int(d), args.device)))
+        print(json.dumps(_worker(kind, int(m), int(n), int(d), args.device, args.workers)))
         return
     text = section(args.device, args.quick)
     print(text)

@@ -208,6 +208,19 @@ def test_batched_members_equal_per_member() -> None:
         np.testing.assert_allclose(spec.s2.numpy(), single.s2.numpy(), rtol=1e-9, atol=1e-9 * float(single.s2[0]))
 
 
+def test_parallel_workers_equal_one_worker() -> None:
+    pool, y = _pool(5, 120, 90)
+    y = np.random.default_rng(4).integers(0, 5, 120)
+    threads = torch.get_num_threads()
+    seconds: dict[str, float] = {}
+    parallel = score_pool(pool, y, n_train=90, workers=2, seconds=seconds)
+    assert parallel == score_pool(pool, y, n_train=90)  # bit for bit: each member is scored alone either way
+    assert list(parallel["logme"]) == list(pool)  # pool order kept
+    assert torch.get_num_threads() == threads and {"spectrum", "validate", "logme"} <= set(seconds)
+    with pytest.raises(ConfigError, match="workers"):
+        score_pool(pool, y, workers=0)
+
+
 def test_score_pool_reads_members_one_at_a_time() -> None:
     """A lazy mapping (features made on access) works: memory stays per member."""
     _, y = _pool(1, 80, 30)

