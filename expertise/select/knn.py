@@ -104,6 +104,7 @@ def nearest(
             out[start:start + q.numel()] = d.argmin(dim=1, keepdim=True)  # first of equal minima
         else:
             out[start:start + q.numel()] = torch.sort(d, dim=1, stable=True).indices[:, :k]
+        del prod, d  # free this block before the next one is allocated: one block alive at a time
     return out
 
 
