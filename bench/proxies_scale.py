@@ -152,8 +152,8 @@ def section(device: str, quick: bool) -> str:
         START, f"## Proxy scoring at pool scale ({device})", "",
         f"Regenerate with `make bench-proxies` (`bench/proxies_scale.py`{' --device ' + device if device != 'cpu' else ''}). "
         f"Pools of M members, each 1,000 x 2,048 float32 features (ReLU of class-shifted Gaussians, 10 classes; "
-        f"ResNet-50-sized), all seven feature proxies through `score_pool` (one spectrum per member; {WORKERS} members at "
-        f"once in threads on the CPU, `BENCH_WORKERS`). Each pool is one "
+        f"ResNet-50-sized), all seven feature proxies through `score_pool` (one spectrum per member; members scored "
+        f"{WORKERS} at a time on the CPU, `BENCH_WORKERS`). Each pool is one "
         f"fresh process, single run (the machine is shared: load averages {' / '.join(loads)} during the runs); "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS (`BENCH_THREADS`), {platform.machine()}. Ratios are to the "
         f"embedding time of the same pool: M x 1,000 images through an untrained `bit_r50x1` (128 px, 2,048-d), "
