@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench bench-proxies clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Proxy scoring at pool scale (issue 17): its own section of BENCHMARKS.md, ~10 minutes on two cores.
+bench-proxies: $(STAMP)
+	$(BIN)/python bench/proxies_scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

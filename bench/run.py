@@ -164,6 +164,9 @@ def main() -> None:
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in pool_rows], "",
     ]
     lines += adapters_section().splitlines() + [""]
+    scale = ROOT / "bench" / "proxies_scale.md"  # written by `make bench-proxies` (bench/proxies_scale.py)
+    if scale.exists():
+        lines += scale.read_text().splitlines() + [""]
     lines += benchmark_sections()
     if demo.exists():
         rec = json.loads(demo.read_text())

@@ -23,7 +23,6 @@ budgets up to the pool size always work.
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -38,9 +37,10 @@ from expertise.library import Library
 from expertise.runtime import derive_seed
 from expertise.select.embed import PoolEmbeddings
 from expertise.select.proxies import get_proxy
+from expertise.select.scoring import score_pool
 from expertise.select.strategies import (
-    Selection, domain_prediction, hybrid, label_matching, random_selection, select_by_proxy, task_agnostic,
-    task_label_distribution,
+    Selection, domain_prediction, hybrid, label_matching, random_selection, select_by_proxy, select_by_scores,
+    task_agnostic, task_label_distribution,
 )
 
 READS = frozenset({"metadata", "seed", "features", "baseline_predictions", "label_priors", "epn_predictions"})
@@ -166,17 +166,20 @@ def _embeddings(i: Inputs) -> PoolEmbeddings:
 
 
 def score_proxy(i: Inputs) -> Selection:
-    """The task-aware ranking: ``i.proxy`` on every pool member's embeddings."""
+    """The task-aware ranking: ``i.proxy`` on every pool member's embeddings. Feature proxies go
+    through :func:`~expertise.select.scoring.score_pool` (one decomposition per member, on the
+    features' device); LEEP and NCE read the members' upstream predictions."""
     emb, task = _embeddings(i), i.task
     spec = get_proxy(i.proxy)
-    fn = functools.partial(spec.fn, n_train=len(task.train)) if spec.needs_split else spec.fn
     if spec.input == "features":
-        inputs = {n: emb.features[n] for n in i.pool}
-    else:
-        inputs = {n: source_probabilities(i.library, emb.upstream_logits[n]) for n in i.pool if n in emb.upstream_logits}
-        if not inputs:
-            raise LibraryError(f"proxy {i.proxy!r} needs upstream predictions, and no pool member has an upstream head")
-    sel = select_by_proxy(inputs, task.trainval.labels, fn, min(i.budget, len(inputs)), name=i.proxy)
+        t0 = time.perf_counter()
+        scores = score_pool({n: emb.features[n] for n in i.pool}, task.trainval.labels, [i.proxy], n_train=len(task.train))
+        sel = select_by_scores(scores[i.proxy], min(i.budget, len(i.pool)), i.proxy, time.perf_counter() - t0)
+        return complete(sel, i.pool, i.budget)
+    inputs = {n: source_probabilities(i.library, emb.upstream_logits[n]) for n in i.pool if n in emb.upstream_logits}
+    if not inputs:
+        raise LibraryError(f"proxy {i.proxy!r} needs upstream predictions, and no pool member has an upstream head")
+    sel = select_by_proxy(inputs, task.trainval.labels, spec.fn, min(i.budget, len(inputs)), name=i.proxy)
     return complete(sel, i.pool, i.budget)
 
 

@@ -59,18 +59,27 @@ def rank(scores: Mapping[str, float], order: list[str] | None = None) -> list[tu
 def select_by_proxy(features: Mapping[str, torch.Tensor | np.ndarray], labels: torch.Tensor | np.ndarray,
                     proxy: Proxy, budget: int = 1, name: str | None = None) -> Selection:
     """Score every member's features with ``proxy`` (higher is better) and pick the top ``budget``."""
-    if not features:
-        raise ConfigError("the pool is empty: add members to the library first")
-    if not 1 <= budget <= len(features):
-        raise ConfigError(f"budget must be between 1 and the pool size {len(features)}, got {budget}")
+    _check_scored_pool(len(features), budget)
     t0 = time.perf_counter()
     y = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     scores = {m: proxy(f.numpy() if isinstance(f, torch.Tensor) else f, y, name=m) for m, f in features.items()}
-    ranking = rank(scores)
-    return Selection(
-        strategy=name or getattr(proxy, "__name__", "proxy"), ranking=tuple(ranking),
-        picks=tuple(m for m, _ in ranking[:budget]), seconds={"score": time.perf_counter() - t0},
-    )
+    return select_by_scores(scores, budget, name or getattr(proxy, "__name__", "proxy"), time.perf_counter() - t0)
+
+
+def _check_scored_pool(size: int, budget: int) -> None:
+    if not size:
+        raise ConfigError("the pool is empty: add members to the library first")
+    if not 1 <= budget <= size:
+        raise ConfigError(f"budget must be between 1 and the pool size {size}, got {budget}")
+
+
+def select_by_scores(scores: Mapping[str, float], budget: int, name: str, seconds: float) -> Selection:
+    """The :class:`Selection` of proxy ``scores`` already computed (e.g. by
+    :func:`expertise.select.scoring.score_pool`) in ``seconds``: the top ``budget``."""
+    _check_scored_pool(len(scores), budget)
+    ranking = rank(dict(scores))
+    return Selection(strategy=name, ranking=tuple(ranking), picks=tuple(m for m, _ in ranking[:budget]),
+                     seconds={"score": seconds})
 
 
 # ---------------------------------------------------------------------------------------------
