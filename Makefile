@@ -22,11 +22,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m perf.run
 
 # Proxy scoring at pool scale (issue 17): its own section of BENCHMARKS.md, ~10 minutes on two cores.
 bench-proxies: $(STAMP)
-	$(BIN)/python bench/proxies_scale.py
+	$(BIN)/python -m perf.proxies_scale
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""Regenerate BENCHMARKS.md: `make bench` (or `.venv/bin/python bench/run.py`).
+"""Regenerate BENCHMARKS.md: `make bench` (or `.venv/bin/python -m perf.run`).
 
 Each figure is measured in this one run on this machine, and ratios are taken within the run, so
 they compare like with like. Throughputs are best-of-3 after a warm-up.
@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from expertise.data.world import World, WorldConfig  # noqa: E402
 from expertise.models.backbones import BACKBONES, ExpertModel  # noqa: E402
 from expertise.select.embed import embed_images  # noqa: E402
 from expertise.train import TrainConfig, fit, multilabel_loss  # noqa: E402
-from timing import best_of  # noqa: E402
+from perf.timing import best_of  # noqa: E402
 
 
 def world_rate(resolution: int, n: int = 4000) -> float:
@@ -164,7 +161,7 @@ def main() -> None:
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in pool_rows], "",
     ]
     lines += adapters_section().splitlines() + [""]
-    scale = ROOT / "bench" / "proxies_scale.md"  # written by `make bench-proxies` (bench/proxies_scale.py)
+    scale = ROOT / "perf" / "proxies_scale.md"  # written by `make bench-proxies` (perf/proxies_scale.py)
     if scale.exists():
         lines += scale.read_text().splitlines() + [""]
     lines += benchmark_sections()

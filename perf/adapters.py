@@ -17,8 +17,6 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from expertise.library import Library, MemberInfo  # noqa: E402
 from expertise.models.adapters import (  # noqa: E402
@@ -26,7 +24,7 @@ from expertise.models.adapters import (  # noqa: E402
 )
 from expertise.models.backbones import BACKBONES, ExpertModel  # noqa: E402
 from expertise.select.embed import embed_images  # noqa: E402
-from timing import best_of  # noqa: E402
+from perf.timing import best_of  # noqa: E402
 
 BACKBONE, EXPERTS, IMAGES, OUTPUTS = "bit_s", 8, 1000, 150
 

@@ -1,7 +1,7 @@
 """Proxy scoring at pool scale (issue 17): `make bench-proxies`, or
-`.venv/bin/python bench/proxies_scale.py [--device cuda] [--quick]`.
+`.venv/bin/python -m perf.proxies_scale [--device cuda] [--quick]`.
 
-Writes its section to bench/proxies_scale.md and splices it into BENCHMARKS.md (between the
+Writes its section to perf/proxies_scale.md and splices it into BENCHMARKS.md (between the
 markers below; `make bench` keeps the file's section). Every pool run is a fresh subprocess, so its
 peak resident memory is its own; members' features are made on access (a lazy mapping, as the
 embedding cache hands them over), so memory is per member, not per pool. All timings within one
@@ -25,9 +25,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))  # the frozen NumPy proxies of before issue 17
 
 START, END = "<!-- proxies_scale:start -->", "<!-- proxies_scale:end -->"
 # Members scored at once on the CPU (score_pool's workers). 1 by default: on the shared two-core
@@ -63,7 +60,7 @@ def _worker(kind: str, members: int, n: int, d: int, device: str, workers: int) 
     """One pool run in this process: seconds per proxy (and per shared stage) and peak RSS."""
     from threadpoolctl import threadpool_limits
 
-    import numpy_reference_proxies  # noqa: F401  (imports before the baseline, whichever path runs)
+    import tests.numpy_reference_proxies  # noqa: F401  (imports before the baseline, whichever path runs)
     from expertise.select.scoring import score_pool
 
     pool = SyntheticPool(members, n, d)
@@ -80,7 +77,7 @@ def _worker(kind: str, members: int, n: int, d: int, device: str, workers: int) 
 
         score_pool(lazy_on_device(), pool.labels, FEATURE_PROXIES, seconds=seconds, workers=workers if device == "cpu" else 1)
     elif kind == "old":
-        import numpy_reference_proxies as ref
+        import tests.numpy_reference_proxies as ref
 
         for name in pool:
             x = pool[name]
@@ -109,15 +106,16 @@ def _status_mb(field: str) -> float:
 
 
 def run_worker(kind: str, members: int, n: int, d: int, device: str = "cpu", workers: int = WORKERS) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, str(members), str(n), str(d), "--device", device,
+    cmd = [sys.executable, "-m", "perf.proxies_scale", "--worker", kind, str(members), str(n), str(d), "--device", device,
            "--workers", str(workers)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def embed_seconds_per_image(backbone: str, images: int, device: str) -> float:
     """Best of 2 embedding passes of ``images`` random images with one untrained member."""
-    from timing import best_of
+    from perf.timing import best_of
 
     from expertise.models.backbones import BACKBONES, ExpertModel
     from expertise.select.embed import embed_images
@@ -150,7 +148,7 @@ def section(device: str, quick: bool) -> str:
     loads.append(_load())
     lines = [
         START, f"## Proxy scoring at pool scale ({device})", "",
-        f"Regenerate with `make bench-proxies` (`bench/proxies_scale.py`{' --device ' + device if device != 'cpu' else ''}). "
+        f"Regenerate with `make bench-proxies` (`python -m perf.proxies_scale`{' --device ' + device if device != 'cpu' else ''}). "
         f"Pools of M members, each 1,000 x 2,048 float32 features (ReLU of class-shifted Gaussians, 10 classes; "
         f"ResNet-50-sized), all seven feature proxies through `score_pool` (one spectrum per member; members scored "
         f"{WORKERS} at a time on the CPU, `BENCH_WORKERS`). Each pool is one "
@@ -192,7 +190,7 @@ def section(device: str, quick: bool) -> str:
     lines += demo_pool_lines(device, embed_s, quick)
     lines += knn_scaling_lines(device, embed_s, quick)
     if device == "cpu":
-        lines += ["", "On an accelerator: not measured (no GPU was lent to this session). `bench/proxies_scale.py "
+        lines += ["", "On an accelerator: not measured (no GPU was lent to this session). `python -m perf.proxies_scale "
                   "--device cuda` produces the same tables with the device path (features on the GPU, torch float64 "
                   "there, members batched in `score_pool`).", ""]
     lines.append(END)
@@ -233,7 +231,7 @@ def knn_scaling_lines(device: str, embed_s: float, quick: bool) -> list[str]:
 
 
 def splice(text: str) -> None:
-    (ROOT / "bench" / "proxies_scale.md").write_text(text + "\n")
+    (ROOT / "perf" / "proxies_scale.md").write_text(text + "\n")
     path = ROOT / "BENCHMARKS.md"
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
     if START in doc and END in doc:
