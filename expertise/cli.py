@@ -44,6 +44,8 @@ def _registry_help() -> tuple[str, str, str]:
 
 
 STRATEGY_HELP, PROXY_HELP, BENCH_STRATEGY_HELP = _registry_help()
+StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)]
+ProxyOpt = Annotated[str, typer.Option("--proxy", "-p", help=PROXY_HELP)]
 PresetOpt = Annotated[str, typer.Option("--preset", help="Scale preset: tiny, cpu or gpu.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a preset field, e.g. --set baseline.steps=500.")]
 LibOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
@@ -145,8 +147,7 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
 @app.command()
 @user_errors
 def select(library: LibOpt, task: TaskOpt,
-           strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "proxy",
-           proxy: Annotated[str, typer.Option("--proxy", "-p", help=PROXY_HELP)] = "knn_loo",
+           strategy: StrategyOpt = "proxy", proxy: ProxyOpt = "knn_loo",
            budget: Annotated[int, typer.Option("--budget", "-b", help="How many members to pick.")] = 1,
            cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
@@ -221,8 +222,7 @@ def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option
 @app.command()
 @user_errors
 def transfer(library: LibOpt, task: TaskOpt,
-             strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "proxy",
-             proxy: Annotated[str, typer.Option("--proxy", "-p", help=PROXY_HELP)] = "knn_loo",
+             strategy: StrategyOpt = "proxy", proxy: ProxyOpt = "knn_loo",
              budget: Annotated[int, typer.Option("--budget", "-b", help="Picks to fine-tune; the best is kept.")] = 1,
              out_dir: Annotated[Path, typer.Option("--out", help="Records folder (resumable).")] = Path("runs/transfer"),
              lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid: learning-rate factors around the preset's.")] = "1,0.3,3",
