@@ -24,9 +24,9 @@ checked by :meth:`Library.load` and :meth:`Library.verify`, which also checks th
 builds exactly the tensors its safetensors headers hold.
 
 Modules: :mod:`.manifest` (format, entries), :mod:`.checks` (what makes a member loadable),
-:mod:`.locking` (writer lock and build claims), :mod:`.transaction` (the one commit path),
-:mod:`.banks` (adapter-bank storage), :mod:`.upstream_meta` (``upstream.json``'s schema) and
-:mod:`.core` (the :class:`Library` facade).
+:mod:`.locking` (writer lock and build claims), :mod:`.transaction` (the one commit path), :mod:`.verify`,
+:mod:`.banks` (adapter-bank storage), :mod:`.upstream_meta` (``upstream.json``'s schema),
+:mod:`.admission` (what a writer checks first) and :mod:`.core` (the :class:`Library` facade).
 """
 
 from expertise.library.core import Library

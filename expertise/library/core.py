@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -23,11 +22,12 @@ from expertise.errors import DiskError, ExpertiseError, LibraryError, disk_error
 from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
 from expertise.library import banks, checks, locking
 from expertise.library.manifest import (
-    BANK_FILE, CLAIMS, CONFIG, HIERARCHY, LOCK, MANIFEST, MEMBERS, PRIOR, STAGING, TOP_FILES,
+    BANK_FILE, CONFIG, HIERARCHY, LOCK, MANIFEST, MEMBERS, PRIOR, STAGING, TOP_FILES,
     WEIGHTS, Manifest, MemberInfo, bank_config_path, bank_of, check_name, files_digest,
 )
 from expertise.library.admission import check_prior, complete_info, shareless_state_dict
 from expertise.library.transaction import Transaction
+from expertise.library.verify import verify
 from expertise.models import external  # noqa: F401  registers ExternalModel for model_from_config
 from expertise.models.adapters import AdapterBank
 
@@ -310,47 +310,9 @@ class Library:
         return [f for f in found if not f.exists()]
 
     def verify(self) -> list[str]:
-        """Every problem found, one line each; [] when every member is loadable. Checks the
-        top-level files against their recorded hashes and schemas, each member's files (present,
-        inside the library, matching their sha256), that its config passes its schema and builds
-        exactly the tensors its safetensors headers hold, and reports files the manifest does not
-        name and leftovers of interrupted writes (:meth:`clean` removes those)."""
-        from expertise.library.upstream_meta import check_upstream
-
-        problems: list[str] = []
-        for fname in TOP_FILES:
-            try:
-                if fname == HIERARCHY:
-                    self._read_hierarchy()
-                elif (meta := self.read_meta(fname)) is not None:
-                    check_upstream(meta, str(self.path / fname))
-            except ExpertiseError as e:
-                problems.append(str(e))
-        for name in self.names():
-            member_problems = self.problems(name)
-            problems += member_problems
-            folder, listed = self.member_dir(name), self._members[name].files
-            if folder.is_dir():
-                problems += [f"member {name!r}: {f} is not listed in the manifest; delete it or re-add the member"
-                             for f in sorted(folder.iterdir()) if f.name not in listed]
-            if not member_problems:
-                try:
-                    self.config(name)
-                except LibraryError as e:
-                    problems.append(f"member {name!r}: unreadable config: {e}")
-                    continue
-                try:
-                    self.check_loadable(name)
-                except LibraryError as e:
-                    problems.append(str(e))
-        problems += [f"{f} is left over from an interrupted write (or one in progress); delete it when no writer holds the library"
-                     for f in checks.leftovers(self.path)]
-        problems += banks.stray_files(self)
-        members_dir = self.path / MEMBERS
-        if members_dir.is_dir():
-            problems += [f"{d} is not a member named in {MANIFEST}; delete it or re-add the member"
-                         for d in sorted(members_dir.iterdir()) if not d.name.startswith(".") and d.name not in self._members]
-        return problems
+        """Every problem found, one line each; [] when every member is loadable (see
+        :func:`expertise.library.checks.verify`). :meth:`clean` removes leftovers of interrupted writes."""
+        return verify(self)
 
     # -- writing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -369,36 +331,11 @@ class Library:
                 shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
             yield
 
-    @contextlib.contextmanager
     def claim(self, name: str, log: Callable[[str], None] = print, done: Callable[[], bool] | None = None,
-              poll_s: float = 2.0) -> Iterator[bool]:
-        """Claim the building of ``name`` (a member, or a unit such as an adapter bank), so two
-        builders never train the same thing: a second process waits while the claim is held.
-        Yields True when this process should build it, False when it is done (``done()``, by
-        default: the member exists), perhaps by the process this one waited for."""
-        is_done = done or (lambda: name in self._members)
-        lock = self.path / CLAIMS / check_name(name)
-        try:
-            lock.parent.mkdir(exist_ok=True)
-        except OSError as e:
-            raise disk_error(e, lock.parent) from None
-        told = False
-        while True:
-            self.refresh()
-            if is_done():
-                yield False
-                return
-            who = locking.try_acquire(lock)
-            if who is None:
-                break
-            if not told:
-                log(f"{name} is being built by pid {who[0]} on {who[1] or 'this host'}; waiting for it "
-                    f"(delete {lock} if no such process is running)")
-                told = True
-            time.sleep(poll_s)
-        with locking.held(lock):
-            self.refresh()
-            yield not is_done()
+              poll_s: float = 2.0) -> contextlib.AbstractContextManager[bool]:
+        """Claim the building of ``name`` so two builders never train the same thing; the context
+        yields True when this process should build it (see :func:`expertise.library.locking.claim`)."""
+        return locking.claim(self, name, log, done, poll_s)
 
     def _write_manifest(self, members: dict[str, MemberInfo] | None = None) -> None:
         members = self._members if members is None else members

@@ -16,10 +16,15 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expertise.errors import LibraryError, disk_error
+from expertise.library.manifest import CLAIMS, check_name
+
+if TYPE_CHECKING:
+    from expertise.library.core import Library
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0  # a lock of another host without a heartbeat for this long is stale
@@ -148,3 +153,35 @@ def locked_error(library: Path, lock: Path, who: tuple[int | None, str | None]) 
         f"the library at {library} is locked by another writer (pid {pid} on {host or 'this host'}); wait for it to "
         f"finish, or delete {lock} if no such process is running"
     )
+
+
+@contextlib.contextmanager
+def claim(lib: Library, name: str, log: Callable[[str], None] = print, done: Callable[[], bool] | None = None,
+          poll_s: float = 2.0) -> Iterator[bool]:
+    """Claim the building of ``name`` (a member, or a unit such as an adapter bank), so two
+    builders never train the same thing: a second process waits while the claim is held.
+    Yields True when this process should build it, False when it is done (``done()``, by
+    default: the member exists), perhaps by the process this one waited for."""
+    is_done = done or (lambda: name in lib._members)
+    lock = lib.path / CLAIMS / check_name(name)
+    try:
+        lock.parent.mkdir(exist_ok=True)
+    except OSError as e:
+        raise disk_error(e, lock.parent) from None
+    told = False
+    while True:
+        lib.refresh()
+        if is_done():
+            yield False
+            return
+        who = try_acquire(lock)
+        if who is None:
+            break
+        if not told:
+            log(f"{name} is being built by pid {who[0]} on {who[1] or 'this host'}; waiting for it "
+                f"(delete {lock} if no such process is running)")
+            told = True
+        time.sleep(poll_s)
+    with held(lock):
+        lib.refresh()
+        yield not is_done()
