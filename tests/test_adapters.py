@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,14 +76,23 @@ def trained(train) -> tuple[ExpertModel, AdapterBank, object]:
     return baseline, bank, stats
 
 
-@pytest.fixture
-def stored(tmp_path: Path, train, holdout) -> tuple[Library, list[str]]:
-    lib = Library.create(tmp_path / "lib", train.hierarchy)
+@pytest.fixture(scope="module")
+def stored_once(tmp_path_factory, train, holdout) -> tuple[Path, list[str]]:
+    """B and a bank of adapter experts on it, built once; tests change copies (``stored``)."""
+    lib = Library.create(tmp_path_factory.mktemp("adapters") / "lib", train.hierarchy)
     baseline = _baseline(len(train.hierarchy.label_nodes))
     lib.add(MemberInfo("bit_xs.baseline", "baseline", None, "root", len(train), 0, 0, 0.1, {}), baseline)
     logs: list[str] = []
     names = build_adapter_experts(lib, train, holdout, "bit_xs.baseline", NODES, CFG, seed=0, progress=False, log=logs.append)
-    return lib, names
+    return lib.path, names
+
+
+@pytest.fixture
+def stored(stored_once, tmp_path: Path) -> tuple[Library, list[str]]:
+    """A fresh copy of ``stored_once`` for one test to read or change."""
+    path, names = stored_once
+    shutil.copytree(path, tmp_path / "lib")
+    return Library.open(tmp_path / "lib"), list(names)
 
 
 # -- the adapter and its placement ---------------------------------------------------------------

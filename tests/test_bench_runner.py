@@ -1,5 +1,6 @@
-"""The benchmark run on a tiny library: every strategy and pool scored against the oracle, the
-report regenerated from records alone, and a rerun that repeats no unit."""
+"""The benchmark run on the suite's shared tiny library (conftest.py: B, three full and three adapter
+experts, the EPN): every strategy and pool scored against the oracle, the report regenerated from
+records alone, and a rerun that repeats no unit."""
 
 import json
 
@@ -12,12 +13,9 @@ from expertise.transfer.protocol import SweepConfig
 from expertise.bench.runner import StrategySpec, expected_best, parse_strategies, run_bench, write_report
 from expertise.store import RecordStore
 from expertise.cli import app
-from expertise.config import get_preset
 from expertise.errors import ConfigError
-from expertise.upstream.build import build_library
 from expertise.train import TrainConfig
 
-PRESET = get_preset("tiny", {"baseline.steps": "30", "expert.steps": "5", "epn.steps": "10", "num_experts": "2"})
 FT = TrainConfig(steps=3, batch_size=16, lr=0.01, warmup_steps=1)
 STRATEGIES = (StrategySpec("knn_loo", "proxy", "knn_loo"), StrategySpec("domain_prediction", "domain_prediction"),
               StrategySpec("task_agnostic", "task_agnostic"), StrategySpec("random", "random"))
@@ -30,10 +28,11 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(tiny_library, tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bench")
-    lib, world, names = build_library(PRESET, root / "lib", torch.device("cpu"), progress=False, log=lambda *a: None)
+    lib, world = tiny_library.library, tiny_library.world
+    assert len(tiny_library.names) == 7
     tasks = [world.task("count"), world.task("glyph_digits")]
     summary = run_bench(lib, tasks, root / "out", FT, SweepConfig(lr_factors=(1.0,)), STRATEGIES,
                         ("all", "experts", "baseline"), progress=False, log=lambda *a: None)
@@ -92,7 +91,7 @@ def test_rerun_repeats_nothing_and_report_comes_from_records(bench):
 
     shutil.rmtree(out / "cache")
     assert write_report(out).read_text() == first  # records alone
-    assert len(store.all("protocol")) == 2 * 5  # two tasks x (B + two full + two adapter experts)
+    assert len(store.all("protocol")) == 2 * 7  # two tasks x (B + three full + three adapter experts)
 
 
 def test_cli_bench_report_and_bad_strategy(bench, tmp_path):
@@ -114,9 +113,9 @@ def test_cli_dat_reports_accuracy_and_cost_beside_knn(bench, tmp_path):
         str(tmp_path), "--preset", "tiny", "--set", "expert.steps=2", "--set", "expert.warmup_steps=1", "--set", "finetune.steps=2",
         "--set", "finetune.warmup_steps=1", "-q"])
     assert result.exit_code == 0, result.output
-    assert "DAT on count: test accuracy" in result.output and "kNN selection of 5 members" in result.output
+    assert "DAT on count: test accuracy" in result.output and "kNN selection of 7 members" in result.output
     record = json.loads(next(tmp_path.glob("dat.count.*.json")).read_text())
-    assert record["kind"] == "dat" and record["config"]["knn_selection"]["images"] == 5 * 1000
+    assert record["kind"] == "dat" and record["config"]["knn_selection"]["images"] == 7 * 1000
     bad = CliRunner().invoke(app, ["dat", "--library", str(lib.path), "--task", "count", "--upstream", "/data/x"])
     assert bad.exit_code == 2 and "--upstream world" in bad.output
 

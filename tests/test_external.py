@@ -4,8 +4,6 @@ Hugging Face timm folders), checked against timm's own forward pass on the same 
 import json
 
 import pytest
-import safetensors.torch
-import timm
 import torch
 from typer.testing import CliRunner
 
@@ -22,30 +20,13 @@ from expertise.select.run import pool_names, run_selection
 from expertise.transfer.finetune import finetune_and_test
 
 
-def _timm_net(arch: str = "test_resnet", num_classes: int = 7, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    with torch.no_grad():  # a zero-initialised last block would hide a mis-loaded checkpoint
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    net = _timm_net()
-    path = tmp_path_factory.mktemp("ckpt") / "test_resnet.safetensors"
-    safetensors.torch.save_file(net.state_dict(), str(path))
-    return net, path
-
-
 def _images(n: int = 6, size: int = 32, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
 
 
-def test_a_checkpoint_member_embeds_and_classifies_as_timm_does(checkpoint):
-    net, path = checkpoint
+def test_a_checkpoint_member_embeds_and_classifies_as_timm_does(timm_checkpoint):
+    net, path = timm_checkpoint
     model, source = from_checkpoint("test_resnet", path, size=32)
     model.eval()
     x = prepare(_images(), model.preprocessing)
@@ -61,8 +42,8 @@ def test_a_checkpoint_member_embeds_and_classifies_as_timm_does(checkpoint):
     assert default.preprocessing.size == net.pretrained_cfg["input_size"][-1]
 
 
-def test_a_library_stores_and_reloads_an_external_member(checkpoint, tmp_path):
-    net, path = checkpoint
+def test_a_library_stores_and_reloads_an_external_member(timm_checkpoint, tmp_path):
+    net, path = timm_checkpoint
     lib = Library.create(tmp_path / "lib", None)
     info = add_external(lib, *from_checkpoint("test_resnet", path, size=32))
     assert info.kind == "external" and info.parent is None and info.domain is None
@@ -78,10 +59,10 @@ def test_a_library_stores_and_reloads_an_external_member(checkpoint, tmp_path):
         add_external(lib, *from_checkpoint("test_resnet", path, size=32))
 
 
-def test_a_hugging_face_folder_in_timms_layout_loads(tmp_path):
+def test_a_hugging_face_folder_in_timms_layout_loads(make_timm_net, tmp_path):
     from timm.models._hub import save_for_hf
 
-    net = _timm_net("test_vit", num_classes=5, seed=3)
+    net = make_timm_net("test_vit", num_classes=5, seed=3)
     save_for_hf(net, str(tmp_path / "hf"), safe_serialization=True)
     assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "config.json").exists()
     model, source = from_hf_folder(tmp_path / "hf")
@@ -108,8 +89,8 @@ def test_pickled_weights_are_refused_never_loaded(tmp_path):
         from_hf_folder(folder)
 
 
-def test_bad_sources_get_errors_that_say_what_to_do(checkpoint, tmp_path, monkeypatch):
-    _, path = checkpoint
+def test_bad_sources_get_errors_that_say_what_to_do(timm_checkpoint, tmp_path, monkeypatch):
+    _, path = timm_checkpoint
     with pytest.raises(ConfigError, match="timm has no architecture 'resnet_nonexistent'"):
         from_checkpoint("resnet_nonexistent", path)
     with pytest.raises(ConfigError, match="do not fit timm's 'test_vit'"):
@@ -127,14 +108,14 @@ def test_bad_sources_get_errors_that_say_what_to_do(checkpoint, tmp_path, monkey
         from_hf_hub("expertise-tests/no-such-model")
 
 
-def test_an_external_member_is_selected_and_fine_tuned_like_any_other(checkpoint, tmp_path):
+def test_an_external_member_is_selected_and_fine_tuned_like_any_other(timm_checkpoint, tmp_path):
     """A pool of one of our models and one external model: both are ranked by proxies (LEEP through
     the external classifier's own softmax) and by the task-agnostic order, and the external one
     fine-tunes with a new head."""
     from expertise.models.backbones import BACKBONES, ExpertModel
     from expertise.library import MemberInfo
 
-    _, path = checkpoint
+    _, path = timm_checkpoint
     lib = Library.create(tmp_path / "lib", None)
     torch.manual_seed(0)
     own = ExpertModel(BACKBONES["bit_xs"], num_outputs=4)
@@ -154,8 +135,8 @@ def test_an_external_member_is_selected_and_fine_tuned_like_any_other(checkpoint
     assert 0.0 <= result.test_accuracy <= 1.0 and result.images == cfg.steps * cfg.batch_size
 
 
-def test_cli_pool_add_and_its_errors(checkpoint, tmp_path):
-    _, path = checkpoint
+def test_cli_pool_add_and_its_errors(timm_checkpoint, tmp_path):
+    _, path = timm_checkpoint
     runner = CliRunner()
     lib = tmp_path / "lib"
     r = runner.invoke(app, ["pool", "add", "--library", str(lib), "--timm", "test_resnet", "--checkpoint", str(path),

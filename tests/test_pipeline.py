@@ -1,4 +1,8 @@
-"""End-to-end smoke run of the whole pipeline on the tiny world, and its resumption."""
+"""End-to-end smoke run of the whole pipeline on the tiny world, and its resumption.
+
+The demo starts from a copy of the suite's shared tiny library (conftest.py), which
+:func:`expertise.upstream.build.build_library` built from nothing with the same preset; the demo's own
+call resumes it, retraining nothing, and runs selection, fine-tuning and the report."""
 
 import json
 
@@ -14,10 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tiny_library, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    preset = get_preset("tiny")
+    tiny_library.copy_to(out / "library")
+    before = {p: p.stat().st_mtime_ns for p in (out / "library").rglob("*.safetensors")}
+    preset = tiny_library.preset
     result = run_demo(preset, out, progress=False, log=lambda *a: None)
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "library").rglob("*.safetensors")}  # resumed, not rebuilt
     return preset, out, result
 
 

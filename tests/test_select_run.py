@@ -1,5 +1,6 @@
-"""Selection over a real (tiny) library: every strategy wired to what it reads, checked against
-values recomputed here from the cached embeddings, the priors and the EPN."""
+"""Selection over a real (tiny) library, the suite's shared one (conftest.py): every strategy wired
+to what it reads, checked against values recomputed here from the cached embeddings, the priors and
+the EPN."""
 
 import json
 import math
@@ -10,17 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from expertise.cli import app
-from expertise.config import get_preset
 from expertise.errors import ConfigError, LibraryError
 from expertise.upstream.build import build_library
 from expertise.select.embed import EmbeddingCache
 from expertise.select.proxies import knn_loo, leep
 from expertise.select.run import pool_names, ranking_table, run_selection, source_probabilities
 from expertise.select.registry import STRATEGIES
-
-PRESET = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "20", "num_experts": "3",
-                             "adapter.steps": "6"})
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -29,11 +25,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("sel") / "lib"
-    lib, world, names = build_library(PRESET, path, torch.device("cpu"), progress=False, log=lambda *a: None)
-    return lib, world, names, world.task("count")
+def built(tiny_library):
+    return tiny_library.library, tiny_library.world, tiny_library.names, tiny_library.world.task("count")
 
 
 def test_epn_is_stored_with_its_nodes_and_kept_out_of_the_pool(built):
@@ -47,13 +40,12 @@ def test_epn_is_stored_with_its_nodes_and_kept_out_of_the_pool(built):
     assert pool_names(lib) == names and epns[0].name not in pool_names(lib)
 
 
-def test_rebuilding_reuses_the_epn_and_refuses_other_epn_settings(built):
-    lib, *_ = built
+def test_rebuilding_reuses_the_epn_and_refuses_other_epn_settings(tiny_library, tiny_library_copy):
+    lib = tiny_library_copy
     before = {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
-    build_library(PRESET, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
+    build_library(tiny_library.preset, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
     assert before == {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
-    other = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "21", "num_experts": "3",
-                                "adapter.steps": "6"})
+    other = tiny_library.preset_with(**{"epn.steps": "21"})
     with pytest.raises(LibraryError, match="EPN"):
         build_library(other, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
 
@@ -157,8 +149,8 @@ def test_random_is_seeded_per_task(built):
     assert a == b
 
 
-def test_cli_select_prints_saves_and_plots(built, tmp_path):
-    lib, *_ = built
+def test_cli_select_prints_saves_and_plots(tiny_library_copy, tmp_path):
+    lib = tiny_library_copy  # the embedding cache goes to LIBRARY/cache by default
     out = tmp_path / "sel"
     result = CliRunner().invoke(app, ["select", "--library", str(lib.path), "--task", "count", "--strategy", "hybrid",
                                       "--proxy", "logme", "--budget", "2", "--out", str(out), "-q"])
@@ -188,9 +180,8 @@ def test_adapter_experts_embed_through_the_shared_stem_like_alone(built, tmp_pat
         torch.testing.assert_close(entry["upstream_logits"], logits, rtol=1e-4, atol=1e-4)
 
 
-def test_rebuilding_with_other_adapter_settings_is_refused(built):
-    lib, *_ = built
-    other = get_preset("tiny", {"baseline.steps": "40", "expert.steps": "8", "epn.steps": "20", "num_experts": "3",
-                                "adapter.steps": "7"})
+def test_rebuilding_with_other_adapter_settings_is_refused(tiny_library, tiny_library_copy):
+    lib = tiny_library_copy
+    other = tiny_library.preset_with(**{"adapter.steps": "7"})
     with pytest.raises(LibraryError, match="adapter experts .* other settings"):
         build_library(other, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
