@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from expertise.errors import ExpertiseError, disk_error
+from expertise.runtime import RunContext
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -122,7 +123,7 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
     from expertise.upstream.build import build_library
 
     cfg, dev = _setup(preset, overrides, device)
-    build_library(cfg, library, dev, not quiet, out.print, upstream_only=True)
+    build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), upstream_only=True)
 
 
 @app.command()
@@ -141,7 +142,7 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
         raise ConfigError(f"unknown expert kind {kind!r}; choose full, adapter or both")
     items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
     cfg, dev = _setup(preset, items, device)
-    build_library(cfg, library, dev, not quiet, out.print, kinds=kinds[kind])
+    build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), kinds=kinds[kind])
 
 
 @app.command()
@@ -246,11 +247,10 @@ def transfer(library: LibOpt, task: TaskOpt,
     run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(out_dir / "cache"), seed=seed, device=dev,
                         progress=not quiet)
     out.print(f"{run.label} picked {', '.join(run.selection.picks)} in {run.seconds['total']:.1f}s")
-    store = RecordStore(out_dir)
+    ctx = RunContext(dev, seed, not quiet, out.print, RecordStore(out_dir))
     best = None
     for name in run.selection.picks:
-        res = transfer_protocol(name, lambda name=name: lib.load(name), lib.verified_hash(name), t, cfg.finetune, sweep,
-                                store, seed, dev, not quiet)
+        res = transfer_protocol(name, lambda name=name: lib.load(name), lib.verified_hash(name), t, cfg.finetune, sweep, ctx)
         chosen = ", ".join(f"lr {c['lr']:g}" for c in res.chosen)
         out.print(f"{name} on {t.name}: median test accuracy [bold]{res.test_accuracy:.3f}[/] over "
                   f"{len(res.test_accuracies)} retrain(s) ({chosen}; {res.seconds:.0f}s, {res.units_reused} unit(s) reused)")
@@ -277,7 +277,7 @@ def dat(library: LibOpt, task: TaskOpt,
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's."""
     import time
 
-    from expertise.dat import cost_ratios, dat_record, run_dat
+    from expertise.dat import DATConfig, cost_ratios, dat_record, run_dat
     from expertise.errors import ConfigError, LibraryError
     from expertise.io import atomic_write_json
     from expertise.data.loaders import load_task
@@ -301,9 +301,8 @@ def dat(library: LibOpt, task: TaskOpt,
     select_s = time.perf_counter() - t0
     upstream = world.upstream("train").materialize()
     pretrain = cfg.baseline if init == "scratch" else cfg.expert
-    res = run_dat(lib.load(base), upstream, t, size=size or len(upstream) // 4, pretrain_cfg=pretrain,
-                  finetune_cfg=cfg.finetune, sampler=sampler, temperature=temperature, weighting=weighting,
-                  init=init, seed=seed, device=dev, progress=not quiet)
+    settings = DATConfig(size or len(upstream) // 4, sampler, temperature, weighting, init)  # type: ignore[arg-type]
+    res = run_dat(lib.load(base), upstream, t, settings, pretrain, cfg.finetune, RunContext(dev, seed, not quiet, out.print))
     total = sum(res.seconds.values())
     select_images = sel.images_per_member * len(sel.members_embedded)
     ratios = cost_ratios(res, select_s, select_images)
@@ -362,7 +361,7 @@ def bench(ctx: typer.Context,
     out.print(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
               f"member and task, writing to {out_dir}")
     summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies), tuple(pools or DEFAULT_POOLS),
-                        seed, dev, cfg.embed_batch, not quiet, out.print)
+                        RunContext(dev, seed, not quiet, out.print), cfg.embed_batch)
     out.print(summary.read_text(), markup=False, highlight=False)
 
 

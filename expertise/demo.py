@@ -18,6 +18,7 @@ from expertise.config import Preset
 from expertise.data.loaders import load_sklearn_digits
 from expertise.data.world import save_preview
 from expertise.io import atomic_write_json, atomic_write_text
+from expertise.runtime import RunContext
 from expertise.store import RecordStore
 from expertise.transfer.protocol import finetune_member
 from expertise.upstream.build import build_library
@@ -44,7 +45,8 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    library, world, names = build_library(preset, Path(library_path or out / "library"), device, progress, log)
+    ctx = RunContext(device, preset.seed, progress, log)
+    library, world, names = build_library(preset, Path(library_path or out / "library"), ctx)
     timings["upstream"] = time.perf_counter() - t0
     save_preview(world, out / "world.png")
     base = baseline_name(preset.backbone)
@@ -73,8 +75,8 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
         domain = world.domain_of_task(tname) if tname in world.task_names else None
         matched = next((n for n in names if domain_of_member[n] == domain), None)
         t0 = time.perf_counter()
-        res_b = finetune_member(library, base, task, preset, store, device, progress)
-        res_sel = finetune_member(library, chosen, task, preset, store, device, progress)
+        res_b = finetune_member(library, base, task, preset, ctx.with_(store=store))
+        res_sel = finetune_member(library, chosen, task, preset, ctx.with_(store=store))
         timings["finetune"] += time.perf_counter() - t0
         row = {
             "task": tname, "group": task.group, "classes": task.num_classes, "domain": domain,

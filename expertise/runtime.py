@@ -1,12 +1,44 @@
-"""Device, threads and seeding: the few process-wide settings every stage shares."""
+"""Device, threads and seeding: the few process-wide settings every stage shares, and the
+:class:`RunContext` a stage is handed instead of a device, a seed, a progress flag, a log, a record
+store and an embedding cache one by one."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from expertise.select.embed import EmbeddingCache
+    from expertise.store import RecordStore
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one run shares: the device it computes on, its seed (every random stream
+    is derived from it and the unit's name), whether it shows progress, where it logs, and where
+    finished units (``store``) and embeddings (``cache``) are kept. ``with_(...)`` gives a copy with
+    some fields changed."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    progress: bool = True
+    log: Callable[[str], None] = print
+    store: RecordStore | None = None
+    cache: EmbeddingCache | None = None
+
+    def with_(self, **changes: Any) -> RunContext:
+        return replace(self, **changes)
+
+    def require_store(self) -> RecordStore:
+        if self.store is None:
+            raise ValueError("this stage records its units: give the RunContext a store (RecordStore(DIR))")
+        return self.store
 
 
 def configure(threads: int | None = None, device: str = "auto") -> torch.device:

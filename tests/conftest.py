@@ -22,6 +22,7 @@ import torch
 
 os.environ.setdefault("EXPERTISE_PROGRESS", "0")
 
+from expertise.runtime import RunContext  # noqa: E402
 from expertise.config import Preset, get_preset  # noqa: E402  (after the progress switch)
 from expertise.data.world import World  # noqa: E402
 from expertise.library import Library  # noqa: E402
@@ -73,7 +74,7 @@ def tiny_library(tmp_path_factory) -> TinyLibrary:
     try:
         preset = get_preset("tiny", TINY_OVERRIDES)
         path = tmp_path_factory.mktemp("shared") / "tiny_library"
-        lib, world, names = build_library(preset, path, torch.device("cpu"), progress=False, log=lambda *a: None)
+        lib, world, names = build_library(preset, path, RunContext(progress=False, log=lambda *a: None))
     finally:
         torch.set_num_threads(threads)
     _SHARED["tiny"] = shared = TinyLibrary(lib, world, list(names), preset, _snapshot(path))

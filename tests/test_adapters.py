@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import expertise.library.manifest as library_module
+from expertise.runtime import RunContext
 from expertise.upstream.adapter_bank import adapter_expert_name, build_adapter_experts, train_adapter_bank
 from expertise.data.tasks import Split
 from expertise.data.world import World, WorldConfig
@@ -83,7 +84,7 @@ def stored_once(tmp_path_factory, train, holdout) -> tuple[Path, list[str]]:
     baseline = _baseline(len(train.hierarchy.label_nodes))
     lib.add(MemberInfo("bit_xs.baseline", "baseline", None, "root", len(train), 0, 0, 0.1, {}), baseline)
     logs: list[str] = []
-    names = build_adapter_experts(lib, train, holdout, "bit_xs.baseline", NODES, CFG, seed=0, progress=False, log=logs.append)
+    names = build_adapter_experts(lib, train, holdout, "bit_xs.baseline", NODES, CFG, RunContext(seed=0, progress=False, log=logs.append))
     return lib.path, names
 
 
@@ -265,7 +266,7 @@ def test_library_load_round_trip_and_resumption(stored) -> None:
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in bank.base.state_dict().items())
     digest = lib.info(names[0]).files["adapters/bank.safetensors"]
     logs: list[str] = []
-    again = build_adapter_experts(lib, None, None, "bit_xs.baseline", NODES, CFG, seed=0, progress=False, log=logs.append)
+    again = build_adapter_experts(lib, None, None, "bit_xs.baseline", NODES, CFG, RunContext(seed=0, progress=False, log=logs.append))
     assert again == names and "reusing" in logs[0]  # nothing retrained: it never touched the (None) data
     assert lib.info(names[0]).files["adapters/bank.safetensors"] == digest
 
@@ -300,7 +301,7 @@ def test_member_hash_separates_experts_and_tracks_the_backbone(stored, train, ho
     with pytest.raises(LibraryError, match="changed since the adapters were trained"):
         lib.load(names[0])
     logs: list[str] = []  # resuming retrains them on the new backbone instead of reusing stale adapters
-    build_adapter_experts(lib, train, holdout, "bit_xs.baseline", NODES, CFG, seed=0, progress=False, log=logs.append)
+    build_adapter_experts(lib, train, holdout, "bit_xs.baseline", NODES, CFG, RunContext(seed=0, progress=False, log=logs.append))
     assert "training them again" in logs[0] and lib.verify() == []
 
 

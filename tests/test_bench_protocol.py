@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from expertise.runtime import RunContext
 from expertise.transfer.protocol import RETRAIN_KIND, SWEEP_KIND, SweepConfig, transfer_protocol
 from expertise.store import RecordStore
 from expertise.data.tasks import Split, Task
@@ -61,7 +62,7 @@ def run(fake, store, sweep, loads=None, seed=0):
             loads.append(1)
         return nn.Linear(1, 1)
 
-    return transfer_protocol("m", load, "hash0", TASK, BASE, sweep, store, seed=seed,
+    return transfer_protocol("m", load, "hash0", TASK, BASE, sweep, RunContext(seed=seed, progress=False, store=store),
                              finetune_fn=fake.finetune, evaluate_fn=fake.evaluate)
 
 
@@ -164,13 +165,13 @@ def test_tiny_real_protocol(tmp_path):
     cfg = TrainConfig(steps=3, batch_size=16, lr=0.01, warmup_steps=1)
     sweep = SweepConfig(lr_factors=(1.0, 3.0))
     store = RecordStore(tmp_path)
-    res = transfer_protocol("bit_xs.rand", load, "h", task, cfg, sweep, store, seed=0)
+    res = transfer_protocol("bit_xs.rand", load, "h", task, cfg, sweep, RunContext(seed=0, progress=False, store=store))
     assert loads == [1] and res.units_computed == 3
     assert 0.0 <= res.test_accuracy <= 1.0 and len(res.test_accuracies) == 1
     assert res.images == 3 * 3 * 16 + 2 * 200 + 50 and res.seconds > 0
     rec = store.all(RETRAIN_KIND)[0]
     assert rec["config"]["task_fingerprint"] == task.fingerprint() and "versions" in rec and "git" in rec
-    again = transfer_protocol("bit_xs.rand", load, "h", task, cfg, sweep, store, seed=0)
+    again = transfer_protocol("bit_xs.rand", load, "h", task, cfg, sweep, RunContext(seed=0, progress=False, store=store))
     assert loads == [1] and again.units_reused == 3
     drop = ("units_computed", "units_reused")
     assert {k: v for k, v in again.to_json().items() if k not in drop} == {k: v for k, v in res.to_json().items() if k not in drop}

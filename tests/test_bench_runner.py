@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from expertise.runtime import RunContext
 from expertise.transfer.protocol import SweepConfig
 from expertise.bench.runner import StrategySpec, expected_best, parse_strategies, run_bench, write_report
 from expertise.store import RecordStore
@@ -35,7 +36,7 @@ def bench(tiny_library, tmp_path_factory):
     assert len(tiny_library.names) == 7
     tasks = [world.task("count"), world.task("glyph_digits")]
     summary = run_bench(lib, tasks, root / "out", FT, SweepConfig(lr_factors=(1.0,)), STRATEGIES,
-                        ("all", "experts", "baseline"), progress=False, log=lambda *a: None)
+                        ("all", "experts", "baseline"), RunContext(progress=False, log=lambda *a: None))
     return lib, tasks, root / "out", summary
 
 
@@ -84,7 +85,7 @@ def test_rerun_repeats_nothing_and_report_comes_from_records(bench):
     before = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
     first = summary.read_text()
     run_bench(lib, tasks, out, FT, SweepConfig(lr_factors=(1.0,)), STRATEGIES, ("all", "experts", "baseline"),
-              progress=False, log=lambda *a: None)
+              RunContext(progress=False, log=lambda *a: None))
     assert {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()} == before
     assert summary.read_text() == first
     import shutil

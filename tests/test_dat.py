@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from expertise.runtime import RunContext
 from expertise.dat import (
+    DATConfig,
     DATResult,
     dat_record,
     elastic_allocation,
@@ -232,8 +234,8 @@ def tiny():
 def _run(tiny, **kw):
     world, train, baseline = tiny
     cfg = TrainConfig(steps=2, batch_size=16, lr=0.01, decay_at=())
-    args = dict(size=200, pretrain_cfg=cfg, finetune_cfg=cfg, seed=3, progress=False)
-    return run_dat(baseline, train, world.task("shape_unseen"), **{**args, **kw})
+    settings = DATConfig(**{"size": 200, **kw})
+    return run_dat(baseline, train, world.task("shape_unseen"), settings, cfg, cfg, RunContext(seed=3, progress=False))
 
 
 def test_run_dat_end_to_end_accounting_and_determinism(tiny):
@@ -284,5 +286,5 @@ def test_run_dat_variants_and_errors(tiny):
         _run(tiny, init="baseline", backbone="bit_s")
     wrong = ExpertModel(BACKBONES["bit_xs"], num_outputs=5)
     with pytest.raises(ConfigError, match="label nodes"):
-        run_dat(wrong, train, world.task("shape_unseen"), size=10, pretrain_cfg=TrainConfig(1, 4, 0.01),
-                finetune_cfg=TrainConfig(1, 4, 0.01), progress=False)
+        run_dat(wrong, train, world.task("shape_unseen"), DATConfig(size=10), TrainConfig(1, 4, 0.01),
+                TrainConfig(1, 4, 0.01), RunContext(progress=False))

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from expertise.runtime import RunContext
 from expertise.config import get_preset
 from expertise.demo import DEMO_STRATEGIES, run_demo
 from expertise.store import RecordStore
@@ -82,7 +83,7 @@ def test_resuming_with_other_upstream_settings_is_refused(demo_run):
     preset, out, _ = demo_run
     other = get_preset("tiny", {"baseline.steps": "77"})
     with pytest.raises(LibraryError, match="other upstream settings"):
-        build_library(other, out / "library", device=__import__("torch").device("cpu"), progress=False, log=lambda *a: None)
+        build_library(other, out / "library", RunContext(progress=False, log=lambda *a: None))
 
 
 def test_a_library_of_an_earlier_world_version_is_refused(demo_run, tmp_path):

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from expertise.cli import app
 from expertise.errors import ConfigError, LibraryError
+from expertise.runtime import RunContext
 from expertise.upstream.build import build_library
 from expertise.select.embed import EmbeddingCache
 from expertise.select.proxies import knn_loo, leep
@@ -43,11 +44,11 @@ def test_epn_is_stored_with_its_nodes_and_kept_out_of_the_pool(built):
 def test_rebuilding_reuses_the_epn_and_refuses_other_epn_settings(tiny_library, tiny_library_copy):
     lib = tiny_library_copy
     before = {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
-    build_library(tiny_library.preset, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
+    build_library(tiny_library.preset, lib.path, RunContext(progress=False, log=lambda *a: None))
     assert before == {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
     other = tiny_library.preset_with(**{"epn.steps": "21"})
     with pytest.raises(LibraryError, match="EPN"):
-        build_library(other, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
+        build_library(other, lib.path, RunContext(progress=False, log=lambda *a: None))
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -184,4 +185,4 @@ def test_rebuilding_with_other_adapter_settings_is_refused(tiny_library, tiny_li
     lib = tiny_library_copy
     other = tiny_library.preset_with(**{"adapter.steps": "7"})
     with pytest.raises(LibraryError, match="adapter experts .* other settings"):
-        build_library(other, lib.path, torch.device("cpu"), progress=False, log=lambda *a: None)
+        build_library(other, lib.path, RunContext(progress=False, log=lambda *a: None))

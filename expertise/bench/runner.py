@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from expertise.errors import ConfigError, DataError, ExpertiseError
 from expertise.io import atomic_write_text
 from expertise.library import Library, MemberInfo
 from expertise.select.embed import EmbeddingCache, embed_pool
+from expertise.runtime import RunContext
 from expertise.select.proxies import get_proxy
 from expertise.select.registry import STRATEGIES, default_rows
 from expertise.select.run import run_selection
@@ -92,9 +93,9 @@ def _member_json(info: MemberInfo) -> dict[str, Any]:
 
 def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: TrainConfig,
               sweep: SweepConfig = SweepConfig(lr_factors=(1.0,)), strategies: Sequence[StrategySpec] = DEFAULT_STRATEGIES,
-              pools: Sequence[str] = DEFAULT_POOLS, seed: int = 0, device: torch.device = torch.device("cpu"),
-              batch_size: int = 500, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+              pools: Sequence[str] = DEFAULT_POOLS, ctx: RunContext = RunContext(), batch_size: int = 500) -> Path:
     """Run (or resume) the benchmark into ``out`` and write its report; returns ``summary.md``."""
+    seed, device, log = ctx.seed, ctx.device, ctx.log
     out = Path(out)
     store = RecordStore(out)
     cache = EmbeddingCache(out / "cache")
@@ -123,7 +124,7 @@ def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: Trai
             config = {**base, "member": name, "member_hash": library.verified_hash(name), "finetune": finetune.to_json(),
                       "sweep": sweep.to_json(), "seed": seed, "info": _member_json(library.info(name))}
             store.run_unit("protocol", config, lambda name=name: _protocol_unit(
-                library, name, task, finetune, sweep, store, seed, device, progress))
+                library, name, task, finetune, sweep, ctx.with_(store=store)))
         log(f"{task.name}: {len(everyone)} members, {len(strategies)} strategies x {len(pool_members)} pools "
             f"({time.perf_counter() - t0:.0f}s)")
     return write_report(out)
@@ -160,9 +161,8 @@ def _selection_unit(library: Library, task: Task, strat: StrategySpec, members: 
 
 
 def _protocol_unit(library: Library, name: str, task: Task, finetune: TrainConfig, sweep: SweepConfig,
-                   store: RecordStore, seed: int, device: torch.device, progress: bool) -> UnitResult:
-    res = transfer_protocol(name, lambda: library.load(name), library.verified_hash(name), task, finetune, sweep, store,
-                            seed, device, progress)
+                   ctx: RunContext) -> UnitResult:
+    res = transfer_protocol(name, lambda: library.load(name), library.verified_hash(name), task, finetune, sweep, ctx)
     return UnitResult(res.to_json(), images={k: int(v) for k, v in res.phase_images.items()},
                       seconds=dict(res.phase_seconds))
 

@@ -41,13 +41,13 @@ Everything about the weights is float64 numpy; the samplers are deterministic gi
 Modules: :mod:`.weights` (1), :mod:`.samplers` (2), :mod:`.pretrain` (3, the driver :func:`run_dat`).
 """
 
-from expertise.dat.pretrain import INITS, DATResult, cost_ratios, dat_record, leaf_logits, run_dat
+from expertise.dat.pretrain import INITS, DATConfig, DATResult, cost_ratios, dat_record, leaf_logits, run_dat
 from expertise.dat.samplers import (SAMPLER_FUNCTIONS, SAMPLERS, elastic_allocation, elastic_sample,
                                     same_distribution_sample, sampled_label_distribution, unique_examples)
 from expertise.dat.weights import (DEFAULT_TEMPERATURE, WEIGHTINGS, importance_weights, selected_labels,
                                    source_label_distribution, target_label_distribution, weights_for)
 
-__all__ = ["DATResult", "DEFAULT_TEMPERATURE", "INITS", "SAMPLERS", "SAMPLER_FUNCTIONS", "WEIGHTINGS", "cost_ratios",
+__all__ = ["DATConfig", "DATResult", "DEFAULT_TEMPERATURE", "INITS", "SAMPLERS", "SAMPLER_FUNCTIONS", "WEIGHTINGS", "cost_ratios",
            "dat_record", "elastic_allocation", "elastic_sample", "importance_weights", "leaf_logits", "run_dat",
            "same_distribution_sample", "sampled_label_distribution", "selected_labels", "source_label_distribution",
            "target_label_distribution", "unique_examples", "weights_for"]

@@ -22,7 +22,7 @@ from expertise.errors import ConfigError
 from expertise.models.backbones import BACKBONES, ExpertModel
 from expertise.models.forward import forward_batches
 from expertise.records import make_record
-from expertise.runtime import derive_seed
+from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig, fit, multilabel_loss
 from expertise.transfer.finetune import finetune_and_test
 from expertise.upstream.baseline import UpstreamBatches
@@ -105,18 +105,34 @@ def _label_summary(hierarchy: Hierarchy, p_t: np.ndarray, p_s: np.ndarray, w: np
     }
 
 
-def run_dat(baseline: ExpertModel, upstream_train: UpstreamData, task: Task, *, size: int,
-            pretrain_cfg: TrainConfig, finetune_cfg: TrainConfig, sampler: Sampler = "elastic",
-            temperature: float = DEFAULT_TEMPERATURE, weighting: Weighting = "adaptive", init: Init = "scratch",
-            top_labels: int | None = None, backbone: str | None = None, seed: int = 0,
-            device: torch.device = torch.device("cpu"), progress: bool = True) -> DATResult:
+@dataclass(frozen=True)
+class DATConfig:
+    """One DAT run's settings: ``size`` upstream examples sampled by ``sampler`` with ``weighting``
+    of B's predictions tempered by ``temperature``; the specialist starts from ``init``
+    (``"scratch"``: new weights as the paper; ``"baseline"``: B's weights, cheaper) in the shape
+    ``backbone`` (``BACKBONES``; default: B's; with ``init="baseline"`` it must be B's).
+    ``top_labels`` restricts the weighting to the labels with most target mass (Table 6 used the
+    top 4k); None keeps every selectable label."""
+
+    size: int
+    sampler: Sampler = "elastic"
+    temperature: float = DEFAULT_TEMPERATURE
+    weighting: Weighting = "adaptive"
+    init: Init = "scratch"
+    top_labels: int | None = None
+    backbone: str | None = None
+
+
+def run_dat(baseline: ExpertModel, upstream_train: UpstreamData, task: Task, cfg: DATConfig,
+            pretrain_cfg: TrainConfig, finetune_cfg: TrainConfig, ctx: RunContext = RunContext()) -> DATResult:
     """Domain adaptive transfer for one task: weights from B on the task's 1,000 train+val images
-    (labels unused), a sampled upstream set of ``size`` examples, a specialist pre-trained on it
-    (``init="scratch"``: new weights as the paper; ``"baseline"``: B's weights, cheaper), then the
-    standard fine-tune and test. ``backbone`` names the specialist's shape (``BACKBONES``; default:
-    B's); with ``init="baseline"`` it must be B's. ``top_labels`` restricts the weighting to the
-    labels with most target mass (Table 6 used the top 4k); None keeps every selectable label.
+    (labels unused), a sampled upstream set of ``cfg.size`` examples, a specialist pre-trained on
+    it, then the standard fine-tune and test (see :class:`DATConfig`). ``ctx`` gives the seed every
+    stream is derived from, the device and the progress flag.
     """
+    size, sampler, temperature, weighting = cfg.size, cfg.sampler, cfg.temperature, cfg.weighting
+    init, top_labels, backbone = cfg.init, cfg.top_labels, cfg.backbone
+    seed, device, progress = ctx.seed, ctx.device, ctx.progress
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown DAT sampler {sampler!r}; choose one of {SAMPLERS}")
     if weighting not in WEIGHTINGS:

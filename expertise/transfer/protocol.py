@@ -46,10 +46,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from expertise.store import RecordStore, Unit, UnitResult
+from expertise.store import Unit, UnitResult
 from expertise.data.tasks import Split, Task
 from expertise.errors import ConfigError
-from expertise.runtime import derive_seed
+from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig
 from expertise.transfer.finetune import accuracy, finetune
 
@@ -220,8 +220,7 @@ def _finite_or_raise(accs: list[float | None], what: str, cfg: TrainConfig, swee
 
 
 def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], member_hash: str, task: Task,
-                      base_cfg: TrainConfig, sweep: SweepConfig, store: RecordStore, seed: int = 0,
-                      device: torch.device | str = "cpu", progress: bool = False,
+                      base_cfg: TrainConfig, sweep: SweepConfig, ctx: RunContext,
                       finetune_fn: FinetuneFn = finetune, evaluate_fn: EvaluateFn = accuracy,
                       log: Callable[[str], None] | None = None) -> ProtocolResult:
     """Run (or resume) the protocol for ``member_name`` on ``task``; see the module docstring.
@@ -229,9 +228,10 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
     ``load_member()`` returns the pool member (called at most once, and only if some unit has to be
     computed); ``member_hash`` identifies its weights (``Library.verified_hash``), so retrained
     members never reuse stale units. ``base_cfg`` is the preset's fine-tune config the grid is
-    built around; ``seed`` derives every unit's seed. ``log`` gets one line per unit.
+    built around; ``ctx`` gives the record store (required), the device, the progress flag and the
+    seed every unit's seed is derived from. ``log`` gets one line per unit.
     """
-    device = torch.device(device)
+    store, seed, device, progress = ctx.require_store(), ctx.seed, torch.device(ctx.device), ctx.progress
     if len(task.train) == 0 or len(task.val) == 0 or len(task.test) == 0:
         raise ConfigError(f"task {task.name!r} needs non-empty train, val and test splits for the transfer protocol")
     member = _LazyMember(load_member)
@@ -311,10 +311,10 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
 DEMO_SWEEP = SweepConfig(lr_factors=(1.0,))  # the preset's fine-tune settings, one retrain
 
 
-def finetune_member(library: Library, member: str, task: Task, preset: Preset, store: RecordStore,
-                    device: torch.device, progress: bool = True) -> ProtocolResult:
+def finetune_member(library: Library, member: str, task: Task, preset: Preset, ctx: RunContext) -> ProtocolResult:
     """Fine-tune ``member`` on the task's 1,000 train+val images with the preset's settings and
     test it: the transfer protocol without a sweep, one retrain. Its unit lives in ``store``, so
-    the demo's fine-tunes are reused by ``expertise bench`` on the same folder, and the other way round."""
+    the demo's fine-tunes are reused by ``expertise bench`` on the same folder, and the other way round.
+    ``ctx`` gives the store, device and progress flag; the seed is the preset's."""
     return transfer_protocol(member, lambda: library.load(member), library.verified_hash(member), task, preset.finetune,
-                             DEMO_SWEEP, store, preset.seed, device, progress)
+                             DEMO_SWEEP, ctx.with_(seed=preset.seed))

@@ -29,7 +29,7 @@ from expertise.errors import ConfigError, DataError, LibraryError
 from expertise.library import Library, MemberInfo
 from expertise.models.adapters import DEFAULT_REDUCTION, AdapterBank, adapter_overhead, expert_adapter_parameters
 from expertise.models.backbones import ExpertModel, Preprocessing, count_parameters, prepare
-from expertise.runtime import derive_seed
+from expertise.runtime import RunContext, derive_seed
 from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
 from expertise.upstream.baseline import leaf_accuracy
 
@@ -147,14 +147,15 @@ def _clip_each_expert(bank: AdapterBank, nodes: Sequence[str], max_norm: float) 
 
 
 def build_adapter_experts(library: Library, train: UpstreamData, holdout: UpstreamData, baseline_name: str,
-                          nodes: Sequence[str], cfg: TrainConfig, seed: int, device: torch.device = torch.device("cpu"),
-                          progress: bool = True, log=print, bank_name: str = "bank") -> list[str]:
+                          nodes: Sequence[str], cfg: TrainConfig, ctx: RunContext = RunContext(),
+                          bank_name: str = "bank") -> list[str]:
     """Train one adapter expert per node on the stored baseline ``baseline_name`` and store them as a
     bank in ``library``; returns the member names in node order.
 
     The bank is one unit of work: when every expert is already stored in bank ``bank_name`` on this
     baseline it is reused (resumption); otherwise the whole bank is trained and replaces the old one.
     """
+    seed, device, progress, log = ctx.seed, ctx.device, ctx.progress, ctx.log
     nodes = list(nodes)
     parent = library.info(baseline_name)
     backbone = parent.architecture or library.load(baseline_name).backbone_config.name  # type: ignore[union-attr]

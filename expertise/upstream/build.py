@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from expertise.config import Preset
 from expertise.data.world import WORLD_VERSION, World
 from expertise.errors import ConfigError, LibraryError
 from expertise.library import UPSTREAM, Library
 from expertise.library.upstream_meta import check_upstream, world_config
+from expertise.runtime import RunContext
 from expertise.upstream.adapter_bank import build_adapter_experts
 from expertise.upstream.epn import build_epn
 from expertise.upstream.full_experts import build_upstream
@@ -53,11 +53,13 @@ def world_of_library(library: Library) -> World | None:
     return World(world_config(meta["world"], str(library.path / UPSTREAM_FILE)))
 
 
-def build_library(preset: Preset, path: Path, device: torch.device, progress: bool = True, log=print,
-                  upstream_only: bool = False, kinds: tuple[str, ...] | None = None) -> tuple[Library, World, list[str]]:
+def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), upstream_only: bool = False,
+                  kinds: tuple[str, ...] | None = None) -> tuple[Library, World, list[str]]:
     """Create (or resume) a library at ``path`` on the preset's world: baseline B, the EPN, and the
     experts of ``kinds`` ("full", "adapter"; default: full, plus adapter when the preset builds
     them) for the top-K nodes. Returns the library, the world and the pool members' names."""
+    ctx = ctx.with_(seed=preset.seed)  # the preset's seed names every random stream of the build
+    log = ctx.log
     kinds = () if upstream_only else (kinds if kinds is not None else ("full", "adapter") if preset.adapter_experts else ("full",))
     world = World(preset.world)
     upstream_cfg = {"world": preset.to_json()["world"], "world_version": WORLD_VERSION, "backbone": preset.backbone,
@@ -78,14 +80,12 @@ def build_library(preset: Preset, path: Path, device: torch.device, progress: bo
     log(f"upstream world: {len(train):,} train / {len(holdout):,} holdout images, "
         f"{len(world.hierarchy.leaves)} leaves, rendered in {time.perf_counter() - t0:.1f}s")
     names = build_upstream(library, train, holdout, preset.backbone, preset.baseline, preset.expert,
-                           preset.num_experts if "full" in kinds else 0, preset.seed, device, progress, log)
+                           preset.num_experts if "full" in kinds else 0, ctx)
     # The EPN routes to the preset's K expert domains, trained with the upstream stage (so domain
     # prediction works as soon as the experts exist, whichever kind they are).
     nodes = train.hierarchy.choose_expert_domains(train.leaf_counts(), preset.num_experts)
     if nodes:
-        build_epn(library, train, holdout, nodes, preset.epn_backbone or preset.backbone, preset.epn, preset.seed,
-                  device, progress, log)
+        build_epn(library, train, holdout, nodes, preset.epn_backbone or preset.backbone, preset.epn, ctx)
     if nodes and "adapter" in kinds:
-        names += build_adapter_experts(library, train, holdout, names[0], nodes, preset.adapter, preset.seed, device,
-                                       progress, log)
+        names += build_adapter_experts(library, train, holdout, names[0], nodes, preset.adapter, ctx)
     return library, world, names

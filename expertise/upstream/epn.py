@@ -23,7 +23,7 @@ from expertise.data.upstream_data import UpstreamData
 from expertise.errors import ConfigError, DataError
 from expertise.models.backbones import BACKBONES, ExpertModel
 from expertise.models.forward import check_images, forward_batches
-from expertise.runtime import derive_seed
+from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig, fit, multilabel_loss
 from expertise.upstream.baseline import UpstreamBatches
 
@@ -116,12 +116,12 @@ def routing_accuracy(model: ExpertModel, data: UpstreamData, nodes: Sequence[str
 
 
 def build_epn(library, train: UpstreamData, holdout: UpstreamData, nodes: Sequence[str], backbone: str,
-              cfg: TrainConfig, seed: int, device: torch.device = torch.device("cpu"), progress: bool = True,
-              log=print) -> str:
+              cfg: TrainConfig, ctx: RunContext = RunContext()) -> str:
     """Train the EPN over the expert domains ``nodes`` and store it in ``library`` as kind ``epn``
     (its nodes, in output order, in the entry's ``extra``). An EPN already there is reused when it
     was trained on the same nodes with the same settings, and refused otherwise: selection must
     never route to experts the EPN does not know."""
+    seed, device, progress, log = ctx.seed, ctx.device, ctx.progress, ctx.log
     from expertise.library import MemberInfo
     from expertise.errors import LibraryError
 

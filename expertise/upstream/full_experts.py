@@ -14,7 +14,7 @@ from expertise.data.upstream_data import UpstreamData
 from expertise.errors import LibraryError
 from expertise.library import Library
 from expertise.models.backbones import ExpertModel
-from expertise.runtime import derive_seed
+from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig, TrainStats, fit, multilabel_loss
 from expertise.upstream.baseline import (UpstreamBatches, baseline_name, expert_name, leaf_accuracy, member_info,
                                          train_baseline)
@@ -34,11 +34,11 @@ def train_full_expert(baseline: ExpertModel, train: UpstreamData, node: str, cfg
 
 
 def build_upstream(library: Library, train: UpstreamData, holdout: UpstreamData, backbone: str,
-                   baseline_cfg: TrainConfig, expert_cfg: TrainConfig, num_experts: int, seed: int,
-                   device: torch.device = torch.device("cpu"), progress: bool = True,
-                   log=print) -> list[str]:
+                   baseline_cfg: TrainConfig, expert_cfg: TrainConfig, num_experts: int,
+                   ctx: RunContext = RunContext()) -> list[str]:
     """Train B and the top-``num_experts`` full experts into ``library``; members already present
     are kept (resumption). Returns the member names, baseline first."""
+    seed, device, progress, log = ctx.seed, ctx.device, ctx.progress, ctx.log
     bname = baseline_name(backbone)
     baseline: ExpertModel | None = None
     with library.claim(bname, log) as build:  # a second builder waits here instead of training B again
