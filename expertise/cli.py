@@ -167,8 +167,8 @@ def select(library: LibOpt, task: TaskOpt,
     dev = configure(device=device)
     lib = _open_library(library)
     t = load_task(task, resolution=_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
-    run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(cache or library / "cache"), seed=seed,
-                        device=dev, progress=not quiet)
+    run = run_selection(lib, t, strategy, budget, proxy,
+                        ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")))
     rows = ranking_table(run, lib)
     score_label = SCORE_LABELS.get(run.proxy or strategy, "score")
     table = Table(title=f"{run.label} on {t.name} ({len(t.trainval)} images): {score_label}")
@@ -244,8 +244,7 @@ def transfer(library: LibOpt, task: TaskOpt,
     lib = _open_library(library)
     t = load_task(task, resolution=_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     sweep = SweepConfig(lr_factors=_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
-    run = run_selection(lib, t, strategy, budget, proxy, EmbeddingCache(out_dir / "cache"), seed=seed, device=dev,
-                        progress=not quiet)
+    run = run_selection(lib, t, strategy, budget, proxy, ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(out_dir / "cache")))
     out.print(f"{run.label} picked {', '.join(run.selection.picks)} in {run.seconds['total']:.1f}s")
     ctx = RunContext(dev, seed, not quiet, out.print, RecordStore(out_dir))
     best = None
@@ -282,7 +281,6 @@ def dat(library: LibOpt, task: TaskOpt,
     from expertise.io import atomic_write_json
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library
-    from expertise.select.embed import EmbeddingCache
     from expertise.select.run import run_selection
 
     cfg, dev = _setup(preset, overrides, device)
@@ -297,7 +295,7 @@ def dat(library: LibOpt, task: TaskOpt,
         raise LibraryError(f"the library at {library} has no baseline B; run 'expertise upstream' first")
     t = load_task(task, resolution=_resolution(lib), seed=seed, world=world, skip_corrupt=skip_corrupt)
     t0 = time.perf_counter()
-    sel = run_selection(lib, t, "proxy", 1, "knn_loo", EmbeddingCache(None), seed=seed, device=dev, progress=not quiet)
+    sel = run_selection(lib, t, "proxy", 1, "knn_loo", ctx=RunContext(dev, seed, not quiet))
     select_s = time.perf_counter() - t0
     upstream = world.upstream("train").materialize()
     pretrain = cfg.baseline if init == "scratch" else cfg.expert

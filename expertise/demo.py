@@ -60,14 +60,13 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     for tname in task_names:
         task = load_sklearn_digits(preset.world.resolution, preset.seed) if tname == "sklearn_digits" else world.task(tname)
         t0 = time.perf_counter()
-        run = run_selection(library, task, "proxy", 1, "knn_loo", cache, names, preset.seed, device,
-                            preset.embed_batch, progress)
+        run = run_selection(library, task, "proxy", 1, "knn_loo", names, ctx.with_(cache=cache), preset.embed_batch)
         timings["select"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         picks = {}
         for label, strategy, proxy, budget in DEMO_STRATEGIES:
-            other = run_selection(library, task, strategy, budget, proxy or "knn_loo", cache, names, preset.seed,
-                                  device, preset.embed_batch, progress=False)
+            other = run_selection(library, task, strategy, budget, proxy or "knn_loo", names,
+                                  ctx.with_(cache=cache, progress=False), preset.embed_batch)
             picks[label] = list(other.selection.picks)
         timings["other_strategies"] = timings.get("other_strategies", 0.0) + time.perf_counter() - t0
         scores = run.selection.scores()

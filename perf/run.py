@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from expertise.data.world import World, WorldConfig  # noqa: E402
 from expertise.models.backbones import BACKBONES, ExpertModel  # noqa: E402
+from expertise.runtime import RunContext  # noqa: E402
 from expertise.select.embed import embed_images  # noqa: E402
 from expertise.train import TrainConfig, fit, multilabel_loss  # noqa: E402
 from perf.timing import best_of  # noqa: E402
@@ -79,10 +80,10 @@ def pool_selection(members: int = 20, seed: int = 0) -> tuple[list[tuple[str, st
             model = ExpertModel(BACKBONES["bit_s"], num_outputs=150)
             lib.add(MemberInfo(f"bit_s.m{i:02d}", "full_expert", None, None, 1000, 0, 0, 0.5, {}, {}), model)
         cache = EmbeddingCache(Path(tmp) / "cache")
-        cold = run_selection(lib, task, "proxy", 1, "knn_loo", cache, progress=False)
+        cold = run_selection(lib, task, "proxy", 1, "knn_loo", ctx=RunContext(progress=False, cache=cache))
         embed_s = cold.selection.seconds["embed"]
         for name in PROXIES:
-            score_s = min(run_selection(lib, task, "proxy", 1, name, cache, progress=False).selection.seconds["score"]
+            score_s = min(run_selection(lib, task, "proxy", 1, name, ctx=RunContext(progress=False, cache=cache)).selection.seconds["score"]
                           for _ in range(2))
             rows.append((name, f"{embed_s:.2f}", f"{score_s:.2f}", f"{score_s / embed_s:.2f}"))
     return rows, embed_s

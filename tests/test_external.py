@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from expertise.runtime import RunContext
 from expertise.cli import app
 from expertise.config import get_preset
 from expertise.data.tasks import Split, Task
@@ -128,7 +129,7 @@ def test_an_external_member_is_selected_and_fine_tuned_like_any_other(timm_check
                 Split(images[50:], labels[50:]), source="test")
     cache = EmbeddingCache(tmp_path / "cache")
     for strategy, proxy in (("proxy", "knn_loo"), ("proxy", "leep"), ("proxy", "logme"), ("task_agnostic", "knn_loo")):
-        run = run_selection(lib, task, strategy, 2, proxy, cache, ["own", ext], 0, torch.device("cpu"), 64, False)
+        run = run_selection(lib, task, strategy, 2, proxy, ["own", ext], RunContext(progress=False, cache=cache), 64)
         assert set(run.selection.picks) == {"own", ext}
     cfg = get_preset("tiny").finetune
     result = finetune_and_test(lib.load(ext), task, cfg, 0, progress=False)

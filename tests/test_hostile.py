@@ -364,12 +364,13 @@ def test_a_tampered_member_is_not_ranked_from_a_warm_cache(lib_path: Path, tmp_p
     file changes, a warm cache is no way around verification."""
     from expertise.data.loaders import load_task
     from expertise.select.embed import EmbeddingCache
+    from expertise.runtime import RunContext
     from expertise.select.run import run_selection
 
     task = load_task("sklearn_digits", resolution=16, seed=0)
     cache = EmbeddingCache(tmp_path / "cache")
-    warm = run_selection(Library.open(lib_path), task, "proxy", proxy="knn_loo", cache=cache, progress=False)
+    warm = run_selection(Library.open(lib_path), task, "proxy", proxy="knn_loo", ctx=RunContext(progress=False, cache=cache))
     assert {name for name, _ in warm.selection.ranking} == {"b", "ext"}
     _weights_wrong_shapes(lib_path, lib_path)  # the manifest's hash is now stale
     with pytest.raises(ExpertiseError, match="modified since it was written"):
-        run_selection(Library.open(lib_path), task, "proxy", proxy="knn_loo", cache=cache, progress=False)
+        run_selection(Library.open(lib_path), task, "proxy", proxy="knn_loo", ctx=RunContext(progress=False, cache=cache))

@@ -54,7 +54,7 @@ def test_rebuilding_reuses_the_epn_and_refuses_other_epn_settings(tiny_library, 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_ranks_the_whole_pool(built, strategy, tmp_path):
     lib, _, names, task = built
-    run = run_selection(lib, task, strategy, 2, "knn_loo", EmbeddingCache(tmp_path), progress=False)
+    run = run_selection(lib, task, strategy, 2, "knn_loo", ctx=RunContext(progress=False, cache=EmbeddingCache(tmp_path)))
     ranked = [n for n, _ in run.selection.ranking]
     assert sorted(ranked) == sorted(names)
     assert len(run.selection.picks) == 2 and len(set(run.selection.picks)) == 2
@@ -66,13 +66,13 @@ def test_every_strategy_ranks_the_whole_pool(built, strategy, tmp_path):
 def test_proxy_scores_equal_the_proxy_on_cached_features(built, tmp_path):
     lib, _, names, task = built
     cache = EmbeddingCache(tmp_path)
-    run = run_selection(lib, task, "proxy", 1, "knn_loo", cache, progress=False)
+    run = run_selection(lib, task, "proxy", 1, "knn_loo", ctx=RunContext(progress=False, cache=cache))
     assert run.embed.images == len(names) * len(task.trainval)
     labels = task.trainval.labels.numpy()
     for n, score in run.selection.ranking:
         feats = cache.get(lib.member_hash(n), task.fingerprint(), "trainval")["features"]
         assert score == pytest.approx(knn_loo(feats.numpy(), labels))
-    again = run_selection(lib, task, "proxy", 1, "knn_loo", cache, progress=False)
+    again = run_selection(lib, task, "proxy", 1, "knn_loo", ctx=RunContext(progress=False, cache=cache))
     assert again.embed.images == 0 and again.embed.cached == len(names)
     assert again.selection.ranking == run.selection.ranking
 
@@ -80,7 +80,7 @@ def test_proxy_scores_equal_the_proxy_on_cached_features(built, tmp_path):
 def test_leep_uses_the_softmax_over_leaf_logits(built, tmp_path):
     lib, _, names, task = built
     cache = EmbeddingCache(tmp_path)
-    run = run_selection(lib, task, "proxy", 1, "leep", cache, progress=False)
+    run = run_selection(lib, task, "proxy", 1, "leep", ctx=RunContext(progress=False, cache=cache))
     leaves = [lib.hierarchy.label_index[leaf] for leaf in lib.hierarchy.leaves]
     for n, score in run.selection.ranking:
         logits = cache.get(lib.member_hash(n), task.fingerprint(), "trainval")["upstream_logits"].double()
@@ -93,7 +93,7 @@ def test_leep_uses_the_softmax_over_leaf_logits(built, tmp_path):
 def test_label_matching_is_kl_from_the_baselines_predictions_to_each_prior(built, tmp_path):
     lib, _, names, task = built
     cache = EmbeddingCache(tmp_path)
-    run = run_selection(lib, task, "label_matching", 1, cache=cache, progress=False)
+    run = run_selection(lib, task, "label_matching", 1, ctx=RunContext(progress=False, cache=cache))
     assert run.members_embedded == [names[0]]  # only B looks at the task
     logits = cache.get(lib.member_hash(names[0]), task.fingerprint(), "trainval")["upstream_logits"].double()
     p = torch.sigmoid(logits).mean(0).numpy() + 1e-6
@@ -107,7 +107,7 @@ def test_label_matching_is_kl_from_the_baselines_predictions_to_each_prior(built
 def test_domain_prediction_scores_experts_by_the_epn_and_puts_b_last(built, tmp_path):
     lib, _, names, task = built
     cache = EmbeddingCache(tmp_path)
-    run = run_selection(lib, task, "domain_prediction", 3, cache=cache, progress=False)
+    run = run_selection(lib, task, "domain_prediction", 3, ctx=RunContext(progress=False, cache=cache))
     epn = next(m for m in lib.members() if m.kind == "epn")
     assert run.members_embedded == [epn.name]
     probs = torch.sigmoid(cache.get(lib.member_hash(epn.name), task.fingerprint(), "trainval")["upstream_logits"].double())
@@ -123,9 +123,9 @@ def test_domain_prediction_scores_experts_by_the_epn_and_puts_b_last(built, tmp_
 
 def test_hybrid_puts_the_task_agnostic_top1_first(built, tmp_path):
     lib, _, names, task = built
-    agnostic = run_selection(lib, task, "task_agnostic", 1, progress=False).selection.best
-    run = run_selection(lib, task, "hybrid", 3, "knn_loo", EmbeddingCache(tmp_path), progress=False)
-    aware = run_selection(lib, task, "proxy", len(names), "knn_loo", EmbeddingCache(tmp_path), progress=False)
+    agnostic = run_selection(lib, task, "task_agnostic", 1, ctx=RunContext(progress=False)).selection.best
+    run = run_selection(lib, task, "hybrid", 3, "knn_loo", ctx=RunContext(progress=False, cache=EmbeddingCache(tmp_path)))
+    aware = run_selection(lib, task, "proxy", len(names), "knn_loo", ctx=RunContext(progress=False, cache=EmbeddingCache(tmp_path)))
     assert run.selection.picks[0] == agnostic
     assert list(run.selection.picks[1:]) == [n for n in aware.selection.picks if n != agnostic][:2]
     assert run.label == "hybrid(knn_loo)"
@@ -134,19 +134,19 @@ def test_hybrid_puts_the_task_agnostic_top1_first(built, tmp_path):
 def test_bad_requests_say_what_to_do(built):
     lib, _, names, task = built
     with pytest.raises(ConfigError, match="unknown strategy"):
-        run_selection(lib, task, "oracle", 1, progress=False)
+        run_selection(lib, task, "oracle", 1, ctx=RunContext(progress=False))
     with pytest.raises(ConfigError, match="unknown proxy"):
-        run_selection(lib, task, "proxy", 1, "knn_nope", progress=False)
+        run_selection(lib, task, "proxy", 1, "knn_nope", ctx=RunContext(progress=False))
     with pytest.raises(ConfigError, match="budget"):
-        run_selection(lib, task, "random", len(names) + 1, progress=False)
+        run_selection(lib, task, "random", len(names) + 1, ctx=RunContext(progress=False))
     with pytest.raises(LibraryError, match="did you mean"):
-        run_selection(lib, task, "random", 1, names=[names[0] + "x"], progress=False)
+        run_selection(lib, task, "random", 1, names=[names[0] + "x"], ctx=RunContext(progress=False))
 
 
 def test_random_is_seeded_per_task(built):
     lib, world, names, task = built
-    a = run_selection(lib, task, "random", len(names), seed=3, progress=False).selection.picks
-    b = run_selection(lib, task, "random", len(names), seed=3, progress=False).selection.picks
+    a = run_selection(lib, task, "random", len(names), ctx=RunContext(seed=3, progress=False)).selection.picks
+    b = run_selection(lib, task, "random", len(names), ctx=RunContext(seed=3, progress=False)).selection.picks
     assert a == b
 
 
@@ -169,7 +169,7 @@ def test_adapter_experts_embed_through_the_shared_stem_like_alone(built, tmp_pat
     adapters = [n for n in names if lib.info(n).kind == "adapter_expert"]
     assert len(adapters) == 3
     cache = EmbeddingCache(tmp_path)
-    run = run_selection(lib, task, "proxy", 1, "knn_loo", cache, progress=False)
+    run = run_selection(lib, task, "proxy", 1, "knn_loo", ctx=RunContext(progress=False, cache=cache))
     assert run.embed.images == len(names) * len(task.trainval) and run.embed.cached == 0
     assert sorted(n for n, _ in run.selection.ranking) == sorted(names)  # a mixed pool: full and adapter experts
     from expertise.select.embed import embed_images

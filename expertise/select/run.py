@@ -16,6 +16,7 @@ from expertise.data.tasks import Task
 from expertise.errors import ConfigError
 from expertise.library import Library
 from expertise.models.adapters import embed_images_with_experts
+from expertise.runtime import RunContext
 from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, embed_pool, upstream_head
 from expertise.select.proxies import get_proxy
 from expertise.select.registry import Inputs, get_strategy, source_probabilities
@@ -74,12 +75,11 @@ def _check_budget(budget: int, pool: list[str]) -> None:
 
 
 def run_selection(library: Library, task: Task, strategy: str = "proxy", budget: int = 1, proxy: str = "knn_loo",
-                  cache: EmbeddingCache | None = None, names: list[str] | None = None, seed: int = 0,
-                  device: torch.device = torch.device("cpu"), batch_size: int = 500,
-                  progress: bool = True) -> SelectionRun:
+                  names: list[str] | None = None, ctx: RunContext = RunContext(), batch_size: int = 500) -> SelectionRun:
     """Rank the pool (``names``, default :func:`pool_names`) for ``task`` with ``strategy`` and
     pick ``budget`` members. ``proxy`` is the task-aware score of the strategies that read features
-    (``proxy`` and ``hybrid``)."""
+    (``proxy`` and ``hybrid``). ``ctx`` gives the embedding cache (none: embed in memory), the
+    device, the progress flag and the seed (the random strategy's draw per task)."""
     spec = get_strategy(strategy)
     if spec.uses_proxy:
         get_proxy(proxy)  # an unknown proxy fails before anything is embedded
@@ -88,8 +88,9 @@ def run_selection(library: Library, task: Task, strategy: str = "proxy", budget:
         library.info(n)  # unknown names fail with a did-you-mean
     _check_budget(budget, pool)
     embedded = spec.members_to_embed(library, pool)
-    emb = _embed(library, task, cache or EmbeddingCache(None), embedded, batch_size, device, progress) if embedded else None
-    sel = spec.rank(Inputs(library, task, pool, budget, proxy, seed, emb))
+    cache = ctx.cache or EmbeddingCache(None)
+    emb = _embed(library, task, cache, embedded, batch_size, ctx.device, ctx.progress) if embedded else None
+    sel = spec.rank(Inputs(library, task, pool, budget, proxy, ctx.seed, emb))
     used_proxy = proxy if spec.uses_proxy else None
     if emb is None:
         return SelectionRun(sel, task.name, used_proxy)
