@@ -1,0 +1,5 @@
+"""``python -m expertise.cli``."""
+
+from expertise.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""The benchmark command and its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from expertise.cli.common import (DeviceOpt, PresetOpt, QuietOpt, SetOpt, parse_floats, open_library, task_resolution, setup, bench_app, out,
+                                  user_errors, BENCH_STRATEGY_HELP)
+from expertise.runtime import RunContext
+
+
+@bench_app.callback(invoke_without_command=True)
+@user_errors
+def bench(ctx: typer.Context,
+          library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder.")] = None,
+          suite: Annotated[str, typer.Option("--suite", help="builtin, natural, specialized, structured, or TASK,TASK,...")] = "builtin",
+          out_dir: Annotated[Path, typer.Option("--out", help="Output folder: records, summary.md, plots.")] = Path("runs/bench"),
+          strategies: Annotated[Optional[list[str]], typer.Option("--strategy", help=BENCH_STRATEGY_HELP)] = None,
+          pools: Annotated[Optional[list[str]], typer.Option("--pool", help="Pool specs (repeat), e.g. all, experts, 'params<=5e6'.")] = None,
+          lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid around the preset's learning rate; "
+                                                  "one factor skips the sweep.")] = "1",
+          sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
+          retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
+          preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
+          quiet: QuietOpt = False) -> None:
+    """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
+    a record (a killed run resumes), and DIR/summary.md gets Tables 1-2, regret and compute.
+    'expertise bench report DIR' rebuilds the report from the records alone."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from expertise.transfer.protocol import SweepConfig
+    from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
+    from expertise.errors import ConfigError
+    from expertise.upstream.build import world_of_library
+
+    if library is None:
+        raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
+    cfg, dev = setup(preset, overrides, device)
+    lib = open_library(library)
+    tasks = suite_tasks(suite, world_of_library(lib), task_resolution(lib), seed)
+    sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
+    out.print(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
+              f"member and task, writing to {out_dir}")
+    summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies), tuple(pools or DEFAULT_POOLS),
+                        RunContext(dev, seed, not quiet, out.print), cfg.embed_batch)
+    out.print(summary.read_text(), markup=False, highlight=False)
+
+
+@bench_app.command("report")
+@user_errors
+def bench_report(folder: Annotated[Path, typer.Argument(help="A benchmark output folder.")]) -> None:
+    """Rebuild summary.md, the plots and records.jsonl from the records in FOLDER."""
+    from expertise.bench.runner import write_report
+
+    summary = write_report(folder)
+    out.print(summary.read_text(), markup=False, highlight=False)

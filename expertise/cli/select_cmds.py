@@ -1,0 +1,70 @@
+"""The selection command: rank a library's members for a task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from expertise.cli.common import (DeviceOpt, LibOpt, ProxyOpt, QuietOpt, SkipOpt, StrategyOpt, TaskOpt,
+                                  open_library, task_resolution, app, out,
+                                  user_errors)
+from expertise.runtime import RunContext
+
+
+@app.command()
+@user_errors
+def select(library: LibOpt, task: TaskOpt,
+           strategy: StrategyOpt = "proxy", proxy: ProxyOpt = "knn_loo",
+           budget: Annotated[int, typer.Option("--budget", "-b", help="How many members to pick.")] = 1,
+           cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
+           out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
+                                                          "default runs/select.")] = None,
+           seed: int = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
+    """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
+    member's score (table, JSON and a bar chart) and the time each stage took."""
+    from expertise.io import atomic_write_json
+    from expertise.data.loaders import load_task
+    from expertise.upstream.build import world_of_library
+    from expertise.plots import plot_selection
+    from expertise.runtime import configure
+    from expertise.select.embed import EmbeddingCache
+    from expertise.select.run import ranking_table, run_selection
+
+    dev = configure(device=device)
+    lib = open_library(library)
+    t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
+    run = run_selection(lib, t, strategy, budget, proxy,
+                        ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")))
+    rows = ranking_table(run, lib)
+    score_label = SCORE_LABELS.get(run.proxy or strategy, "score")
+    table = Table(title=f"{run.label} on {t.name} ({len(t.trainval)} images): {score_label}")
+    for col, kw in (("rank", {"justify": "right"}), ("member", {"no_wrap": True}), ("kind", {"no_wrap": True}),
+                    ("domain", {"overflow": "fold"}), ("score", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for r in rows:
+        score = "-" if r["score"] is None else f"{r['score']:.4g}"
+        table.add_row(str(r["rank"]), r["member"] + (" ✓" if r["picked"] else ""), r["kind"], r["domain"] or "", score)
+    out.print(table)
+    folder = out_dir or Path("runs/select")
+    stem = f"{t.name}.{run.label.replace('(', '-').replace(')', '')}"
+    atomic_write_json(folder / f"{stem}.json", run.to_json())
+    png = plot_selection(rows, f"{run.label} on {t.name}", score_label, folder / f"{stem}.png")
+    s = run.seconds
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in s.items())
+    out.print(f"picked: {', '.join(run.selection.picks)}")
+    out.print(f"time: {stages}; {len(run.members_embedded)} member(s) x {run.images_per_member} images needed "
+              f"({run.embed.cached} read from the cache)")
+    out.print(f"wrote {folder / (stem + '.json')} and {png}")
+
+
+SCORE_LABELS = {
+    "knn_loo": "kNN leave-one-out accuracy", "knn_val": "1-NN validation accuracy (800/200)",
+    "linear_probe": "linear probe validation accuracy", "ridge_loo": "ridge leave-one-out accuracy",
+    "logme": "LogME evidence per sample", "hscore": "H-score", "regularized_hscore": "regularised H-score",
+    "leep": "LEEP", "nce": "NCE", "random": "random order (higher = earlier)",
+    "task_agnostic": "upstream holdout accuracy", "label_matching": "-KL(task labels || expert prior)",
+    "domain_prediction": "mean log EPN probability",
+}
