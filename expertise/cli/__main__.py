@@ -1,5 +1,8 @@
 """``python -m expertise.cli``."""
 
+import sys
+
 from expertise.cli import main
 
-main()
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from expertise.data.hierarchy import Hierarchy
-from expertise.errors import DiskError, ExpertiseError, LibraryError, disk_error
+from expertise.errors import DiskError, LibraryError, disk_error
 from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
-from expertise.library import banks, checks, locking
+from expertise.library import banks, checks, locking, member_files, top_files
 from expertise.library.manifest import (
     BANK_FILE, CONFIG, HIERARCHY, LOCK, MANIFEST, MEMBERS, PRIOR, STAGING, TOP_FILES,
-    WEIGHTS, Manifest, MemberInfo, bank_config_path, bank_of, check_name, files_digest,
+    WEIGHTS, Manifest, MemberInfo, bank_of, check_name, files_digest,
 )
 from expertise.library.admission import check_prior, complete_info, shareless_state_dict
 from expertise.library.transaction import Transaction
@@ -86,38 +84,15 @@ class Library:
         lib.hierarchy = lib._read_hierarchy()
         return lib
 
-    def _check_top_file(self, fname: str) -> Path | None:
-        """The path of a top-level file after checking it against its recorded sha256; None when it
-        does not exist."""
-        f = self.path / fname
-        if not f.exists():
-            if self._top_files and fname in self._top_files:
-                raise LibraryError(f"{f} is missing but {MANIFEST} records it; restore it from a backup")
-            return None
-        if checks.outside(f, self.path):
-            raise LibraryError(f"{f} leads outside the library (a symbolic link); copy the file into the library")
-        if self._top_files is not None:  # None: a library written before top-level files were hashed
-            if fname not in self._top_files:
-                raise LibraryError(f"{f} is not recorded in {MANIFEST}; delete it or restore the library from a backup")
-            if sha256_file(f) != self._top_files[fname]:
-                raise LibraryError(f"{f} was modified since it was written (sha256 mismatch); restore it from a backup")
-        return f
-
     def _read_hierarchy(self) -> Hierarchy | None:
-        f = self._check_top_file(HIERARCHY)
-        if f is None:
-            return None
-        try:
-            return Hierarchy.load(f)
-        except ExpertiseError as e:
-            raise LibraryError(f"{f} cannot be read ({e}); restore it from a backup") from None
+        return top_files.read_hierarchy(self, self._top_files)
 
     def read_meta(self, fname: str) -> dict[str, Any] | None:
         """A top-level JSON file (``upstream.json``), checked against its recorded sha256; None
         when the library has none."""
         if fname not in TOP_FILES:
             raise ValueError(f"{fname!r} is not a top-level library file; use one of {TOP_FILES}")
-        f = self._check_top_file(fname)
+        f = top_files.check_top_file(self, fname, self._top_files)
         return None if f is None else checks.read_json(f, "a library metadata file", "restore it from a backup")
 
     def write_meta(self, fname: str, data: dict[str, Any]) -> None:
@@ -198,54 +173,19 @@ class Library:
         return self.member_dir(name) / fname
 
     def problems(self, name: str) -> list[str]:
-        """What is wrong with one member's files (missing, modified, leading outside the library, or
-        for an adapter expert a backbone that changed since its adapters were trained); [] when intact."""
-        info, folder = self.info(name), self.member_dir(name)
-        if not folder.is_dir():
-            return [f"member {name!r}: folder {folder} is missing"]
-        bank = bank_of(info)
-        required = (CONFIG, WEIGHTS) if bank is None else (CONFIG, bank, bank_config_path(bank))
-        problems = [f"member {name!r}: manifest lists no {f}" for f in required if f not in info.files]
-        for fname, digest in info.files.items():
-            f = self.file_path(name, fname)
-            if f is None:
-                problems.append(f"member {name!r}: manifest lists a file {fname!r} outside the library; restore library.json")
-            elif checks.outside(f, self.path):
-                problems.append(f"member {name!r}: {f} leads outside the library (a symbolic link); copy the file into it")
-            elif not f.is_file():
-                problems.append(f"member {name!r}: file {f} is missing")
-            elif sha256_file(f) != digest:
-                problems.append(f"member {name!r}: {f} was modified since it was written (sha256 mismatch)")
-        if bank is not None:
-            problems += banks.member_problems(self, name, info, bank)
-        return problems
+        """What is wrong with one member's files; [] when intact (see :func:`member_files.problems`)."""
+        return member_files.problems(self, name)
 
     def _check_member(self, name: str) -> None:
-        problems = self.problems(name)
-        if problems:
-            raise LibraryError(f"member {name!r} was modified since it was written; re-create it or restore it ({'; '.join(problems)})")
+        member_files.check_intact(self, name)
 
     def config(self, name: str) -> dict[str, Any]:
         return checks.read_config(self.member_dir(name) / CONFIG)
 
     def check_loadable(self, name: str) -> dict[str, Any]:
-        """The member's config, after checking, on the meta device and from the safetensors headers
-        alone, that it builds exactly the tensors stored: nothing is allocated."""
-        info, cfg = self.info(name), self.config(name)
-        expected = checks.expected_shapes(cfg, self.member_dir(name) / CONFIG)
-        bank = bank_of(info)
-        if bank is None:
-            stored = checks.header_shapes(self.member_dir(name) / WEIGHTS, name)
-        else:
-            stored = banks.expert_header_shapes(self, name, info, bank)
-        checks.match_shapes(name, expected, stored)
-        if PRIOR in info.files:
-            prior = checks.header_shapes(self.member_dir(name) / PRIOR, name)
-            n = None if self.hierarchy is None else len(self.hierarchy.label_nodes)
-            if set(prior) != {"prior"} or len(prior["prior"]) != 1 or (n is not None and prior["prior"] != (n,)):
-                raise LibraryError(f"member {name!r}: {PRIOR} must hold one 'prior' vector [{n or 'label nodes'}], "
-                                   f"holds {prior}; re-create the member")
-        return cfg
+        """The member's config, after checking from the safetensors headers alone that it builds
+        exactly the tensors stored (see :func:`member_files.check_loadable`)."""
+        return member_files.check_loadable(self, name)
 
     def load(self, name: str, verify: bool = True) -> nn.Module:
         """The member rebuilt from config.json with its weights loaded strictly, in eval mode.
@@ -274,30 +214,9 @@ class Library:
 
     def label_prior(self, name: str) -> torch.Tensor | None:
         """float64 [num_label_nodes], or None when the member has no label prior. Always verified."""
-        info = self.info(name)
-        if PRIOR not in info.files:
-            return None
-        f = self.member_dir(name) / PRIOR
-        if checks.outside(f, self.path) or not f.is_file() or sha256_file(f) != info.files[PRIOR]:
-            raise LibraryError(f"member {name!r}: {f} was modified since it was written or is missing; re-create it or restore it")
-        tensors = self._load_tensors(f, name)
-        if set(tensors) != {"prior"} or tensors["prior"].ndim != 1:
-            raise LibraryError(f"member {name!r}: {f} must hold one 'prior' vector; re-create the member")
-        return tensors["prior"].to(torch.float64)
+        return member_files.label_prior(self, name)
 
-    @staticmethod
-    def _load_tensors(f: Path, name: str, prefix: str | None = None) -> dict[str, torch.Tensor]:
-        """Every tensor of a safetensors file, or (``prefix``) only those whose name starts with it,
-        read without touching the rest: one expert's slice of a bank."""
-        try:
-            if prefix is not None:
-                with safe_open(str(f), framework="pt") as fh:
-                    return {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}
-            return load_file(str(f))
-        except FileNotFoundError:
-            raise LibraryError(f"member {name!r}: {f} is missing; re-create the member or restore it") from None
-        except (SafetensorError, OSError, ValueError) as e:
-            raise LibraryError(f"member {name!r}: {f} is not a readable safetensors file ({e}); re-create the member") from None
+    _load_tensors = staticmethod(member_files.load_tensors)
 
     def clean(self) -> list[Path]:
         """Remove what interrupted writes left behind (temporary files, staging folders) and return
