@@ -253,3 +253,15 @@ def test_computing_commands_take_threads_and_their_own_set_example():
         assert "--threads" in options, name
         if example:
             assert f"--set {example}=" in options["--set"].help, name
+
+
+@pytest.mark.slow  # trains B and the EPN a few steps
+def test_upstream_alone_builds_b_and_the_epn(tmp_path, keep_threads):
+    """`expertise upstream` trains no expert: choosing zero expert domains must not fail it."""
+    lib = tmp_path / "lib"
+    code, text = run("upstream", "--library", str(lib), "--preset", "tiny", "-q", "--threads", "1",
+                     "--set", "baseline.steps=4", "--set", "baseline.warmup_steps=1",
+                     "--set", "epn.steps=4", "--set", "epn.warmup_steps=1")
+    assert code == 0, text
+    code, text = run("library", "ls", str(lib))
+    assert code == 0 and "baseline" in text and "epn" in text and "full_expert" not in text, text
