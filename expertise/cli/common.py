@@ -26,7 +26,6 @@ from expertise.errors import ExpertiseError, disk_error
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
-
 def one_paragraph(text: str) -> str:
     """Help text with each paragraph on one line: docstrings are wrapped in the source, and rich help
     keeps single line breaks, which shows them as ragged lines."""
@@ -65,7 +64,8 @@ class Typer(typer.Typer):
     """A typer app whose commands and groups show help the way :class:`_Help` says."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cls=Group, **kwargs)
+        kwargs.setdefault("cls", Group)
+        super().__init__(**kwargs)
 
     def command(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         kwargs.setdefault("cls", Command)
