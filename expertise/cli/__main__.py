@@ -2,4 +2,5 @@
 
 from expertise.cli import main
 
-main()
+if __name__ == "__main__":  # importing the module (as tests that import every module do) runs nothing
+    main()
