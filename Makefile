@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies clean
+.PHONY: demo test install bench bench-proxies bench-threads clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ bench: $(STAMP)
 # Proxy scoring at pool scale (issue 17): its own section of BENCHMARKS.md, ~10 minutes on two cores.
 bench-proxies: $(STAMP)
 	$(BIN)/python -m perf.proxies_scale
+
+# A short fine-tune with 1 thread and the default, alone and beside a busy process: its own section of
+# BENCHMARKS.md, a few minutes; run it on an otherwise idle machine.
+bench-threads: $(STAMP)
+	$(BIN)/python -m perf.threads
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from expertise.errors import ConfigError
+
 if TYPE_CHECKING:
     from expertise.select.embed import EmbeddingCache
     from expertise.store import RecordStore
@@ -41,12 +43,48 @@ class RunContext:
         return self.store
 
 
+def default_threads() -> int:
+    """The CPU threads a run uses unless told: ``OMP_NUM_THREADS`` when set (its first number, as
+    OpenMP reads it), else the cores this process may run on (its affinity mask, which a container or
+    ``taskset`` narrows), else every core."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The device a name stands for: ``auto`` (CUDA when there is one, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``. Anything else, or CUDA on a machine without it, is a one-line
+    :class:`ConfigError` before any work starts."""
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no usable CUDA GPU (torch {torch.__version__} "
+                          f"sees none); use --device cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"numbered from 0")
+    return torch.device(name)
+
+
 def configure(threads: int | None = None, device: str = "auto") -> torch.device:
-    """Set the CPU thread count (default: every core) and pick the device ("auto" prefers CUDA)."""
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    """Check the device and set torch's CPU thread count (default :func:`default_threads`); returns
+    the device ("auto" prefers CUDA). Both are checked before anything is set."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads}: give at least 1 (default: OMP_NUM_THREADS, else the cores "
+                          f"this process may use, here {default_threads()})")
+    dev = resolve_device(device)
+    torch.set_num_threads(threads or default_threads())
+    return dev
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -231,14 +231,9 @@ def knn_scaling_lines(device: str, embed_s: float, quick: bool) -> list[str]:
 
 
 def splice(text: str) -> None:
-    (ROOT / "perf" / "proxies_scale.md").write_text(text + "\n")
-    path = ROOT / "BENCHMARKS.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
+    from perf.timing import splice_section
+
+    splice_section(ROOT / "perf" / "proxies_scale.md", START, END, text)
 
 
 def main() -> None:

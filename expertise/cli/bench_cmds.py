@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from expertise.cli.common import (DeviceOpt, PresetOpt, QuietOpt, SetOpt, parse_floats, open_library, task_resolution, setup, bench_app, out,
-                                  user_errors, BENCH_STRATEGY_HELP)
+from expertise.cli.common import (DeviceOpt, FinetuneSetOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
+                                  run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP)
 from expertise.runtime import RunContext
 
 
@@ -24,8 +24,8 @@ def bench(ctx: typer.Context,
                                                   "one factor skips the sweep.")] = "1",
           sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
           retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
-          preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
-          quiet: QuietOpt = False) -> None:
+          preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
+          quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
     """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
     a record (a killed run resumes), and DIR/summary.md gets Tables 1-2, regret and compute.
     'expertise bench report DIR' rebuilds the report from the records alone."""
@@ -38,14 +38,15 @@ def bench(ctx: typer.Context,
 
     if library is None:
         raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
-    cfg, dev = setup(preset, overrides, device)
+    cfg, dev = setup(preset, overrides, device, threads)
     lib = open_library(library)
     tasks = suite_tasks(suite, world_of_library(lib), task_resolution(lib), seed)
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
-    out.print(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
+    log = run_log(out_dir)
+    log(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
               f"member and task, writing to {out_dir}")
     summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies), tuple(pools or DEFAULT_POOLS),
-                        RunContext(dev, seed, not quiet, out.print), cfg.embed_batch)
+                        RunContext(dev, seed, not quiet, log), cfg.embed_batch)
     out.print(summary.read_text(), markup=False, highlight=False)
 
 

@@ -1,29 +1,85 @@
-"""Shared pieces of the command line: the typer apps, the consoles, the option types and the
-one-line error wrapper every command wears."""
+"""Shared pieces of the command line: the typer apps, the consoles, the option types, the one-line
+error wrapper every command wears, the run log of commands that write an output folder, and the
+one-line format of warnings."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import inspect
 import sys
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from expertise.errors import ExpertiseError, disk_error
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Scalable transfer learning with expert models: build a library upstream, select per task, fine-tune.",
-                  pretty_exceptions_enable=False)
-library_app = typer.Typer(no_args_is_help=True, help="Inspect and check a model library.")
+
+def one_paragraph(text: str) -> str:
+    """Help text with each paragraph on one line: docstrings are wrapped in the source, and rich help
+    keeps single line breaks, which shows them as ragged lines."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+class _Help:
+    """Help as users should see it: prose reflowed (:func:`one_paragraph`), and no value type shown
+    for a flag (typer prints ``<bool>`` beside ``--quiet`` and ``--help``, which take no value)."""
+
+    help: str | None
+    params: list[Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = one_paragraph(self.help)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class Command(_Help, TyperCommand):
+    pass
+
+
+class Group(_Help, TyperGroup):
+    pass
+
+
+class Typer(typer.Typer):
+    """A typer app whose commands and groups show help the way :class:`_Help` says."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", Group)
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
+app = Typer(add_completion=False, no_args_is_help=True,
+            help="Scalable transfer learning with expert models: build a library upstream, select per task, fine-tune.",
+            pretty_exceptions_enable=False)
+library_app = Typer(no_args_is_help=True, help="Inspect and check a model library.")
 app.add_typer(library_app, name="library")
-pool_app = typer.Typer(no_args_is_help=True, help="Add external pre-trained models (timm, Hugging Face, checkpoints) to a library.")
+pool_app = Typer(no_args_is_help=True, help="Add external pre-trained models (timm, Hugging Face, checkpoints) to a library.")
 app.add_typer(pool_app, name="pool")
-bench_app = typer.Typer(help="Benchmark selection strategies and pools on a suite of tasks (see 'expertise bench --help').")
+bench_app = Typer(short_help="Benchmark selection strategies and pools on a suite of tasks (oracle, regret, compute).")
 app.add_typer(bench_app, name="bench")
 # A terminal gets its own width; piped output (a file, a CI log) is not squeezed into 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -44,12 +100,28 @@ def _registry_help() -> tuple[str, str, str]:
 STRATEGY_HELP, PROXY_HELP, BENCH_STRATEGY_HELP = _registry_help()
 StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)]
 ProxyOpt = Annotated[str, typer.Option("--proxy", "-p", help=PROXY_HELP)]
-PresetOpt = Annotated[str, typer.Option("--preset", help="Scale preset: tiny, cpu or gpu.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a preset field, e.g. --set baseline.steps=500.")]
+PresetOpt = Annotated[str, typer.Option("--preset", help="Scale preset: cpu (two cores, minutes), gpu, or tiny "
+                                         "(seconds; near-chance models, for tests and smoke runs).")]
+
+
+def _set(example: str) -> Any:
+    """A ``--set`` option with an example of a field the command uses."""
+    return typer.Option("--set", metavar="FIELD=VALUE", help=f"Override a preset field (repeat), e.g. --set {example}.")
+
+
+SetOpt = Annotated[Optional[list[str]], _set("baseline.steps=500")]             # demo, upstream: they build B
+ExpertSetOpt = Annotated[Optional[list[str]], _set("expert.steps=300")]
+FinetuneSetOpt = Annotated[Optional[list[str]], _set("finetune.steps=200")]    # finetune, transfer, bench
+DatSetOpt = Annotated[Optional[list[str]], _set("baseline.steps=1000")]        # DAT pre-trains as long as B
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the run: the task's 800/200 split and every random "
+                                      "stream (batches, new heads, random selection) derive from it.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: OMP_NUM_THREADS when "
+                                                   "set, else the cores this process may use). Fewer can be faster when "
+                                                   "other work shares the cores.")]
 LibOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name, 'sklearn_digits', or an ImageFolder directory.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when there is a GPU, else the CPU), cpu, cuda or cuda:N.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress (bars on a terminal, plain lines elsewhere).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable images of an ImageFolder task (with a warning).")]
 
 
@@ -59,7 +131,12 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with contextlib.ExitStack() as scope:  # what a command opens for its duration (its run log)
+                token = _COMMAND_SCOPE.set(scope)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _COMMAND_SCOPE.reset(token)
         except ExpertiseError as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -75,11 +152,85 @@ def user_errors(fn):
     return wrapper
 
 
-def setup(preset: str, overrides: list[str] | None, device: str):
+_COMMAND_SCOPE: ContextVar[contextlib.ExitStack | None] = ContextVar("expertise_command_scope", default=None)
+
+TINY_WARNING = ("preset tiny: its models are near chance (B's upstream accuracy is about 0.08); it is meant for "
+                "tests and smoke runs. Use --preset cpu (or gpu) for results")
+
+
+def setup(preset: str, overrides: list[str] | None, device: str, threads: int | None = None):
+    """The preset with its overrides, and the device, with the thread count applied; every value is
+    checked before any work starts."""
+    import warnings
+
     from expertise.config import get_preset, parse_overrides
     from expertise.runtime import configure
 
-    return get_preset(preset, parse_overrides(overrides or [])), configure(device=device)
+    cfg = get_preset(preset, parse_overrides(overrides or []))
+    dev = configure(threads, device)
+    if cfg.name == "tiny":
+        warnings.warn(TINY_WARNING, UserWarning, stacklevel=2)
+    return cfg, dev
+
+
+def run_log(folder: Path) -> Callable[[str], None]:
+    """The log of a command that writes to FOLDER: prints each message as before and appends it,
+    with the time, to FOLDER/log.txt; until the command ends, progress goes there too as plain lines
+    (at most one every ``progress.PLAIN_INTERVAL_S`` seconds per stage, and each stage's last)."""
+    from expertise.progress import log_progress_to
+
+    path = folder / "log.txt"
+
+    def append(line: str) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        except OSError as e:
+            raise disk_error(e, path) from None
+
+    scope = _COMMAND_SCOPE.get()
+    if scope is not None:
+        scope.enter_context(log_progress_to(append))
+
+    def log(message: str) -> None:
+        out.print(message)
+        append(Text.from_markup(message).plain)
+
+    return log
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the command line: one line, ``warning: MESSAGE``, without the
+    source file, line and category Python prints by default."""
+    text = " ".join(str(message).split())
+    if file is not None:
+        file.write(f"warning: {text}\n")
+    else:
+        err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def print_version(value: bool) -> None:
+    if not value:
+        return
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    try:
+        version = importlib.metadata.version("expertise")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from expertise import __version__ as version
+    out.print(f"expertise {version} (torch {torch.__version__}, Python {platform.python_version()})", highlight=False)
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version of expertise and exit.",
+                                                callback=print_version, is_eager=True)] = False) -> None:
+    pass
 
 
 def open_library(path: Path):

@@ -35,7 +35,7 @@ def pool_add(
     head = info.extra["upstream_classes"]
     out.print(f"[green]added[/] {info.name}: {info.architecture} from {source.location}, {info.parameters:,} parameters, "
               f"embedding {info.embedding_dim}, input {info.preprocessing['size']} px, "
-              + (f"upstream head of {head} classes" if head else "no upstream head"), highlight=False)
+              + (f"upstream head of {head} classes" if head else "no upstream head"), highlight=False, soft_wrap=True)
 
 
 @library_app.command("ls")

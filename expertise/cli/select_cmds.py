@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from expertise.cli.common import (DeviceOpt, LibOpt, ProxyOpt, QuietOpt, SkipOpt, StrategyOpt, TaskOpt,
+from expertise.cli.common import (DeviceOpt, LibOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt, StrategyOpt, TaskOpt, ThreadsOpt,
                                   open_library, task_resolution, app, out,
                                   user_errors)
 from expertise.runtime import RunContext
@@ -22,7 +22,8 @@ def select(library: LibOpt, task: TaskOpt,
            cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
                                                           "default runs/select.")] = None,
-           seed: int = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
+           seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False,
+           threads: ThreadsOpt = None) -> None:
     """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
     member's score (table, JSON and a bar chart) and the time each stage took."""
     from expertise.io import atomic_write_json
@@ -33,7 +34,7 @@ def select(library: LibOpt, task: TaskOpt,
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import ranking_table, run_selection
 
-    dev = configure(device=device)
+    dev = configure(threads, device)
     lib = open_library(library)
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     run = run_selection(lib, t, strategy, budget, proxy,

@@ -7,23 +7,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from expertise.cli.common import (DeviceOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SetOpt, SkipOpt, StrategyOpt, TaskOpt,
-                                  parse_floats, open_library, task_resolution, setup, app, out,
-                                  user_errors)
+from expertise.cli.common import (DatSetOpt, DeviceOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
+                                  StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, run_log, task_resolution, setup,
+                                  app, out, user_errors)
 from expertise.runtime import RunContext
 
 
 @app.command()
 @user_errors
 def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option("--member", "-m", help="Library member to fine-tune.")],
-             preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
+             preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
+             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
     """Fine-tune MEMBER on TASK's 1,000 train+val images with a new head; report test accuracy."""
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library
     from expertise.transfer.finetune import finetune_and_test
 
-    cfg, dev = setup(preset, overrides, device)
+    cfg, dev = setup(preset, overrides, device, threads)
     lib = open_library(library)
     model = lib.load(member)
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
@@ -41,8 +41,8 @@ def transfer(library: LibOpt, task: TaskOpt,
              lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid: learning-rate factors around the preset's.")] = "1,0.3,3",
              sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
              retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
-             preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
+             preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
+             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy."""
     from expertise.transfer.protocol import SweepConfig, transfer_protocol
@@ -52,13 +52,14 @@ def transfer(library: LibOpt, task: TaskOpt,
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import run_selection
 
-    cfg, dev = setup(preset, overrides, device)
+    cfg, dev = setup(preset, overrides, device, threads)
+    log = run_log(out_dir)
     lib = open_library(library)
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     run = run_selection(lib, t, strategy, budget, proxy, ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(out_dir / "cache")))
     out.print(f"{run.label} picked {', '.join(run.selection.picks)} in {run.seconds['total']:.1f}s")
-    ctx = RunContext(dev, seed, not quiet, out.print, RecordStore(out_dir))
+    ctx = RunContext(dev, seed, not quiet, log, RecordStore(out_dir))
     best = None
     for name in run.selection.picks:
         res = transfer_protocol(name, lambda name=name: lib.load(name), lib.verified_hash(name), t, cfg.finetune, sweep, ctx)
@@ -81,8 +82,8 @@ def dat(library: LibOpt, task: TaskOpt,
         init: Annotated[str, typer.Option("--init", help="scratch (the paper) or baseline (start from B, cheaper).")] = "scratch",
         temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature on B's predictions.")] = 2.0,
         out_dir: Annotated[Path, typer.Option("--out", help="Where the DAT record goes.")] = Path("runs/dat"),
-        preset: PresetOpt = "cpu", overrides: SetOpt = None, seed: int = 0, device: DeviceOpt = "auto",
-        quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
+        preset: PresetOpt = "cpu", overrides: DatSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
+        quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
     """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
     re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's."""
@@ -95,7 +96,8 @@ def dat(library: LibOpt, task: TaskOpt,
     from expertise.upstream.build import world_of_library
     from expertise.select.run import run_selection
 
-    cfg, dev = setup(preset, overrides, device)
+    cfg, dev = setup(preset, overrides, device, threads)
+    log = run_log(out_dir)
     lib = open_library(library)
     world = world_of_library(lib)
     if upstream_data != "world":
@@ -112,7 +114,7 @@ def dat(library: LibOpt, task: TaskOpt,
     upstream = world.upstream("train").materialize()
     pretrain = cfg.baseline if init == "scratch" else cfg.expert
     settings = DATConfig(size or len(upstream) // 4, sampler, temperature, weighting, init)  # type: ignore[arg-type]
-    res = run_dat(lib.load(base), upstream, t, settings, pretrain, cfg.finetune, RunContext(dev, seed, not quiet, out.print))
+    res = run_dat(lib.load(base), upstream, t, settings, pretrain, cfg.finetune, RunContext(dev, seed, not quiet, log))
     total = sum(res.seconds.values())
     select_images = sel.images_per_member * len(sel.members_embedded)
     ratios = cost_ratios(res, select_s, select_images)

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from expertise.cli.common import (DeviceOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, setup, app, out,
-                                  user_errors)
+from expertise.cli.common import (DeviceOpt, ExpertSetOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, ThreadsOpt, run_log, setup, app,
+                                  out, user_errors)
 from expertise.runtime import RunContext
 
 
@@ -18,32 +18,33 @@ def demo(
     preset: PresetOpt = "cpu", out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
     library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder (default OUT/library).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete earlier results in OUT and start over.")] = False,
-    overrides: SetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False,
+    overrides: SetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False, threads: ThreadsOpt = None,
 ) -> None:
     """Run the whole pipeline on the embedded world: upstream, selection, transfer, results table."""
     import shutil
 
     from expertise.demo import run_demo
 
-    cfg, dev = setup(preset, overrides, device)
+    cfg, dev = setup(preset, overrides, device, threads)
     if fresh:
         shutil.rmtree(out_dir, ignore_errors=True)
         if library:
             shutil.rmtree(library, ignore_errors=True)
-    out.print(f"[bold]expertise demo[/]: preset [cyan]{cfg.name}[/] on {dev}, writing to {out_dir}")
-    run_demo(cfg, out_dir, library, dev, progress=not quiet, log=out.print)
+    log = run_log(out_dir)
+    log(f"[bold]expertise demo[/]: preset [cyan]{cfg.name}[/] on {dev}, writing to {out_dir}")
+    run_demo(cfg, out_dir, library, dev, progress=not quiet, log=log)
     out.print((out_dir / "results.md").read_text(), markup=False, highlight=False)
 
 
 @app.command()
 @user_errors
 def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = None, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False) -> None:
+             quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
     """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
     embedded upstream world into LIBRARY."""
     from expertise.upstream.build import build_library
 
-    cfg, dev = setup(preset, overrides, device)
+    cfg, dev = setup(preset, overrides, device, threads)
     build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), upstream_only=True)
 
 
@@ -52,7 +53,8 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
 def experts(library: LibOpt, preset: PresetOpt = "cpu",
             kind: Annotated[str, typer.Option("--kind", help="Expert kind: full, adapter, or both.")] = "full",
             num_experts: Annotated[Optional[int], typer.Option("--num-experts", "-k", help="Top-K hierarchy nodes by image count.")] = None,
-            overrides: SetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
+            overrides: ExpertSetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False,
+            threads: ThreadsOpt = None) -> None:
     """Train experts for the top-K hierarchy nodes: full (B tuned on each node's slice) or adapter
     (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing."""
     from expertise.errors import ConfigError
@@ -62,5 +64,5 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
     if kind not in kinds:
         raise ConfigError(f"unknown expert kind {kind!r}; choose full, adapter or both")
     items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
-    cfg, dev = setup(preset, items, device)
+    cfg, dev = setup(preset, items, device, threads)
     build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), kinds=kinds[kind])

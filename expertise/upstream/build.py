@@ -70,7 +70,7 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
         if config_digest(old.get("settings")) != config_digest(upstream_cfg):
             raise LibraryError(
                 f"the library at {path} was built with other upstream settings (preset {old.get('preset')!r}); "
-                "use another --library path or pass --fresh to rebuild it"
+                "use another --library path, or delete that folder to rebuild it ('expertise demo --fresh' does so for the demo's)"
             )
     else:
         library.write_meta(UPSTREAM_FILE, {"preset": preset.name, "world": upstream_cfg["world"], "settings": upstream_cfg})
