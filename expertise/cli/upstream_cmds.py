@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli.common import (DeviceOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, setup, app, out,
-                                  user_errors)
+                                  resumes, user_errors)
 from expertise.runtime import RunContext
 
 
 @app.command()
 @user_errors
+@resumes("finished members, embeddings and fine-tunes are kept unless --fresh is given")
 def demo(
     preset: PresetOpt = "cpu", out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
     library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder (default OUT/library).")] = None,
@@ -37,6 +38,7 @@ def demo(
 
 @app.command()
 @user_errors
+@resumes("finished members are kept in the library")
 def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = None, device: DeviceOpt = "auto",
              quiet: QuietOpt = False) -> None:
     """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
@@ -49,6 +51,7 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
 
 @app.command()
 @user_errors
+@resumes("finished members are kept in the library")
 def experts(library: LibOpt, preset: PresetOpt = "cpu",
             kind: Annotated[str, typer.Option("--kind", help="Expert kind: full, adapter, or both.")] = "full",
             num_experts: Annotated[Optional[int], typer.Option("--num-experts", "-k", help="Top-K hierarchy nodes by image count.")] = None,
