@@ -377,3 +377,35 @@ def test_protocol_keeps_the_first_retrain_and_recomputes_it_only_when_missing(tm
     fresh = Keeper()
     protocol(fresh)  # the records exist but this keeper lacks the model: only that retrain runs again
     assert calls == [12] and fresh.saved == keeper.saved
+
+
+def test_fit_checkpoint_unreadable_or_foreign_restarts_from_zero(tmp_path):
+    from torch import nn
+
+    from expertise.checkpoint import Checkpoint
+    from expertise.train import fit, softmax_loss
+
+    cfg = TrainConfig(steps=6, batch_size=4, lr=0.1, warmup_steps=1)
+    x, y = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])
+
+    def train(path: Path, identity: dict, lines: list[str]) -> tuple[nn.Module, int]:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        ckpt = Checkpoint(path, identity, every_steps=2, log=lines.append)
+        stats = fit(model, lambda step: (x, y), cfg, softmax_loss, show_progress=False, checkpoint=ckpt)
+        return model, stats.steps
+
+    lines: list[str] = []
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(b"garbage")
+    model, steps = train(path, {"run": 1}, lines)
+    assert steps == 6 and any("cannot be read" in line and "step 0" in line for line in lines), lines
+    assert path.exists()  # rewritten after step 4 (never after the last step)
+    lines.clear()
+    again, _ = train(path, {"run": 2}, lines)  # another identity: not resumed
+    assert any("other settings (differs in: run)" in line for line in lines) and all("resuming" not in line for line in lines)
+    assert torch.equal(again.weight, model.weight)
+    lines.clear()
+    resumed, steps = train(path, {"run": 2}, lines)  # the checkpoint at step 4 of run 2: two more steps
+    assert steps == 6 and any("resuming from the checkpoint at step 4" in line for line in lines)
+    assert torch.equal(resumed.weight, model.weight) and torch.equal(resumed.bias, model.bias)
