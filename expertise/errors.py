@@ -21,6 +21,11 @@ class ConfigError(ExpertiseError):
     """A configuration value is out of range or inconsistent."""
 
 
+class ModelError(ExpertiseError):
+    """A saved fine-tuned model folder is missing, incomplete, of another format, malformed or
+    tampered with."""
+
+
 class DiskError(ExpertiseError, OSError):
     """A file could not be written for a reason of the disk: no space, read-only, permissions. It
     is an ``OSError`` too, so code that handles those keeps working."""

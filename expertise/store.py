@@ -157,11 +157,13 @@ class RecordStore:
         return record
 
     def run_unit(self, kind: str, config: Mapping[str, Any],
-                 fn: Callable[[], UnitResult | Mapping[str, Any]]) -> Unit:
+                 fn: Callable[[], UnitResult | Mapping[str, Any]], recompute: bool = False) -> Unit:
         """The unit's stored result when it has finished before; else ``fn()`` is run, its result
         stored, and returned. ``fn`` returns a :class:`UnitResult` or just its metrics dict (its
-        wall time is then measured and no images are counted)."""
-        rec = self.get_record(kind, config)
+        wall time is then measured and no images are counted). ``recompute`` runs ``fn`` even when
+        the unit has finished (something it makes besides its record is wanted again) and replaces
+        the record."""
+        rec = None if recompute else self.get_record(kind, config)
         if rec is not None:
             return self._unit(rec, computed=False)
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from torch import nn
 from expertise.errors import ConfigError
 from expertise.progress import progress_bar
 from expertise.runtime import autocast
+
+if TYPE_CHECKING:
+    from expertise.checkpoint import Checkpoint
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -89,10 +93,13 @@ def fit(
     device: torch.device = torch.device("cpu"),
     desc: str = "train",
     show_progress: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainStats:
     """Train ``model`` for ``cfg.steps`` steps. ``batches(step)`` returns (inputs, targets) on CPU;
     ``params`` restricts what learns (default: every parameter that requires grad); ``forward``
-    maps (model, inputs) to logits (default: ``model(inputs)``)."""
+    maps (model, inputs) to logits (default: ``model(inputs)``). With a ``checkpoint``
+    (:class:`expertise.checkpoint.Checkpoint`) the run first resumes from it when it is there and
+    of the same identity, and saves one periodically; the returned stats then count the whole run."""
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not trainable:
         raise ConfigError(f"{desc}: nothing to train (no parameter requires grad)")
@@ -105,9 +112,12 @@ def fit(
     forward = forward or (lambda m, x: m(x))
     model.to(device).train()
     stats = TrainStats()
-    start = time.perf_counter()
+    first = checkpoint.restore(model, opt, stats, cfg.steps, device) if checkpoint is not None else 0
+    earlier, start = stats.seconds, time.perf_counter()
     with progress_bar(desc, total=cfg.steps, enabled=show_progress) as advance:
-        for step in range(cfg.steps):
+        if first:
+            advance(first)
+        for step in range(first, cfg.steps):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(step)
             x, y = batches(step)
@@ -126,8 +136,11 @@ def fit(
             stats.images += int(x.shape[0])
             stats.steps += 1
             advance(1, loss=stats.losses[-1])
+            if checkpoint is not None and checkpoint.due(step + 1, cfg.steps):
+                stats.seconds = earlier + time.perf_counter() - start
+                checkpoint.save(step + 1, model, opt, stats, device)
     model.eval()
-    stats.seconds = time.perf_counter() - start
+    stats.seconds = earlier + time.perf_counter() - start
     return stats
 
 

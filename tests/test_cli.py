@@ -46,8 +46,9 @@ def test_stages_from_the_command_line(tmp_path):
     code, text = run("select", "--library", str(lib), "--task", "count", "-q")
     assert code == 0 and "picked:" in text, text
     code, text = run("finetune", "--library", str(lib), "--task", "sklearn_digits", "--member", "bit_xs.baseline",
-                     *small, "--set", "finetune.steps=5")
-    assert code == 0 and "test accuracy" in text, text
+                     *small, "--set", "finetune.steps=5", "--out", str(tmp_path / "tuned"))
+    assert code == 0 and "test accuracy" in text and "797 test images" in text, text
+    assert (tmp_path / "tuned" / "model.json").is_file()
     code, text = run("finetune", "--library", str(lib), "--task", "count", "--member", "bit_xs.expert_nope", "-q")
     assert code == 2 and "bit_xs.expert_nope" in text
     # a tampered weight file is caught by verify and by load

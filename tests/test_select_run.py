@@ -46,6 +46,9 @@ def test_rebuilding_reuses_the_epn_and_refuses_other_epn_settings(tiny_library, 
     before = {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
     build_library(tiny_library.preset, lib.path, RunContext(progress=False, log=lambda *a: None))
     assert before == {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
+    _, _, upstream = build_library(tiny_library.preset, lib.path, RunContext(progress=False, log=lambda *a: None),
+                                   upstream_only=True)  # 'expertise upstream': B and the EPN, no expert
+    assert upstream == [tiny_library.names[0]] and before == {p: p.stat().st_mtime_ns for p in lib.path.rglob("*.safetensors")}
     other = tiny_library.preset_with(**{"epn.steps": "21"})
     with pytest.raises(LibraryError, match="EPN"):
         build_library(other, lib.path, RunContext(progress=False, log=lambda *a: None))

@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli.common import (DeviceOpt, FinetuneSetOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
-                                  run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP)
+                                  resumes, run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP)
 from expertise.runtime import RunContext
 
 
 @bench_app.callback(invoke_without_command=True)
 @user_errors
+@resumes("finished units of work are recorded in the --out folder")
 def bench(ctx: typer.Context,
           library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder.")] = None,
           suite: Annotated[str, typer.Option("--suite", help="builtin, natural, specialized, structured, or TASK,TASK,...")] = "builtin",

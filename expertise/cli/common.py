@@ -146,7 +146,9 @@ def user_errors(fn):
             err.print(f"[bold red]error:[/] {disk_error(e)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]: finished units of work are saved; run the same command again to resume")
+            kept = getattr(fn, "resumes", None)
+            err.print(f"[yellow]interrupted[/]: {kept}; run the same command again to resume" if kept else
+                      "[yellow]interrupted[/]: this command does not resume; running it again starts it over")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -156,6 +158,17 @@ _COMMAND_SCOPE: ContextVar[contextlib.ExitStack | None] = ContextVar("expertise_
 
 TINY_WARNING = ("preset tiny: its models are near chance (B's upstream accuracy is about 0.08); it is meant for "
                 "tests and smoke runs. Use --preset cpu (or gpu) for results")
+
+
+def resumes(what: str):
+    """Declare (below ``@user_errors``) what a command keeps when interrupted, so that a rerun
+    resumes; the interrupt line says it. Undeclared commands say that a rerun starts over."""
+
+    def deco(fn):
+        fn.resumes = what
+        return fn
+
+    return deco
 
 
 def setup(preset: str, overrides: list[str] | None, device: str, threads: int | None = None):

@@ -2,50 +2,66 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from expertise.cli.common import (DatSetOpt, DeviceOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
-                                  StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, run_log, task_resolution, setup,
-                                  app, out, user_errors)
+                                  StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, resumes, run_log, task_resolution,
+                                  setup, app, out, user_errors)
 from expertise.runtime import RunContext
 
 
 @app.command()
 @user_errors
+@resumes("its last checkpoint is kept in the --out folder")
 def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option("--member", "-m", help="Library member to fine-tune.")],
+             out_dir: Annotated[Optional[Path], typer.Option("--out", help="Model folder to keep the fine-tuned model in "
+                                                             "(default runs/finetune/TASK.MEMBER); checkpoints go there too.")] = None,
              preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
              quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
-    """Fine-tune MEMBER on TASK's 1,000 train+val images with a new head; report test accuracy."""
+    """Fine-tune MEMBER on TASK's 1,000 train+val images with a new head; report test accuracy and
+    keep the model in --out (for 'expertise predict'). An interrupted run resumes from its last
+    checkpoint when run again; a finished one is reused."""
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library
-    from expertise.transfer.finetune import finetune_and_test
+    from expertise.transfer.keep import finetune_to_folder, folder_name
 
     cfg, dev = setup(preset, overrides, device, threads)
     lib = open_library(library)
-    model = lib.load(member)
+    lib.info(member)  # an unknown member fails before the task is loaded
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
-    res = finetune_and_test(model, t, cfg.finetune, seed, dev, not quiet)
-    out.print(f"{member} on {t.name}: test accuracy [bold]{res.test_accuracy:.3f}[/] "
-              f"({res.images} images in {res.train_seconds:.1f}s)")
+    folder = out_dir or Path("runs/finetune") / folder_name(t.name, member)
+    kept = finetune_to_folder(member, lambda: lib.load(member), lib.verified_hash(member), t, cfg.finetune, folder,
+                              RunContext(dev, seed, not quiet, out.print), {"preset": cfg.name, "library": str(library)})
+    m = kept.metrics
+    lo, hi = m["test_accuracy_ci95"]
+    how = "kept from an earlier run" if kept.reused else f"{kept.record['images']['finetune']} images in {kept.record['seconds']['finetune']:.1f}s"
+    out.print(f"{member} on {t.name}: test accuracy [bold]{m['test_accuracy']:.3f}[/] (95% CI {lo:.3f}-{hi:.3f}, "
+              f"{m['test_images']} test images; {how})")
+    out.print(f"model kept in {kept.path}", highlight=False)
 
 
 @app.command()
 @user_errors
+@resumes("finished fine-tunes are recorded in the --out folder")
 def transfer(library: LibOpt, task: TaskOpt,
              strategy: StrategyOpt = "proxy", proxy: ProxyOpt = "knn_loo",
              budget: Annotated[int, typer.Option("--budget", "-b", help="Picks to fine-tune; the best is kept.")] = 1,
-             out_dir: Annotated[Path, typer.Option("--out", help="Records folder (resumable).")] = Path("runs/transfer"),
+             out_dir: Annotated[Path, typer.Option("--out", help="Records folder (resumable); each pick's final model "
+                                                   "goes to OUT/models/TASK.MEMBER.")] = Path("runs/transfer"),
              lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid: learning-rate factors around the preset's.")] = "1,0.3,3",
              sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
              retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
              preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
              quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
-    hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy."""
+    hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy.
+    The first retrain of each pick is kept as a model folder (for 'expertise predict')."""
     from expertise.transfer.protocol import SweepConfig, transfer_protocol
+    from expertise.transfer.keep import FolderKeeper, folder_name
     from expertise.store import RecordStore
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library
@@ -60,15 +76,60 @@ def transfer(library: LibOpt, task: TaskOpt,
     run = run_selection(lib, t, strategy, budget, proxy, ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(out_dir / "cache")))
     out.print(f"{run.label} picked {', '.join(run.selection.picks)} in {run.seconds['total']:.1f}s")
     ctx = RunContext(dev, seed, not quiet, log, RecordStore(out_dir))
-    best = None
+    best, best_keeper = None, None
+    settings = {"preset": cfg.name, "library": str(library), "sweep_config": sweep.to_json()}
     for name in run.selection.picks:
-        res = transfer_protocol(name, lambda name=name: lib.load(name), lib.verified_hash(name), t, cfg.finetune, sweep, ctx)
+        keeper = FolderKeeper(out_dir / "models" / folder_name(t.name, name), t, settings)
+        res = transfer_protocol(name, lambda name=name: lib.load(name), lib.verified_hash(name), t, cfg.finetune, sweep, ctx,
+                                keeper=keeper)
         chosen = ", ".join(f"lr {c['lr']:g}" for c in res.chosen)
         out.print(f"{name} on {t.name}: median test accuracy [bold]{res.test_accuracy:.3f}[/] over "
                   f"{len(res.test_accuracies)} retrain(s) ({chosen}; {res.seconds:.0f}s, {res.units_reused} unit(s) reused)")
-        best = res if best is None or res.test_accuracy > best.test_accuracy else best
+        if best is None or res.test_accuracy > best.test_accuracy:
+            best, best_keeper = res, keeper
     if budget > 1 and best is not None:
         out.print(f"best of the {budget} picks: {best.member} ({best.test_accuracy:.3f})")
+    if best_keeper is not None:
+        _report_kept(best_keeper)
+
+
+def _report_kept(keeper) -> None:
+    """One line on the best pick's kept model: its own test accuracy, interval and folder."""
+    from expertise.transfer.keep import kept_record
+
+    rec = kept_record(keeper.folder)
+    if rec is None:
+        out.print(f"no model kept in {keeper.folder}: its first retrain diverged", highlight=False)
+        return
+    m = rec["metrics"]
+    lo, hi = m["test_accuracy_ci95"]
+    out.print(f"model kept in {keeper.folder} (first retrain: test accuracy {m['test_accuracy']:.3f}, 95% CI {lo:.3f}-{hi:.3f}, "
+              f"{m['test_images']} test images)", highlight=False)
+
+
+@app.command()
+@user_errors
+def predict(model: Annotated[Path, typer.Option("--model", help="A model folder kept by 'expertise finetune' or 'expertise transfer'.")],
+            images: Annotated[list[Path], typer.Option("--images", "-i", help="An image file, or a folder searched recursively; repeat for more.")],
+            out_file: Annotated[Optional[Path], typer.Option("--out", help="Write predictions to FILE.csv or FILE.json "
+                                                              "(default: CSV on standard output).")] = None,
+            top_k: Annotated[int, typer.Option("--top-k", help="Classes per image, best first.")] = 1,
+            device: DeviceOpt = "auto", skip_corrupt: SkipOpt = False) -> None:
+    """Classify new images with a kept fine-tuned model: path, label and probability per image (and
+    the next TOP_K - 1 classes), with the model's own preprocessing; the folder is verified first."""
+    from expertise.runtime import configure
+    from expertise.transfer.predict import image_files, output_format, predict as run_predict, to_csv, write_predictions
+    from expertise.transfer.saved import load_model
+
+    if out_file is not None:
+        output_format(out_file)  # a wrong extension fails before any work
+    saved = load_model(model)
+    preds = run_predict(saved, image_files(images), top_k, configure(device=device), skip_corrupt=skip_corrupt)
+    if out_file is None:
+        sys.stdout.write(to_csv(preds, top_k))
+        return
+    write_predictions(out_file, preds, saved, top_k)
+    out.print(f"wrote {len(preds)} prediction(s) to {out_file}", highlight=False)
 
 
 @app.command()

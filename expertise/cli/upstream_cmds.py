@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from expertise.cli.common import (DeviceOpt, ExpertSetOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, ThreadsOpt, run_log, setup, app,
+from expertise.cli.common import (DeviceOpt, ExpertSetOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, ThreadsOpt, resumes, run_log, setup, app,
                                   out, user_errors)
 from expertise.runtime import RunContext
 
 
 @app.command()
 @user_errors
+@resumes("finished members, embeddings and fine-tunes are kept unless --fresh is given")
 def demo(
     preset: PresetOpt = "cpu", out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
     library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder (default OUT/library).")] = None,
@@ -38,6 +39,7 @@ def demo(
 
 @app.command()
 @user_errors
+@resumes("finished members are kept in the library")
 def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = None, device: DeviceOpt = "auto",
              quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
     """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
@@ -50,6 +52,7 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
 
 @app.command()
 @user_errors
+@resumes("finished members are kept in the library")
 def experts(library: LibOpt, preset: PresetOpt = "cpu",
             kind: Annotated[str, typer.Option("--kind", help="Expert kind: full, adapter, or both.")] = "full",
             num_experts: Annotated[Optional[int], typer.Option("--num-experts", "-k", help="Top-K hierarchy nodes by image count.")] = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from expertise.models.backbones import prepare
 from expertise.models.forward import forward_batches
 from expertise.runtime import derive_seed
 from expertise.train import EpochSampler, TrainConfig, fit, softmax_loss
+
+if TYPE_CHECKING:
+    from expertise.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,10 @@ class SplitBatches:
 
 
 def finetune(member: nn.Module, train: Split, num_classes: int, cfg: TrainConfig, seed: int,
-             device: torch.device = torch.device("cpu"), progress: bool = True, desc: str = "fine-tune") -> tuple[nn.Module, dict]:
-    """A copy of ``member`` with a new zero-initialised head of ``num_classes``, every weight tuned."""
+             device: torch.device = torch.device("cpu"), progress: bool = True, desc: str = "fine-tune",
+             checkpoint: Checkpoint | None = None) -> tuple[nn.Module, dict]:
+    """A copy of ``member`` with a new zero-initialised head of ``num_classes``, every weight tuned.
+    With a ``checkpoint`` the fine-tune resumes from it (same identity) and checkpoints periodically."""
     if not hasattr(member, "reset_head"):
         raise ConfigError(f"{type(member).__name__} cannot be fine-tuned: it has no reset_head(num_classes)")
     model = copy.deepcopy(member)
@@ -55,13 +61,18 @@ def finetune(member: nn.Module, train: Split, num_classes: int, cfg: TrainConfig
         p.requires_grad_(True)
     torch.manual_seed(derive_seed(seed, "finetune"))
     batches = SplitBatches(train, model.preprocessing, cfg.batch_size, derive_seed(seed, "finetune", "data"))
-    stats = fit(model, batches, cfg, softmax_loss, device=device, desc=desc, show_progress=progress)
+    stats = fit(model, batches, cfg, softmax_loss, device=device, desc=desc, show_progress=progress, checkpoint=checkpoint)
     return model, stats.to_json()
 
 
-def accuracy(model: nn.Module, split: Split, device: torch.device = torch.device("cpu"), batch_size: int = 500) -> float:
+def correct_count(model: nn.Module, split: Split, device: torch.device = torch.device("cpu"), batch_size: int = 500) -> int:
+    """How many of ``split``'s images the model classifies correctly (top-1)."""
     logits = forward_batches(model, split.images, ("logits",), batch_size, device)["logits"]
-    return float((logits.argmax(1) == split.labels).float().mean())
+    return int((logits.argmax(1) == split.labels).sum())
+
+
+def accuracy(model: nn.Module, split: Split, device: torch.device = torch.device("cpu"), batch_size: int = 500) -> float:
+    return correct_count(model, split, device, batch_size) / len(split) if len(split) else float("nan")
 
 
 def finetune_and_test(member: nn.Module, task: Task, cfg: TrainConfig, seed: int,

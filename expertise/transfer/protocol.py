@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -65,6 +65,18 @@ SWEEP_KIND, RETRAIN_KIND = "transfer_sweep", "transfer_retrain"
 FinetuneFn = Callable[[nn.Module, Split, int, TrainConfig, int, torch.device, bool, str], tuple[nn.Module, dict]]
 # evaluate_fn(tuned model, split, device) -> accuracy in [0, 1]: expertise.transfer.accuracy.
 EvaluateFn = Callable[[nn.Module, Split, torch.device], float]
+KEPT_RETRAIN = {"sweep": 0, "retrain": 0}  # the retrain whose tuned model a Keeper keeps
+
+
+class Keeper(Protocol):
+    """Keeps the tuned model of one retrain (sweep 0, retrain 0: the first model trained on all
+    1,000 images with the chosen setting; chosen on validation, never on test) beside the records.
+    ``wants(key)``: the model of the unit ``key`` is not kept yet, so the unit is computed even when
+    its record exists; ``save(key, model, config, accuracy)`` keeps it (``config`` the unit's)."""
+
+    def wants(self, key: str) -> bool: ...
+
+    def save(self, key: str, model: nn.Module, config: dict[str, Any], accuracy: float) -> None: ...
 
 
 def _factors(values: Sequence[float], what: str) -> tuple[float, ...]:
@@ -222,14 +234,16 @@ def _finite_or_raise(accs: list[float | None], what: str, cfg: TrainConfig, swee
 def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], member_hash: str, task: Task,
                       base_cfg: TrainConfig, sweep: SweepConfig, ctx: RunContext,
                       finetune_fn: FinetuneFn = finetune, evaluate_fn: EvaluateFn = accuracy,
-                      log: Callable[[str], None] | None = None) -> ProtocolResult:
+                      log: Callable[[str], None] | None = None, keeper: Keeper | None = None) -> ProtocolResult:
     """Run (or resume) the protocol for ``member_name`` on ``task``; see the module docstring.
 
     ``load_member()`` returns the pool member (called at most once, and only if some unit has to be
     computed); ``member_hash`` identifies its weights (``Library.verified_hash``), so retrained
     members never reuse stale units. ``base_cfg`` is the preset's fine-tune config the grid is
     built around; ``ctx`` gives the record store (required), the device, the progress flag and the
-    seed every unit's seed is derived from. ``log`` gets one line per unit.
+    seed every unit's seed is derived from. ``log`` gets one line per unit. A ``keeper`` keeps the
+    tuned model of the first retrain (:class:`Keeper`); that unit is recomputed when its record
+    exists but the keeper lacks its model.
     """
     store, seed, device, progress = ctx.require_store(), ctx.seed, torch.device(ctx.device), ctx.progress
     if len(task.train) == 0 or len(task.val) == 0 or len(task.test) == 0:
@@ -246,6 +260,8 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
     def unit(kind: str, phase: str, cfg: TrainConfig, unit_seed: int, train: Split, evaluate: Split,
              split_name: str, extra: dict[str, int], desc: str) -> Unit:
         config = {**ident, "phase": phase, **extra, "unit_seed": unit_seed, "train": cfg.to_json()}
+        key = store.key(kind, config)
+        keep = keeper is not None and kind == RETRAIN_KIND and extra == KEPT_RETRAIN
 
         def compute() -> UnitResult:
             model = member()
@@ -261,12 +277,15 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
             t2 = time.perf_counter()
             if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
                 raise ConfigError(f"evaluate_fn returned {acc!r}; an accuracy must be a fraction in [0, 1]")
+            if keep:
+                keeper.save(key, tuned, config, acc)  # type: ignore[union-attr]
             metrics = {"accuracy": acc, "split": split_name, "diverged": False,
                        "final_loss": _finite_or_none(stats.get("final_loss")), "steps": int(stats.get("steps", cfg.steps))}
             return UnitResult(metrics, images={"finetune": int(stats.get("images", 0)), "evaluate": len(evaluate)},
                               seconds={"finetune": t1 - t0, "evaluate": t2 - t1})
 
-        done = store.run_unit(kind, config, compute)
+        prior = store.get(kind, config) if keep and keeper.wants(key) else None  # type: ignore[union-attr]
+        done = store.run_unit(kind, config, compute, recompute=prior is not None and not prior.get("diverged"))
         counts["computed" if done.computed else "reused"] += 1
         phase_seconds[phase] += done.total_seconds
         phase_images[phase] += done.total_images
