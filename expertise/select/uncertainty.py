@@ -8,16 +8,18 @@ them), so a bootstrap only resamples them: each resample draws M of the M scored
 replacement, counted as ``W`` [B, M], and a member's score on it is ``max_s (W @ terms[s]) / M``
 (the setting re-chosen on each resample, as the proxy chooses it). Every member is scored on
 **the same resamples** (paired), so the difference between two members is judged image by image:
-two members that differ on one image of 162 have a difference interval close to 0, whatever the
-spread of each score. The fitted classifiers (a kNN's neighbours, ridge's leave-one-out
+two members that differ on one image of 162 differ by 0, 1/162 or 2/162 on most resamples, so
+they are tied, whatever the spread of each score. The fitted classifiers (a kNN's neighbours, ridge's leave-one-out
 predictions, the probe's fit, LEEP's empirical conditional) are held fixed: the interval says how
 much the score depends on which images the task happens to hold as test points. (Refitting on a
 resample would make an image's duplicate its own nearest neighbour.)
 
 LogME, H-score and the shrinkage H-score are not means of per-image terms; a bootstrap would
-recompute a member's eigendecomposition per resample (measured on one core: ~1.5 s per resample
-at 1,000 images x 512 dims, so minutes per member even at 200 resamples). They get no interval,
-and the result says so (:data:`NO_INTERVAL`).
+recompute a member's eigendecomposition per resample (``python -m perf.uncertainty``, one thread:
+a LogME refit takes 0.30 s at 1,000 images x 512 dims and 0.84 s at x 2,048, so 5 to 14 minutes
+per member at 1,000 resamples and still 1 to 3 minutes at 200; 23 ms at 162 x 512, still 23 s per
+member), against 25-100 ms for a whole pool of 10 from per-image terms. They get no interval, and
+the result says so (:data:`NO_INTERVAL`).
 
 The marks, at the 95% level (``RULES`` states them for the JSON):
 
@@ -28,7 +30,9 @@ The marks, at the 95% level (``RULES`` states them for the JSON):
   the best constant guess, the majority-class rate of the scored images (>= 1 / classes). (The
   fixed rate, not the rate of each resample: the largest of several class frequencies on a
   resample is biased upwards, which would call members at chance that are not.) A member with
-  random features has kNN accuracy ``sum_c p_c^2``, below that rate;
+  random features has kNN accuracy ``sum_c p_c^2``, below that rate. LEEP and NCE get no mark:
+  an uninformative member scores -H(Y) in expectation, but their plug-in estimates are biased
+  upwards (NCE + H(Y) is an empirical mutual information, never below 0), so the test would miss;
 - **too small to separate**: more than half of the members with an interval (the best included)
   are tied with the best, so the task's images cannot tell the pool apart.
 
@@ -54,8 +58,8 @@ LEVEL = 0.95
 ACCURACY = ("knn_loo", "knn_val", "linear_probe", "ridge_loo")
 LOG_LIKELIHOOD = ("leep", "nce")
 _REFIT = ("a bootstrap would recompute each member's eigendecomposition per resample (measured on one core: "
-          "~1.5 s per resample at 1,000 images x 512 dims, minutes per member); use knn_loo, ridge_loo or "
-          "linear_probe for an interval")
+          "0.3 s per resample at 1,000 images x 512 dims, 5 minutes per member for 1,000 resamples); use knn_loo, "
+          "ridge_loo or linear_probe for an interval")
 NO_INTERVAL = {
     "logme": "LogME is not a mean of per-image terms; " + _REFIT,
     "hscore": "H-score is not a mean of per-image terms; " + _REFIT,
@@ -157,11 +161,11 @@ class Uncertainty:
         if not self.available:
             return [f"no interval for {self.proxy}: {self.reason}"]
         pct = f"{self.level:.0%}"
-        lines = [f"{pct} CI: over {self.resamples:,} bootstrap resamples of the {self.images} scored images, the same "
+        lines = [f"{pct} CI: over {self.resamples:,} bootstrap resamples of the {self.images:,} scored images, the same "
                  f"for every member; ≈: the {pct} interval of (member - {self.best}) contains 0"]
         if self.too_small:
             lines.append(f"too small to separate: {len(self.tied)} of {len(self.members)} members are tied with the "
-                         f"best; these {self.images} images cannot tell them apart (more images or another proxy may)")
+                         f"best; these {self.images:,} images cannot tell them apart (more images or another proxy may)")
         if self.at_chance:
             lines.append(f"at chance: {', '.join(self.at_chance)} (the {pct} interval reaches {self.chance:.3g}, the "
                          "accuracy of always guessing the most frequent class)")
