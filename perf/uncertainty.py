@@ -31,13 +31,13 @@ def main() -> None:
                 terms = {f"m{i}": PerImage((rng.random((settings, n)) < 0.6).astype(float), np.arange(n))
                          for i in range(MEMBERS)}
                 scores = {k: t.score for k, t in terms.items()}
-                s = best_of(lambda: paired_bootstrap(proxy, scores, terms, y, DEFAULT_RESAMPLES, 0))
+                s = best_of(lambda p=proxy, s=scores, t=terms, y=y: paired_bootstrap(p, s, t, y, DEFAULT_RESAMPLES, 0))
                 print(f"paired bootstrap, {proxy} terms ({settings} setting(s)), {MEMBERS} members x {n} images, "
                       f"{DEFAULT_RESAMPLES:,} resamples: {s * 1000:.0f} ms for the pool")
         for n, d in SHAPES:
             x, y = rng.standard_normal((n, d)), rng.integers(0, 10, n)
             idx = rng.integers(0, n, n)
-            s = best_of(lambda: score_pool({"m": x[idx]}, y[idx], ["logme"]))
+            s = best_of(lambda x=x[idx], y=y[idx]: score_pool({"m": x}, y, ["logme"]))
             print(f"LogME refit on one resample, {n} x {d}: {s * 1000:.0f} ms -> {DEFAULT_RESAMPLES:,} resamples "
                   f"{s * DEFAULT_RESAMPLES:.0f} s per member, 200 resamples {s * 200:.0f} s per member")
 

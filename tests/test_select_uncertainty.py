@@ -193,7 +193,7 @@ def test_run_selection_adds_the_bootstrap_without_changing_the_picks(tiny):
     j = record["uncertainty"]
     assert j["resamples"] == 1000 and j["level"] == 0.95 and j["rules"] == RULES and j["best"] == u.best
     assert isinstance(j["too_small_to_separate"], bool) and 0 < j["chance"] <= 1
-    for name, m in j["members"].items():
+    for m in j["members"].values():
         assert len(m["interval"]) == 2 and isinstance(m["tied_with_best"], bool) and isinstance(m["at_chance"], bool)
     assert j["members"][u.best]["tied_with_best"] and j["members"][u.best]["difference_from_best"] == [0.0, 0.0]
     rows = ranking_table(run, lib)

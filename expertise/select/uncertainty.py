@@ -161,8 +161,8 @@ class Uncertainty:
         if not self.available:
             return [f"no interval for {self.proxy}: {self.reason}"]
         pct = f"{self.level:.0%}"
-        lines = [f"{pct} CI: over {self.resamples:,} bootstrap resamples of the {self.images:,} scored images, the same "
-                 f"for every member; ≈: the {pct} interval of (member - {self.best}) contains 0"]
+        lines = [(f"{pct} CI: over {self.resamples:,} bootstrap resamples of the {self.images:,} scored images, the same "
+                  f"for every member; ≈: the {pct} interval of (member - {self.best}) contains 0")]
         if self.too_small:
             lines.append(f"too small to separate: {len(self.tied)} of {len(self.members)} members are tied with the "
                          f"best; these {self.images:,} images cannot tell them apart (more images or another proxy may)")
