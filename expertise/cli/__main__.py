@@ -2,4 +2,5 @@
 
 from expertise.cli import main
 
-main()
+if __name__ == "__main__":  # importing the module (the member-contract test imports them all) runs nothing
+    main()
