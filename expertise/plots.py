@@ -49,6 +49,7 @@ def plot_selection(rows: list[dict], title: str, score_label: str, path: Path) -
     :func:`expertise.select.run.ranking_table`."""
     plt = pyplot()
     scored = [r["score"] for r in rows if r["score"] is not None]
+    scored += [v for r in rows if r.get("interval") is not None for v in r["interval"]]
     lo = min(scored) if scored else 0.0
     hi = max(scored) if scored else 1.0
     pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
@@ -60,10 +61,15 @@ def plot_selection(rows: list[dict], title: str, score_label: str, path: Path) -
             ax.text(base, y, "  not scored by this strategy", va="center", fontsize=7, color="grey")
             continue
         ax.barh(y, r["score"] - base, left=base, color="tab:orange" if r["picked"] else "tab:blue")
-        ax.text(r["score"], y, f" {r['score']:.3f}", va="center", fontsize=7)
+        right = r["score"]
+        if r.get("interval") is not None:  # the bootstrap's 95% interval (expertise.select.uncertainty)
+            ax.hlines(y, *r["interval"], color="black", lw=1)
+            right = max(right, r["interval"][1])
+        ax.text(right, y, f" {r['score']:.3f}", va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), [short_name(r["member"]) for r in reversed(rows)], fontsize=8)
     ax.set_xlim(base, hi + 4 * pad if math.isfinite(hi) else 1.0)
     ax.set_xlabel(score_label)
-    ax.set_title(title + "\n(orange: picked)", fontsize=9)
+    ax.set_title(title + "\n(orange: picked" + ("; lines: 95% intervals" if any(r.get("interval") for r in rows) else "")
+                 + ")", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -149,8 +149,9 @@ def _embed_unit(library: Library, task: Task, cache: EmbeddingCache, name: str, 
 def _selection_unit(library: Library, task: Task, strat: StrategySpec, members: list[str], cache: EmbeddingCache,
                     seed: int, device: torch.device, batch_size: int) -> UnitResult:
     try:
+        # resamples=0: a unit records the ranking alone, so the scores' bootstrap would go unused.
         run = run_selection(library, task, strat.strategy, len(members), strat.proxy, members,
-                            RunContext(device, seed, False, cache=cache), batch_size)
+                            RunContext(device, seed, False, cache=cache), batch_size, resamples=0)
     except ExpertiseError as e:  # e.g. domain prediction on a pool without experts: recorded, not fatal
         return UnitResult({"error": str(e)}, images={}, seconds={"score": 0.0})
     rec = run.to_json()

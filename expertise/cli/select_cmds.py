@@ -22,10 +22,13 @@ def select(library: LibOpt, task: TaskOpt,
            cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
                                                           "default runs/select.")] = None,
+           resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples of the task's images for "
+                                                  "each score's 95% interval and the ties with the best (0: none).")] = 1000,
            seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False,
            threads: ThreadsOpt = None) -> None:
     """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
-    member's score (table, JSON and a bar chart) and the time each stage took."""
+    member's score with its 95% interval and whether it is tied with the best or at chance (table,
+    JSON and a bar chart) and the time each stage took."""
     from expertise.io import atomic_write_json
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library
@@ -38,23 +41,42 @@ def select(library: LibOpt, task: TaskOpt,
     lib = open_library(library)
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     run = run_selection(lib, t, strategy, budget, proxy,
-                        ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")))
+                        ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")),
+                        resamples=resamples)
     rows = ranking_table(run, lib)
     score_label = SCORE_LABELS.get(run.proxy or strategy, "score")
     table = Table(title=f"{run.label} on {t.name} ({len(t.trainval)} images): {score_label}")
-    for col, kw in (("rank", {"justify": "right"}), ("member", {"no_wrap": True}), ("kind", {"no_wrap": True}),
-                    ("domain", {"overflow": "fold"}), ("score", {"justify": "right"})):
+    unc = run.uncertainty
+    intervals = unc is not None and unc.available
+    cols = [("rank", {"justify": "right"}), ("member", {"no_wrap": True}), ("kind", {"no_wrap": True}),
+            ("domain", {"overflow": "fold"}), ("score", {"justify": "right"})]
+    chance = intervals and unc.chance is not None
+    if intervals:
+        cols += [(f"{unc.level:.0%} CI", {"justify": "right", "no_wrap": True}), ("≈best", {"justify": "center"})]
+    if chance:
+        cols.append(("at chance", {"justify": "center"}))
+    for col, kw in cols:
         table.add_column(col, **kw)
     for r in rows:
         score = "-" if r["score"] is None else f"{r['score']:.4g}"
-        table.add_row(str(r["rank"]), r["member"] + (" ✓" if r["picked"] else ""), r["kind"], r["domain"] or "", score)
+        cells = [str(r["rank"]), r["member"] + (" ✓" if r["picked"] else ""), r["kind"], r["domain"] or "", score]
+        if intervals:
+            cells.append("-" if r["interval"] is None else f"{r['interval'][0]:.3g}–{r['interval'][1]:.3g}")
+            cells.append("best" if r["best"] else ("≈" if r["tied_with_best"] else ""))
+        if chance:
+            cells.append("yes" if r["at_chance"] else "")
+        table.add_row(*cells)
     out.print(table)
+    for line in unc.notes() if unc is not None else []:
+        out.print(line)
     folder = out_dir or Path("runs/select")
     stem = f"{t.name}.{run.label.replace('(', '-').replace(')', '')}"
     atomic_write_json(folder / f"{stem}.json", run.to_json())
     png = plot_selection(rows, f"{run.label} on {t.name}", score_label, folder / f"{stem}.png")
     s = run.seconds
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in s.items())
+    if unc is not None and unc.available:
+        stages += f" (and the bootstrap {unc.seconds:.2f}s)"
     out.print(f"picked: {', '.join(run.selection.picks)}")
     out.print(f"time: {stages}; {len(run.members_embedded)} member(s) x {run.images_per_member} images needed "
               f"({run.embed.cached} read from the cache)")

@@ -29,7 +29,7 @@ from expertise.select.source_proxies import PROB_SUM_TOL, hard_source_labels, le
 from expertise.select.validation import _tensors, validate_features
 from expertise.select.spectral import Spectrum, compute_spectrum
 from expertise.select.spectral_proxies import (
-    hscore_value, logme_maximise, regularized_hscore_value, ridge_loo_accuracies,
+    hscore_value, logme_maximise, regularized_hscore_value, ridge_loo_correct,
 )
 
 METRICS = ("euclidean", "cosine")
@@ -81,12 +81,19 @@ def _check_knn_args(k: Any, metric: Any, name: str) -> int:
     return int(k)
 
 
-def _knn_loo_accuracy(x: torch.Tensor, codes: torch.Tensor, num_classes: int, k: int, metric: str,
-                      gram: torch.Tensor | None = None, rep: torch.Tensor | None = None) -> float:
+def _knn_loo_correct(x: torch.Tensor, codes: torch.Tensor, num_classes: int, k: int, metric: str,
+                     gram: torch.Tensor | None = None, rep: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 [N]: 1 where the leave-one-out vote of a row's k nearest other rows is its label
+    (the per-image terms of :func:`knn_loo`, which is their mean)."""
     n = x.shape[0]
     neighbours = knn.nearest(x, torch.arange(n, device=x.device), n, k, metric, True, _BLOCK_ELEMENTS,
                              gram if metric == "euclidean" else None, rep)
-    return float((knn.majority_vote(codes[neighbours], num_classes) == codes).double().mean())
+    return (knn.majority_vote(codes[neighbours], num_classes) == codes).double()
+
+
+def _knn_loo_accuracy(x: torch.Tensor, codes: torch.Tensor, num_classes: int, k: int, metric: str,
+                      gram: torch.Tensor | None = None, rep: torch.Tensor | None = None) -> float:
+    return float(_knn_loo_correct(x, codes, num_classes, k, metric, gram, rep).mean())
 
 
 def knn_loo(features: Any, labels: Any, k: int = 1, metric: str = "euclidean", name: str = "features") -> float:
@@ -157,13 +164,20 @@ def knn_val(
     return _knn_val_accuracy(x, codes, onehot.shape[1], n_train, k, metric)
 
 
-def _knn_val_accuracy(x: torch.Tensor, codes: torch.Tensor, num_classes: int, n_train: int, k: int, metric: str,
-                      gram: torch.Tensor | None = None, rep: torch.Tensor | None = None) -> float:
+def _knn_val_correct(x: torch.Tensor, codes: torch.Tensor, num_classes: int, n_train: int, k: int, metric: str,
+                     gram: torch.Tensor | None = None, rep: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 [N - n_train]: 1 where a validation row's k nearest training rows vote its label
+    (the per-image terms of :func:`knn_val`, which is their mean)."""
     queries = torch.arange(n_train, x.shape[0], device=x.device)
     neighbours = knn.nearest(x, queries, n_train, k, metric, False, _BLOCK_ELEMENTS,
                              gram if metric == "euclidean" else None, rep)  # [N - n_train, k] into train
     predicted = knn.majority_vote(codes[:n_train][neighbours], num_classes)
-    return float((predicted == codes[n_train:]).double().mean())
+    return (predicted == codes[n_train:]).double()
+
+
+def _knn_val_accuracy(x: torch.Tensor, codes: torch.Tensor, num_classes: int, n_train: int, k: int, metric: str,
+                      gram: torch.Tensor | None = None, rep: torch.Tensor | None = None) -> float:
+    return float(_knn_val_correct(x, codes, num_classes, n_train, k, metric, gram, rep).mean())
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,19 @@ def linear_probe(
     Paper 002 trains the same head by SGD over two learning rates; a converged, regularised fit
     is its deterministic counterpart.
     """
+    correct = linear_probe_correct(features, labels, n_train, C_grid, name)
+    grid = _check_grid(C_grid, "C_grid", name)
+    accuracies = {c: float(np.mean(correct[c])) for c in sorted(grid)}
+    best = max(grid, key=lambda c: accuracies[c])  # max keeps the first of equals: grid order
+    result = LinearProbeResult(accuracies[best], best, accuracies)
+    return result if return_details else result.accuracy
+
+
+def linear_probe_correct(features: Any, labels: Any, n_train: int = DEFAULT_N_TRAIN,
+                         C_grid: Sequence[float] = DEFAULT_C_GRID, name: str = "features") -> dict[float, np.ndarray]:
+    """Per C of ``C_grid`` (ascending), bool [N - n_train]: whether the probe fitted at that C
+    (see :func:`linear_probe`) classifies each validation row right. Its per-image terms: the
+    probe's accuracy at C is the mean of ``correct[C]``, its score the best over C."""
     from sklearn.exceptions import ConvergenceWarning  # sklearn is slow to import: only when used
     from sklearn.linear_model import LogisticRegression
 
@@ -227,7 +254,7 @@ def linear_probe(
     if np.unique(y[:n_train]).size < 2:
         raise DataError(f"{name}: the first n_train = {n_train} rows hold a single class; the probe needs 2 to train")
     train, val = _standardise(x[:n_train], x[n_train:])
-    accuracies: dict[float, float] = {}
+    correct: dict[float, np.ndarray] = {}
     # One model refitted along the grid from the previous solution (ascending C: each fit starts
     # from a more regularised optimum nearby), so the weakly regularised fits, which take lbfgs
     # hundreds of steps from zero, take tens. Each fit still converges to the same tolerance.
@@ -245,10 +272,8 @@ def linear_probe(
         for c in sorted(grid):
             model.set_params(C=c)
             model.fit(train, y[:n_train])
-            accuracies[c] = float(np.mean(model.predict(val) == y[n_train:]))
-    best = max(grid, key=lambda c: accuracies[c])  # max keeps the first of equals: grid order
-    result = LinearProbeResult(accuracies[best], best, accuracies)
-    return result if return_details else result.accuracy
+            correct[c] = model.predict(val) == y[n_train:]
+    return correct
 
 
 # ------------------------------------------------------------------- task-aware: leave-one-out
@@ -277,8 +302,18 @@ def ridge_loo(features: Any, labels: Any, alphas: Sequence[float] = DEFAULT_ALPH
 
 
 def _ridge_loo_best(spec: Spectrum, codes: torch.Tensor, onehot: torch.Tensor, grid: tuple[float, ...]) -> float:
+    return _ridge_loo_score(_ridge_loo_correct(spec, codes, onehot, grid))
+
+
+def _ridge_loo_correct(spec: Spectrum, codes: torch.Tensor, onehot: torch.Tensor, grid: tuple[float, ...]) -> torch.Tensor:
+    """float64 [alphas, N]: 1 where the exact leave-one-out ridge prediction at each alpha is right."""
     alphas = torch.tensor(grid, dtype=torch.float64, device=onehot.device)
-    return max(0.0, float(ridge_loo_accuracies(spec, codes, onehot, alphas).max()))
+    return ridge_loo_correct(spec, codes, onehot, alphas)
+
+
+def _ridge_loo_score(correct: torch.Tensor) -> float:
+    """ridge_loo from its per-alpha, per-image terms: the best alpha's mean."""
+    return max(0.0, float(correct.mean(dim=1).max()))
 
 
 # ------------------------------------------------------------------------------------- LogME

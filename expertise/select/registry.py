@@ -38,10 +38,12 @@ from expertise.runtime import derive_seed
 from expertise.select.embed import PoolEmbeddings
 from expertise.select.proxies import get_proxy
 from expertise.select.scoring import score_pool
+from expertise.select.source_proxies import leep_terms, nce_terms
 from expertise.select.strategies import (
     Selection, domain_prediction, hybrid, label_matching, random_selection, select_by_proxy, select_by_scores,
     task_agnostic, task_label_distribution,
 )
+from expertise.select.uncertainty import PerImage
 
 READS = frozenset({"metadata", "seed", "features", "baseline_predictions", "label_priors", "epn_predictions"})
 UNSCORED = -math.inf
@@ -50,7 +52,9 @@ UNSCORED = -math.inf
 @dataclass(frozen=True)
 class Inputs:
     """What :func:`~expertise.select.run.run_selection` computed for a strategy: the pool, the
-    budget, the task-aware proxy, the seed, and the embeddings of the members it embeds."""
+    budget, the task-aware proxy, the seed, and the embeddings of the members it embeds.
+    ``per_image``: when given, the task-aware proxy fills it with each scored member's per-image
+    terms (:mod:`expertise.select.uncertainty`), where the proxy has them."""
 
     library: Library
     task: Task
@@ -59,6 +63,7 @@ class Inputs:
     proxy: str
     seed: int
     embeddings: PoolEmbeddings | None
+    per_image: dict[str, PerImage] | None = None
 
 
 @dataclass(frozen=True)
@@ -173,14 +178,26 @@ def score_proxy(i: Inputs) -> Selection:
     spec = get_proxy(i.proxy)
     if spec.input == "features":
         t0 = time.perf_counter()
-        scores = score_pool({n: emb.features[n] for n in i.pool}, task.trainval.labels, [i.proxy], n_train=len(task.train))
+        terms: dict[str, dict[str, PerImage]] | None = {} if i.per_image is not None else None
+        scores = score_pool({n: emb.features[n] for n in i.pool}, task.trainval.labels, [i.proxy], n_train=len(task.train),
+                            per_image=terms)
         sel = select_by_scores(scores[i.proxy], min(i.budget, len(i.pool)), i.proxy, time.perf_counter() - t0)
+        if i.per_image is not None and terms:
+            i.per_image.update(terms.get(i.proxy, {}))
         return complete(sel, i.pool, i.budget)
     inputs = {n: source_probabilities(i.library, emb.upstream_logits[n]) for n in i.pool if n in emb.upstream_logits}
     if not inputs:
         raise LibraryError(f"proxy {i.proxy!r} needs upstream predictions, and no pool member has an upstream head")
     sel = select_by_proxy(inputs, task.trainval.labels, spec.fn, min(i.budget, len(inputs)), name=i.proxy)
+    if i.per_image is not None and i.proxy in SOURCE_TERMS:
+        labels = task.trainval.labels.numpy()
+        rows = np.arange(len(labels), dtype=np.int64)
+        i.per_image.update({n: PerImage(SOURCE_TERMS[i.proxy](p, labels, n)[None], rows) for n, p in inputs.items()})
     return complete(sel, i.pool, i.budget)
+
+
+# The per-image terms of the proxies of upstream predictions (feature proxies' come from score_pool).
+SOURCE_TERMS = {"leep": leep_terms, "nce": nce_terms}
 
 
 def _timed(sel: Selection, t0: float, n_images: int) -> Selection:

@@ -16,11 +16,12 @@ from expertise.data.tasks import Task
 from expertise.errors import ConfigError
 from expertise.library import Library
 from expertise.models.adapters import embed_images_with_experts
-from expertise.runtime import RunContext
+from expertise.runtime import RunContext, derive_seed
 from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, embed_pool, upstream_head
 from expertise.select.proxies import get_proxy
 from expertise.select.registry import Inputs, get_strategy, source_probabilities
 from expertise.select.strategies import Selection
+from expertise.select.uncertainty import DEFAULT_RESAMPLES, PerImage, Uncertainty, check_resamples, paired_bootstrap
 
 POOL_KINDS = ("baseline", "full_expert", "adapter_expert", "external")
 
@@ -32,7 +33,9 @@ def pool_names(library: Library) -> list[str]:
 
 @dataclass
 class SelectionRun:
-    """A strategy's ranking of the pool for one task, with the proxy used and what it cost."""
+    """A strategy's ranking of the pool for one task, with the proxy used and what it cost, and,
+    for a strategy that reads a proxy, how sure its scores are (``uncertainty``; None when the
+    bootstrap was turned off or the strategy reads no proxy)."""
 
     selection: Selection
     task: str
@@ -40,6 +43,7 @@ class SelectionRun:
     embed: EmbedStats = field(default_factory=EmbedStats)
     members_embedded: list[str] = field(default_factory=list)
     images_per_member: int = 0
+    uncertainty: Uncertainty | None = None
 
     @property
     def seconds(self) -> dict[str, float]:
@@ -64,6 +68,7 @@ class SelectionRun:
             # The cost of the selection on a cold cache: every needed member sees every image once.
             "images_needed": self.images_per_member * len(self.members_embedded),
             "embedded_now": self.embed.images, "cached_members": self.embed.cached,
+            "uncertainty": None if self.uncertainty is None else self.uncertainty.to_json(),
         }
 
 
@@ -75,12 +80,16 @@ def _check_budget(budget: int, pool: list[str]) -> None:
 
 
 def run_selection(library: Library, task: Task, strategy: str = "proxy", budget: int = 1, proxy: str = "knn_loo",
-                  names: list[str] | None = None, ctx: RunContext = RunContext(), batch_size: int = 500) -> SelectionRun:
+                  names: list[str] | None = None, ctx: RunContext = RunContext(), batch_size: int = 500,
+                  resamples: int = DEFAULT_RESAMPLES) -> SelectionRun:
     """Rank the pool (``names``, default :func:`pool_names`) for ``task`` with ``strategy`` and
     pick ``budget`` members. ``proxy`` is the task-aware score of the strategies that read features
     (``proxy`` and ``hybrid``). ``ctx`` gives the embedding cache (none: embed in memory), the
-    device, the progress flag and the seed (the random strategy's draw per task)."""
+    device, the progress flag and the seed (the random strategy's draw per task, and the
+    bootstrap's). ``resamples``: paired bootstrap resamples of the proxy's scores over the task's
+    images (:mod:`expertise.select.uncertainty`; 0: none); the ranking and picks do not depend on it."""
     spec = get_strategy(strategy)
+    resamples = check_resamples(resamples)
     if spec.uses_proxy:
         get_proxy(proxy)  # an unknown proxy fails before anything is embedded
     pool = list(names) if names is not None else pool_names(library)
@@ -90,13 +99,19 @@ def run_selection(library: Library, task: Task, strategy: str = "proxy", budget:
     embedded = spec.members_to_embed(library, pool)
     cache = ctx.cache or EmbeddingCache(None)
     emb = _embed(library, task, cache, embedded, batch_size, ctx.device, ctx.progress) if embedded else None
-    sel = spec.rank(Inputs(library, task, pool, budget, proxy, ctx.seed, emb))
+    per_image: dict[str, PerImage] | None = {} if spec.uses_proxy and resamples else None
+    sel = spec.rank(Inputs(library, task, pool, budget, proxy, ctx.seed, emb, per_image))
     used_proxy = proxy if spec.uses_proxy else None
+    unc = None
+    if per_image is not None:
+        scores = sel.scores()
+        unc = paired_bootstrap(proxy, {n: scores[n] for n in pool}, per_image, task.trainval.labels.numpy(), resamples,
+                               derive_seed(ctx.seed, "bootstrap", task.name, proxy))
     if emb is None:
-        return SelectionRun(sel, task.name, used_proxy)
+        return SelectionRun(sel, task.name, used_proxy, uncertainty=unc)
     n_images = len(task.trainval)
     sel = Selection(sel.strategy, sel.ranking, sel.picks, {"embed": emb.stats.seconds, **sel.seconds}, n_images)
-    return SelectionRun(sel, task.name, used_proxy, emb.stats, list(embedded), n_images)
+    return SelectionRun(sel, task.name, used_proxy, emb.stats, list(embedded), n_images, unc)
 
 
 def _embed(library: Library, task: Task, cache: EmbeddingCache, names: list[str], batch_size: int,
@@ -145,11 +160,19 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
 
 
 def ranking_table(run: SelectionRun, library: Library) -> list[dict]:
-    """Rows for display: rank, member, kind, domain, score (None when unscored), picked."""
+    """Rows for display: rank, member, kind, domain, score (None when unscored), picked; and from
+    the bootstrap (None without one): interval, tied_with_best, best (the top score), at_chance."""
     picks = set(run.selection.picks)
-    return [{"rank": i, "member": n, "kind": library.info(n).kind, "domain": library.info(n).domain,
-             "score": s if math.isfinite(s) else None, "picked": n in picks}
-            for i, (n, s) in enumerate(run.selection.ranking, 1)]
+    unc = run.uncertainty.members if run.uncertainty is not None else {}
+    best = run.uncertainty.best if run.uncertainty is not None else None
+    rows = []
+    for i, (n, s) in enumerate(run.selection.ranking, 1):
+        u = unc.get(n)
+        rows.append({"rank": i, "member": n, "kind": library.info(n).kind, "domain": library.info(n).domain,
+                     "score": s if math.isfinite(s) else None, "picked": n in picks,
+                     "interval": None if u is None else u.interval, "tied_with_best": None if u is None else u.tied_with_best,
+                     "best": n == best, "at_chance": None if u is None else u.at_chance})
+    return rows
 
 
 __all__ = ["POOL_KINDS", "SelectionRun", "pool_names", "ranking_table", "run_selection", "source_probabilities"]

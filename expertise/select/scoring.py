@@ -24,6 +24,7 @@ from expertise.select import knn
 from expertise.select import proxies as P
 from expertise.select.spectral import Spectrum, compute_spectrum, spectra_batched
 from expertise.select.spectral_proxies import hscore_value, regularized_hscore_value
+from expertise.select.uncertainty import PerImage
 
 T = TypeVar("T")
 SPECTRAL = ("ridge_loo", "logme", "hscore", "regularized_hscore")
@@ -83,6 +84,7 @@ def score_pool(
     features: Mapping[str, Any], labels: Any, proxies: Sequence[str] = FEATURE_PROXIES,
     n_train: int = P.DEFAULT_N_TRAIN, device: torch.device | str | None = None, batch: int | None = None,
     seconds: dict[str, float] | None = None, workers: int = 1,
+    per_image: dict[str, dict[str, PerImage]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``scores[proxy][member]`` for every member of ``features`` (name -> float [N, D]: numpy or
     torch, read one member at a time, so a lazy mapping keeps memory per member) and every proxy
@@ -97,7 +99,10 @@ def score_pool(
     of 1,000 x 1,000 took 10x longer than 1-thread ones on a busy two-core machine). Same results.
     ``seconds``: when given, the wall time of each stage is added to it (``validate``, the shared
     ``spectrum``, ``duplicates`` for kNN, and each proxy; summed over workers), synchronising an
-    accelerator per stage.
+    accelerator per stage. ``per_image``: when given, ``per_image[proxy][member]`` receives the
+    per-image terms the score is the mean of (:class:`~expertise.select.uncertainty.PerImage`) for
+    the proxies that have them (the accuracies and their settings: knn_loo, knn_val, linear_probe,
+    ridge_loo), for :mod:`expertise.select.uncertainty`'s bootstrap; the scores are the same.
     """
     wanted = _check_proxies(proxies)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -106,10 +111,12 @@ def score_pool(
     clock = _Clock(seconds)
     names = list(features)
 
-    def score(group_names: list[str], size: int | None) -> list[tuple[str, dict[str, float]]]:
+    want_terms = per_image is not None
+
+    def score(group_names: list[str], size: int | None) -> list[tuple[str, dict[str, tuple[float, PerImage | None]]]]:
         out = []
         for group in _batches(group_names, features, labels, dev, size, clock):
-            out += _score_group(group, wanted, n_train, clock)
+            out += _score_group(group, wanted, n_train, clock, want_terms)
         return out
 
     if workers == 1:
@@ -131,13 +138,15 @@ def score_pool(
             torch.set_num_threads(threads)
     scores: dict[str, dict[str, float]] = {p: {} for p in wanted}
     for name, per_proxy in results:
-        for p, v in per_proxy.items():
+        for p, (v, terms) in per_proxy.items():
             scores[p][name] = v
+            if per_image is not None and terms is not None:
+                per_image.setdefault(p, {})[name] = terms
     return scores
 
 
 def _score_group(group: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], wanted: list[str], n_train: int,
-                 clock: _Clock) -> list[tuple[str, dict[str, float]]]:
+                 clock: _Clock, want_terms: bool) -> list[tuple[str, dict[str, tuple[float, PerImage | None]]]]:
     need_spectrum = any(p in SPECTRAL for p in wanted)  # kNN alone computes its distances blockwise
     spectra = clock.run("spectrum", lambda: _spectra(group)) if need_spectrum else [None] * len(group)
     out = []
@@ -145,7 +154,7 @@ def _score_group(group: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor
         rep = None
         if any(p.startswith("knn") for p in wanted):
             rep = clock.run("duplicates", lambda: knn.duplicate_representatives(x))
-        out.append((name, {p: clock.run(p, lambda: _score_one(p, name, x, codes, onehot, spec, n_train, rep))
+        out.append((name, {p: clock.run(p, lambda: _score_one(p, name, x, codes, onehot, spec, n_train, rep, want_terms))
                            for p in wanted}))
     return out
 
@@ -170,20 +179,37 @@ class _Clock:
 
 
 def _score_one(proxy: str, name: str, x: torch.Tensor, codes: torch.Tensor, onehot: torch.Tensor,
-               spec: Spectrum | None, n_train: int, rep: torch.Tensor | None) -> float:
+               spec: Spectrum | None, n_train: int, rep: torch.Tensor | None,
+               want_terms: bool) -> tuple[float, PerImage | None]:
+    """The score and, when ``want_terms`` and the proxy has them, its per-image terms."""
     gram = spec.gram if spec is not None else None
     c = onehot.shape[1]
     if proxy == "knn_loo":
-        return P._knn_loo_accuracy(x, codes, c, 1, "euclidean", gram, rep)
+        correct = P._knn_loo_correct(x, codes, c, 1, "euclidean", gram, rep)
+        return float(correct.mean()), _per_image(correct[None], 0, want_terms)
     if proxy == "knn_val":
-        return P._knn_val_accuracy(x, codes, c, P._check_n_train(n_train, x.shape[0], name), 1, "euclidean", gram, rep)
+        n_tr = P._check_n_train(n_train, x.shape[0], name)
+        correct = P._knn_val_correct(x, codes, c, n_tr, 1, "euclidean", gram, rep)
+        return float(correct.mean()), _per_image(correct[None], n_tr, want_terms)
     if proxy == "linear_probe":
-        return P.linear_probe(x.cpu().numpy(), codes.cpu().numpy(), n_train=n_train, name=name)
+        per_c = P.linear_probe_correct(x.cpu().numpy(), codes.cpu().numpy(), n_train, P.DEFAULT_C_GRID, name)
+        score = max(float(np.mean(v)) for v in per_c.values())  # linear_probe's best over C
+        return score, _per_image(np.stack(list(per_c.values())), n_train, want_terms)
     assert spec is not None
     if proxy == "ridge_loo":
-        return P._ridge_loo_best(spec, codes, onehot, P.DEFAULT_ALPHAS)
+        correct = P._ridge_loo_correct(spec, codes, onehot, P.DEFAULT_ALPHAS)
+        return P._ridge_loo_score(correct), _per_image(correct, 0, want_terms)
     if proxy == "logme":
-        return float(P._logme_result(spec, onehot, 1e-10, 1000, False, name))
+        return float(P._logme_result(spec, onehot, 1e-10, 1000, False, name)), None
     if proxy == "hscore":
-        return float(hscore_value(spec, onehot))
-    return float(regularized_hscore_value(x, spec, onehot))
+        return float(hscore_value(spec, onehot)), None
+    return float(regularized_hscore_value(x, spec, onehot)), None
+
+
+def _per_image(terms: torch.Tensor | np.ndarray, first: int, wanted: bool) -> PerImage | None:
+    """Terms [settings, M] of the M rows from ``first`` on as a :class:`PerImage` (when wanted)."""
+    if not wanted:
+        return None
+    t = terms.cpu().numpy() if isinstance(terms, torch.Tensor) else np.asarray(terms)
+    t = t.astype(np.float64)
+    return PerImage(t, np.arange(first, first + t.shape[1], dtype=np.int64))

@@ -60,6 +60,12 @@ def leep(source_probs: Any, labels: Any, name: str = "source_probs") -> float:
     ``LEEP = 1/N sum_i log sum_z P(y_i | z) theta_iz``. Source labels z with P(z) = 0 get no
     weight from any sample, so their (undefined) conditional is taken as 0.
     """
+    return float(np.mean(leep_terms(source_probs, labels, name)))
+
+
+def leep_terms(source_probs: Any, labels: Any, name: str = "source_probs") -> np.ndarray:
+    """float64 [N]: LEEP's per-image terms ``log sum_z P(y_i | z) theta_iz`` (the empirical
+    conditional of the whole task held fixed); :func:`leep` is their mean."""
     p = _validate_probs(source_probs, name)
     _check_same_length(p.shape[0], labels, "rows of source_probs", name)
     _, y = validate_features(p, labels, name)
@@ -69,7 +75,7 @@ def leep(source_probs: Any, labels: Any, name: str = "source_probs") -> float:
     conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)  # P(y | z)
     # For each i, some z with theta_iz > 0 has P(y_i, z) >= theta_iz / N > 0: the log is finite.
     expected = (conditional[codes] * p).sum(axis=1)
-    return float(np.mean(np.log(expected)))
+    return np.log(expected)
 
 
 def nce(source_labels: Any, labels: Any, name: str = "source_labels") -> float:
@@ -95,6 +101,21 @@ def nce(source_labels: Any, labels: Any, name: str = "source_labels") -> float:
     conditional = joint / joint.sum(axis=0)  # P(y | z); every z occurs, so P(z) > 0
     present = joint > 0  # 0 log 0 = 0
     return float((joint[present] * np.log(conditional[present])).sum())
+
+
+def nce_terms(source_probs: Any, labels: Any, name: str = "source_probs") -> np.ndarray:
+    """float64 [N]: NCE's per-image terms ``log P(y_i | z_i)`` of the hard source labels of
+    ``source_probs`` (the empirical joint of the whole task held fixed): their mean is
+    :func:`nce_from_probs`, up to rounding (NCE sums over the joint's cells instead)."""
+    z = hard_source_labels(source_probs, name)
+    _check_same_length(z.shape[0], labels, "rows of source_probs", name)
+    _, y = validate_features(z.astype(np.float64)[:, None], labels, name)
+    _, y_codes = np.unique(y, return_inverse=True)
+    _, z_codes = np.unique(z, return_inverse=True)
+    y_codes, z_codes = y_codes.reshape(-1), z_codes.reshape(-1)
+    n_y, n_z = int(y_codes.max()) + 1, int(z_codes.max()) + 1
+    joint = np.bincount(y_codes * n_z + z_codes, minlength=n_y * n_z).reshape(n_y, n_z).astype(np.float64)
+    return np.log(joint[y_codes, z_codes] / joint.sum(axis=0)[z_codes])
 
 
 def nce_from_probs(source_probs: Any, labels: Any, name: str = "source_probs") -> float:

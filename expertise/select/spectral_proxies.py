@@ -18,16 +18,17 @@ from expertise.select.spectral import EPS, Spectrum, centred_residual_operator, 
 _GRID_STEP = 1.0
 
 
-def ridge_loo_accuracies(spec: Spectrum, codes: torch.Tensor, onehot: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-    """Exact leave-one-out accuracy [A] of one-vs-all ridge with an unpenalised intercept, per alpha:
-    the LOO prediction of sample i is ``Y_i - ((I - H) Y)_i / (I - H)_ii``, argmax (lowest class among ties)."""
+def ridge_loo_correct(spec: Spectrum, codes: torch.Tensor, onehot: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """float64 [A, N]: 1 where the exact leave-one-out prediction of one-vs-all ridge with an
+    unpenalised intercept is right, per alpha: the LOO prediction of sample i is
+    ``Y_i - ((I - H) Y)_i / (I - H)_ii``, argmax (lowest class among ties)."""
     psi = alphas[:, None] / (spec.s2[None, :] + alphas[:, None])  # [A, r], computed without 1 - shrink
     p, perp = project(spec, onehot)
     ones = torch.ones_like(onehot[:, :1])
     ones_p, ones_perp = project(spec, ones)
     residual, diag = centred_residual_operator(spec, psi, onehot, perp, p, ones_p, ones_perp)
     loo = onehot[None] - residual / diag[:, :, None]
-    return (loo.argmax(dim=2) == codes[None]).double().mean(dim=1)
+    return (loo.argmax(dim=2) == codes[None]).double()
 
 
 def hscore_value(spec: Spectrum, onehot: torch.Tensor) -> torch.Tensor:
