@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from torch import nn
 
@@ -37,7 +38,13 @@ class PoolMetadata:
     notes: str | None = None
 
     def __post_init__(self) -> None:
-        check_metadata(self, "metadata")
+        check_metadata("metadata", self.upstream_dataset, self.upstream_images, self.imagenet_top1, self.notes)
+
+    @classmethod
+    def checked(cls, where: str, **fields: Any) -> PoolMetadata:
+        """Built from raw values (a pool file's), each checked with ``where`` in its error."""
+        check_metadata(where, **fields)
+        return cls(**fields)
 
     def extra(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -52,22 +59,21 @@ class PoolMetadata:
     @classmethod
     def of(cls, info: MemberInfo) -> PoolMetadata:
         """What a stored member's manifest entry says (for ``pool export``)."""
-        top1 = info.extra.get("imagenet_top1")
-        return cls(info.extra.get("upstream_dataset"), info.upstream_images,
-                   None if top1 is None else float(top1), info.extra.get("notes"))
+        extra = info.extra
+        return cls(extra.get("upstream_dataset"), info.upstream_images, extra.get("imagenet_top1"), extra.get("notes"))
 
 
-def check_metadata(meta: PoolMetadata, where: str) -> None:
-    if meta.upstream_dataset is not None:
-        schema.string(meta.upstream_dataset, f"{where}: upstream_dataset", 128)
-    schema.integer(meta.upstream_images, f"{where}: upstream_images", 0, 1 << 50)
-    if meta.imagenet_top1 is not None:
-        value = meta.imagenet_top1
-        if not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1:
-            raise ConfigError(f"{where}: imagenet_top1 is a percentage (e.g. 80.4 for 80.4%), got {value}")
-        schema.number(value, f"{where}: imagenet_top1", 1.0, 100.0)
-    if meta.notes is not None:
-        schema.string(meta.notes, f"{where}: notes", 2000)
+def check_metadata(where: str, upstream_dataset: Any = None, upstream_images: Any = 0, imagenet_top1: Any = None,
+                   notes: Any = None) -> None:
+    if upstream_dataset is not None:
+        schema.string(upstream_dataset, f"{where}: upstream_dataset", 128)
+    schema.integer(upstream_images, f"{where}: upstream_images", 0, 1 << 50)
+    if imagenet_top1 is not None:
+        if not isinstance(imagenet_top1, bool) and isinstance(imagenet_top1, (int, float)) and 0 <= imagenet_top1 < 1:
+            raise ConfigError(f"{where}: imagenet_top1 is a percentage (e.g. 80.4 for 80.4%), got {imagenet_top1}")
+        schema.number(imagenet_top1, f"{where}: imagenet_top1", 1.0, 100.0)
+    if notes is not None:
+        schema.string(notes, f"{where}: notes", 2000)
 
 
 def external_name(source: ExternalSource) -> str:
