@@ -49,7 +49,7 @@ def pool_add(
     model, source = load_external(timm_name, checkpoint, hf, pretrained, size)
     lib = Library.create(library, None, exist_ok=True)
     info = add_external(lib, model, source, name, overwrite, meta)
-    out.print(f"[green]added[/] {_describe(info)}", highlight=False)
+    out.print(f"[green]added[/] {_describe(info)}", highlight=False, soft_wrap=True)
 
 
 def _describe(info) -> str:
@@ -64,15 +64,15 @@ def _add_pool_file(library: Path, pool_file: Path, overwrite: bool) -> None:
 
     def report(o: Outcome) -> None:
         if o.added:
-            out.print(f"[green]added[/] {_describe(o.info)}", highlight=False)
+            out.print(f"[green]added[/] {_describe(o.info)}", highlight=False, soft_wrap=True)
         else:
             out.print(f"[dim]present[/] {o.info.name}: already in the library from {o.entry.describe()}, skipped",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
     outcomes = add_from_file(library, pool_file, overwrite, report)
     added = sum(o.added for o in outcomes)
     out.print(f"{pool_file}: {added} added, {len(outcomes) - added} already present; {library} has "
-              f"{len(open_library(library))} members", highlight=False)
+              f"{len(open_library(library))} members", highlight=False, soft_wrap=True)
 
 
 @pool_app.command("export")
@@ -93,7 +93,7 @@ def pool_export(
     atomic_write_text(out_file, text)
     members = text.count("[[member]]")
     err.print(f"wrote {out_file}: {members} member(s)" + (f"; {left} built member(s) of the library left out" if left else ""),
-              highlight=False)
+              highlight=False, soft_wrap=True)
 
 
 @library_app.command("ls")
@@ -123,7 +123,7 @@ def library_verify(library: Annotated[Path, typer.Argument(help="Library folder.
     library. Exit 1 if anything is wrong."""
     lib = open_library(library)
     for f in lib.clean():
-        out.print(f"removed {f}, left over from an interrupted write", highlight=False)
+        out.print(f"removed {f}, left over from an interrupted write", highlight=False, soft_wrap=True)
     problems = lib.verify()
     if problems:
         for p in problems:
