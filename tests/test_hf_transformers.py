@@ -97,6 +97,32 @@ def test_preprocessing_is_the_image_processors(tmp_path):
     assert prep.size == 112 and (summary["resize"], summary["crop"]) == (128, 112)
 
 
+@pytest.mark.parametrize("legacy,family,want", [
+    # preprocessor_config.json files as older releases wrote them: a bare number for the size
+    ({"feature_extractor_type": "CLIPFeatureExtractor", "size": 224, "crop_size": 224, "do_center_crop": True},
+     "clip", ("CLIPImageProcessor", "shortest_edge", 224, 224)),
+    ({"feature_extractor_type": "ConvNextFeatureExtractor", "size": 224, "crop_pct": 0.875},
+     "convnext", ("ConvNextImageProcessor", "shortest_edge", 256, 224)),
+    ({"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 384}, "crop_pct": 0.875},
+     "convnext", ("ConvNextImageProcessor", "square", 384, 0)),
+    ({"feature_extractor_type": "DeiTFeatureExtractor", "size": 256, "crop_size": 224, "do_center_crop": True},
+     "deit", ("DeiTImageProcessor", "square", 256, 224)),
+    ({"feature_extractor_type": "ViTFeatureExtractor", "size": 224}, "vit", ("ViTImageProcessor", "square", 224, 0)),
+    ({"size": 256, "crop_size": 224, "do_center_crop": True}, "dinov2", ("BitImageProcessor", "shortest_edge", 256, 224)),
+])
+def test_a_bare_number_size_means_what_transformers_reads_it_as(legacy, family, want):
+    import transformers
+
+    cls, mode, resize, crop = want
+    d = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, **legacy}
+    prep, summary = read_processor(d, "test", family=family)
+    assert (summary["resize_mode"], summary["resize"], summary["crop"]) == (mode, resize, crop)
+    assert prep.size == (crop or resize)
+    kwargs = {k: v for k, v in d.items() if k in ("size", "crop_size", "crop_pct")}
+    size = getattr(transformers, cls)(**kwargs).size  # transformers' own reading of the number
+    assert ("shortest_edge" in size) == (mode == "shortest_edge" or "crop_pct" in d and resize >= 384)
+
+
 def test_pool_add_hf_folder_stores_it_and_a_library_gives_it_back_identical(tmp_path):
     write_tiny(tmp_path / "vit", "vit", 5)
     lib = tmp_path / "lib"

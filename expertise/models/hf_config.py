@@ -81,6 +81,10 @@ _PROCESSOR_KEYS = frozenset({"do_resize", "size", "resample", "do_center_crop", 
                              "rescale_factor", "do_normalize", "image_mean", "image_std"})
 _PROCESSOR_INERT = frozenset({"image_processor_type", "feature_extractor_type", "processor_class", "do_convert_rgb",
                               "do_reduce_labels", "reduce_labels"})
+# Processors (by class name prefix) and, for a config that names none, families whose bare-number
+# ``size`` is the shorter side
+SHORTER_SIDE_PROCESSORS = ("CLIP", "Bit", "ConvNext")
+SHORTER_SIDE_FAMILIES = frozenset({"clip", "dinov2", "convnext", "convnextv2", "resnet"})
 # PIL's resampling filters by number, as image processors store them
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -183,7 +187,17 @@ def _edge(value: Any, where: str) -> tuple[str, int, int]:
     raise ConfigError(f"{where}: expected {{height, width}} or {{shortest_edge}}, got keys {sorted(d)}")
 
 
-def read_processor(d: Mapping[str, Any], where: str, size: int | None = None) -> tuple[Preprocessing, dict[str, Any]]:
+def _shorter_side(d: Mapping[str, Any], family: str | None) -> bool:
+    """Whether a bare-number ``size`` means the shorter side (transformers' processors of CLIP,
+    DINOv2 (Bit) and ConvNeXt, ``default_to_square=False``) rather than a square."""
+    kind = d.get("image_processor_type") or d.get("feature_extractor_type")
+    if isinstance(kind, str):
+        return kind.startswith(SHORTER_SIDE_PROCESSORS)
+    return family in SHORTER_SIDE_FAMILIES
+
+
+def read_processor(d: Mapping[str, Any], where: str, size: int | None = None,
+                   family: str | None = None) -> tuple[Preprocessing, dict[str, Any]]:
     """``preprocessor_config.json`` -> (the member's Preprocessing, the processor summary kept in
     its config: ``resize`` (pixels), ``resize_mode`` (``square`` or ``shortest_edge``), ``crop``
     (pixels, 0 for none) and ``interpolation``). ``size`` overrides the final input size; resize
@@ -200,6 +214,8 @@ def read_processor(d: Mapping[str, Any], where: str, size: int | None = None) ->
     if "size" not in d:
         raise ConfigError(f"{where}: missing 'size' (the input size of the model)")
     mode, h, w = _edge(d["size"], f"{where}.size")
+    if mode == "square" and h == w and isinstance(d["size"], int) and _shorter_side(d, family):
+        mode = "shortest_edge"
     crop = 0
     crop_pct = d.get("crop_pct")
     if flag("do_center_crop", False):
@@ -209,13 +225,18 @@ def read_processor(d: Mapping[str, Any], where: str, size: int | None = None) ->
         if ch != cw:
             raise ConfigError(f"{where}.crop_size: a {ch}x{cw} crop is not square; pool members take square inputs")
         crop = ch
-        if isinstance(d["size"], int) and not isinstance(d["size"], bool):
-            mode = "shortest_edge"  # a bare number with a crop: the shorter side (CLIP's convention)
-    elif crop_pct is not None and mode == "shortest_edge" and h < 384:
-        # ConvNeXt's processor: resize the shorter side to size/crop_pct, then crop size
+    elif crop_pct is not None and mode == "shortest_edge":
+        # ConvNeXt's processor: below 384 px the shorter side is resized to size/crop_pct and the
+        # centre size x size cropped; from 384 px on, the image is resized to size x size
         pct = schema.number(crop_pct, f"{where}.crop_pct", 0.0, 1.0, lo_open=True)
-        crop, h = h, int(h / pct)
+        if h < 384:
+            crop, h = h, int(h / pct)
+        else:
+            mode = "square"
         w = h
+    if mode == "shortest_edge" and not crop:
+        raise ConfigError(f"{where}: resizes the shorter side without a crop, so inputs would not be square; "
+                          "pool members take square inputs")
     if mode == "square" and h != w:
         raise ConfigError(f"{where}.size: {h}x{w} is not square; pool members take square inputs")
     resample = schema.integer(d.get("resample", 2), f"{where}.resample", 0, 5)

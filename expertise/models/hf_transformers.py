@@ -289,7 +289,7 @@ def from_folder(folder: Path, size: int | None = None, location: str | None = No
     if not proc_file.is_file():
         raise ConfigError(f"{folder} has no {hf_config.PROCESSOR} (the image processor's size, mean and std); "
                           "download it with the weights")
-    prep, processor = hf_config.read_processor(hf_config.read_json(proc_file), str(proc_file), size)
+    prep, processor = hf_config.read_processor(hf_config.read_json(proc_file), str(proc_file), size, family)
     fam, tf = FAMILIES[family], _transformers()
     defaults = getattr(tf, fam.config_class)().to_dict()
     args = hf_config.arch_args_of_folder(family, cfg, defaults, str(cfg_file))
