@@ -57,6 +57,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from expertise import schema
@@ -239,8 +240,20 @@ def is_transformers_folder(folder: Path) -> bool:
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a folder: ``model.safetensors``, or the shards its index names;
-    a folder with only pickled weights is refused by name."""
+    """The safetensors files of a folder: ``model.safetensors``, or the shards its index names,
+    each with a readable safetensors header; a folder with only pickled weights is refused by name."""
+    files = _listed_weights(folder)
+    for f in files:
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), framework="pt") as fh:
+                    fh.keys()
+            except (SafetensorError, OSError, ValueError) as e:
+                raise ConfigError(f"{f} is not a readable safetensors file ({e}); expertise reads safetensors only") from None
+    return files
+
+
+def _listed_weights(folder: Path) -> list[Path]:
     if (folder / WEIGHTS).is_file():
         return [folder / WEIGHTS]
     if (folder / INDEX).is_file():
@@ -304,7 +317,7 @@ def from_folder(folder: Path, size: int | None = None, location: str | None = No
             loaded, info = cls.from_pretrained(staged, config=config, local_files_only=True, use_safetensors=True,
                                                trust_remote_code=False, output_loading_info=True, dtype=torch.float32,
                                                **kwargs)
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError, SafetensorError) as e:
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             raise ConfigError(f"the weights in {folder} do not load as its {family!r} config.json describes "
                               f"({type(e).__name__}: {' '.join(lines[:2])[:240]})") from None
