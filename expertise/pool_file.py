@@ -196,8 +196,8 @@ def present(library: Library, entry: PoolEntry) -> MemberInfo | None:
         info = library.info(entry.name)
         if not _same_source(info, entry):
             was = f"{info.extra.get('source', info.kind)} {info.extra.get('location', '')}".strip()
-            raise ConfigError(f"the library already has a member {entry.name!r} from another source ({was}); rename "
-                              "this entry or remove that member")
+            raise ConfigError(f"the library already has a member {entry.name!r} from another source or input size "
+                              f"({was} at {info.preprocessing.get('size')} px); rename this entry or remove that member")
         return info
     return next((m for m in library.members() if _same_source(m, entry)), None)
 
