@@ -21,7 +21,7 @@ def pool_add(
     timm_name: Annotated[Optional[str], typer.Option("--timm", help="timm architecture, e.g. resnet50 (see timm.list_models()).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Weights for --timm: a .safetensors state dict.")] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained", help="timm's own pretrained weights for --timm (needs a network or a warm cache).")] = False,
-    hf: Annotated[Optional[str], typer.Option("--hf", help="A Hugging Face model, timm or transformers: a folder (config.json + model.safetensors) or a Hub id in the local cache.")] = None,
+    hf: Annotated[Optional[str], typer.Option("--hf", help="A Hugging Face model, timm or transformers: a folder (config.json + model.safetensors) or a Hub id (read from the local Hugging Face cache; fetched only when online).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Member name (default ext.<architecture>, or ext.<folder or repository name> for transformers).")] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Input size in pixels (default: the weights' own).")] = None,
     upstream_dataset: Annotated[Optional[str], typer.Option("--upstream-dataset", help="Name of the data it was trained on, e.g. imagenet-21k.")] = None,
