@@ -151,6 +151,19 @@ def _ext_config(edit):
     return fault
 
 
+def _tf_config(edit):
+    """A tiny transformers member added to the library copy, then its config edited."""
+    def fault(path: Path, evil: Path) -> str:
+        pytest.importorskip("transformers")
+        from hf_tiny import write_tiny
+
+        write_tiny(path.parent / "tf_source", "vit", 3)
+        add_external(Library.open(path), *load_external(hf=str(path.parent / "tf_source")), name="tf")
+        _edit_json(path / "members" / "tf" / "config.json", edit)
+        return "tf"
+    return fault
+
+
 def _b_config(edit):
     def fault(path: Path, evil: Path) -> str:
         _edit_json(path / "members" / "b" / "config.json", edit)
@@ -168,6 +181,12 @@ CONFIG_FAULTS = {
     "timm architecture from the Hub": _ext_config(lambda c, e: c.update(architecture="hf-hub:evil/model")),
     "timm architecture as a path": _ext_config(lambda c, e: c.update(architecture="../../evil")),
     "timm in_chans 1": _ext_config(lambda c, e: c["model_args"].update(in_chans=1)),
+    "transformers key outside the allowlist": _tf_config(lambda c: c["config"].update(attn_implementation="flash")),
+    "transformers custom code": _tf_config(lambda c: c["config"].update(auto_map={"AutoModel": "evil.Model"})),
+    "transformers unknown family": _tf_config(lambda c: c.update(family="gpt2")),
+    "transformers hidden_size 2^20": _tf_config(lambda c: c["config"].update(hidden_size=1 << 20)),
+    "transformers path as a value": _tf_config(lambda c: c["config"].update(hidden_act="/tmp/evil.py")),
+    "transformers num_channels 1": _tf_config(lambda c: c["config"].update(num_channels=1)),
     "channels 16384": _b_config(lambda c: c["backbone"].update(channels=[16384, 32, 64, 128])),
     "num_outputs -5": _b_config(lambda c: c.update(num_outputs=-5)),
     "num_outputs 1e9": _b_config(lambda c: c.update(num_outputs=1e9)),
@@ -351,6 +370,37 @@ def test_hf_folder_without_classifier_is_a_member_without_upstream_head(tmp_path
     folder = _hf_folder(tmp_path, num_classes=0)
     model, _ = from_hf_folder(folder)
     assert model.head is None and model.embed(torch.zeros(1, 3, 32, 32)).shape[0] == 1
+
+
+def _tf_folder(tmp_path: Path) -> Path:
+    pytest.importorskip("transformers")
+    from hf_tiny import write_tiny
+
+    write_tiny(tmp_path / "tf", "vit", 3)
+    return tmp_path / "tf"
+
+
+def test_transformers_folder_asking_for_custom_code_is_refused(tmp_path: Path, marker: Path) -> None:
+    folder = _tf_folder(tmp_path)
+    _edit_json(folder / "config.json", lambda c: c.update(auto_map={"AutoModel": "modeling_evil.Model"}))
+    (folder / "modeling_evil.py").write_text(f"import os; os.makedirs({str(marker)!r})\n")
+    text = _one_line_error(["pool", "add", "--library", str(tmp_path / "lib"), "--hf", str(folder)])
+    assert "custom model code" in text and not marker.exists()
+
+
+def test_transformers_folder_with_a_pickle_as_weights_is_refused(tmp_path: Path, evil: Path, marker: Path) -> None:
+    folder = _tf_folder(tmp_path)
+    shutil.copy(evil, folder / "model.safetensors")
+    text = _one_line_error(["pool", "add", "--library", str(tmp_path / "lib"), "--hf", str(folder)])
+    assert "is not a readable safetensors file" in text and not marker.exists()
+
+
+def test_transformers_index_naming_a_pickle_shard_is_refused(tmp_path: Path, evil: Path, marker: Path) -> None:
+    folder = _tf_folder(tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../evil.pth"}}))
+    text = _one_line_error(["pool", "add", "--library", str(tmp_path / "lib"), "--hf", str(folder)])
+    assert "not safetensors files in the folder" in text and not marker.exists()
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

@@ -68,6 +68,22 @@ def _external(arch: str, num_classes: int, size: int | None):
     return make
 
 
+def _transformers(kind: str, labels: int, width: int):
+    """A tiny transformers ``kind`` model written to a local folder (tests/hf_tiny.py) and read
+    back as a member; its classifier, when it has one, becomes the upstream head."""
+    def make(request: pytest.FixtureRequest) -> Member:
+        pytest.importorskip("transformers")
+        from hf_tiny import write_tiny
+
+        from expertise.models.hf_transformers import from_folder
+
+        folder = request.getfixturevalue("tmp_path") / kind
+        write_tiny(folder, kind, labels, seed=5)
+        model, _ = from_folder(folder)
+        return Member(model, width, labels)
+    return make
+
+
 def _label_nodes(lib: Library, info: MemberInfo) -> int:
     return len(lib.hierarchy.label_nodes)
 
@@ -79,6 +95,8 @@ CASES = {
     "epn": Case("ExpertModel", "epn", _from_library("epn", lambda lib, info: len(info.extra["nodes"]))),
     "external_test_resnet": Case("ExternalModel", "external", _external("test_resnet", 7, 32)),
     "external_test_vit": Case("ExternalModel", "external", _external("test_vit", 0, None)),  # no classifier, no upstream head
+    "transformers_vit": Case("TransformersModel", "external", _transformers("vit", 5, 32)),
+    "transformers_convnext": Case("TransformersModel", "external", _transformers("convnext", 0, 16)),  # no head
 }
 
 
@@ -120,7 +138,7 @@ def _registered_member_classes() -> set[str]:
 
 def test_every_registered_member_class_has_a_contract_case() -> None:
     registered = _registered_member_classes()
-    assert {"ExpertModel", "AdapterExpert", "ExternalModel"} <= registered
+    assert {"ExpertModel", "AdapterExpert", "ExternalModel", "TransformersModel"} <= registered
     missing = registered - {case.member_class for case in CASES.values()}
     assert not missing, f"member classes without a contract case: {sorted(missing)}; add them to CASES"
 

@@ -1,4 +1,5 @@
-"""Commands on a library itself: add external models, list members, verify."""
+"""Commands on a library itself: add external models (one, or a pool file), export them as a pool file,
+list members, verify."""
 
 from __future__ import annotations
 
@@ -16,26 +17,83 @@ from expertise.cli.common import (LibOpt, open_library, err, library_app, out,
 @user_errors
 def pool_add(
     library: LibOpt,
+    pool_file: Annotated[Optional[Path], typer.Option("--from", help="A pool file (TOML, one [[member]] per model; see docs/pools.md): add every member it lists, skipping those already added.")] = None,
     timm_name: Annotated[Optional[str], typer.Option("--timm", help="timm architecture, e.g. resnet50 (see timm.list_models()).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Weights for --timm: a .safetensors state dict.")] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained", help="timm's own pretrained weights for --timm (needs a network or a warm cache).")] = False,
-    hf: Annotated[Optional[str], typer.Option("--hf", help="A Hugging Face timm model: a downloaded folder (config.json + model.safetensors) or a Hub id.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Member name (default ext.<architecture>).")] = None,
+    hf: Annotated[Optional[str], typer.Option("--hf", help="A Hugging Face model, timm or transformers: a folder (config.json + model.safetensors) or a Hub id (read from the local Hugging Face cache; fetched only when online).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Member name (default ext.<architecture>, or ext.<folder or repository name> for transformers).")] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Input size in pixels (default: the weights' own).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a member of the same name.")] = False,
+    upstream_dataset: Annotated[Optional[str], typer.Option("--upstream-dataset", help="Name of the data it was trained on, e.g. imagenet-21k.")] = None,
+    upstream_images: Annotated[int, typer.Option("--upstream-images", help="Images in that data (task_agnostic's second key).")] = 0,
+    imagenet_top1: Annotated[Optional[float], typer.Option("--imagenet-top1", help="ImageNet top-1 accuracy in percent, e.g. 80.4 (task_agnostic ranks by it).")] = None,
+    notes: Annotated[Optional[str], typer.Option("--notes", help="Free text kept with the member.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a member of the same name (with --from: every member the file names).")] = False,
 ) -> None:
-    """Register an external pre-trained model as a pool member of LIBRARY (created if missing).
+    """Register external pre-trained models as pool members of LIBRARY (created if missing): one
+    model from --timm/--checkpoint/--pretrained or --hf, or every model of a pool file (--from).
     Weights are read from safetensors only; pickled checkpoints are refused."""
     from expertise.library import Library
-    from expertise.pool import add_external, load_external
+    from expertise.pool import PoolMetadata, add_external, load_external
 
+    if pool_file is not None:
+        if any(v is not None for v in (timm_name, checkpoint, hf, name, size, upstream_dataset, imagenet_top1, notes)) \
+                or pretrained or upstream_images:
+            from expertise.errors import ConfigError
+
+            raise ConfigError("--from reads every model and its metadata from the pool file; pass no other model options")
+        _add_pool_file(library, pool_file, overwrite)
+        return
+    meta = PoolMetadata.checked("pool add", upstream_dataset=upstream_dataset, upstream_images=upstream_images,
+                                imagenet_top1=imagenet_top1, notes=notes)
     model, source = load_external(timm_name, checkpoint, hf, pretrained, size)
     lib = Library.create(library, None, exist_ok=True)
-    info = add_external(lib, model, source, name, overwrite)
-    head = info.extra["upstream_classes"]
-    out.print(f"[green]added[/] {info.name}: {info.architecture} from {source.location}, {info.parameters:,} parameters, "
-              f"embedding {info.embedding_dim}, input {info.preprocessing['size']} px, "
-              + (f"upstream head of {head} classes" if head else "no upstream head"), highlight=False, soft_wrap=True)
+    info = add_external(lib, model, source, name, overwrite, meta)
+    out.print(f"[green]added[/] {_describe(info)}", highlight=False, soft_wrap=True)
+
+
+def _describe(info) -> str:
+    head = info.extra.get("upstream_classes", 0)
+    return (f"{info.name}: {info.architecture} from {info.extra.get('location')}, {info.parameters:,} parameters, "
+            f"embedding {info.embedding_dim}, input {info.preprocessing['size']} px, "
+            + (f"upstream head of {head} classes" if head else "no upstream head"))
+
+
+def _add_pool_file(library: Path, pool_file: Path, overwrite: bool) -> None:
+    from expertise.pool_file import Outcome, add_from_file
+
+    def report(o: Outcome) -> None:
+        if o.added:
+            out.print(f"[green]added[/] {_describe(o.info)}", highlight=False, soft_wrap=True)
+        else:
+            out.print(f"[dim]present[/] {o.info.name}: already in the library from {o.entry.describe()}, skipped",
+                      highlight=False, soft_wrap=True)
+
+    outcomes = add_from_file(library, pool_file, overwrite, report)
+    added = sum(o.added for o in outcomes)
+    out.print(f"{pool_file}: {added} added, {len(outcomes) - added} already present; {library} has "
+              f"{len(open_library(library))} members", highlight=False, soft_wrap=True)
+
+
+@pool_app.command("export")
+@user_errors
+def pool_export(
+    library: LibOpt,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the pool file here (default: print it).")] = None,
+) -> None:
+    """Write the external members of LIBRARY as a pool file (their sources, input sizes and
+    metadata), which 'pool add --from' reads back into another library."""
+    from expertise.io import atomic_write_text
+    from expertise.pool_file import export
+
+    text, left = export(open_library(library))
+    if out_file is None:
+        print(text, end="")
+        return
+    atomic_write_text(out_file, text)
+    members = text.count("[[member]]")
+    err.print(f"wrote {out_file}: {members} member(s)" + (f"; {left} built member(s) of the library left out" if left else ""),
+              highlight=False, soft_wrap=True)
 
 
 @library_app.command("ls")
@@ -65,7 +123,7 @@ def library_verify(library: Annotated[Path, typer.Argument(help="Library folder.
     library. Exit 1 if anything is wrong."""
     lib = open_library(library)
     for f in lib.clean():
-        out.print(f"removed {f}, left over from an interrupted write", highlight=False)
+        out.print(f"removed {f}, left over from an interrupted write", highlight=False, soft_wrap=True)
     problems = lib.verify()
     if problems:
         for p in problems:

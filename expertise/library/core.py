@@ -27,6 +27,7 @@ from expertise.library.admission import check_prior, complete_info, shareless_st
 from expertise.library.transaction import Transaction
 from expertise.library.verify import verify
 from expertise.models import external  # noqa: F401  registers ExternalModel for model_from_config
+from expertise.models import hf_transformers  # noqa: F401  registers TransformersModel (transformers imported when used)
 from expertise.models.adapters import AdapterBank
 
 

@@ -186,9 +186,11 @@ class ExternalSource:
     architecture: str
     location: str  # the checkpoint file, the Hugging Face folder or id, or the timm name
     pretrained_tag: str = ""
+    format: str = "timm"  # "timm", or "transformers" (expertise.models.hf_transformers)
 
     def to_json(self) -> dict[str, str]:
-        return {"source": self.kind, "location": self.location, "pretrained_tag": self.pretrained_tag}
+        return {"source": self.kind, "location": self.location, "pretrained_tag": self.pretrained_tag,
+                "format": self.format}
 
 
 def _safetensors_keys(path: Path) -> dict[str, tuple[int, ...]]:
@@ -261,7 +263,7 @@ def from_hf_folder(folder: Path, size: int | None = None, location: str | None =
     pretrained_cfg = check_pretrained_cfg(cfg.get("pretrained_cfg") or {}, str(cfg_file))
     architecture = cfg.get("architecture") or pretrained_cfg.get("architecture")
     if not isinstance(architecture, str) or not architecture:
-        raise ConfigError(f"{cfg_file} names no 'architecture'; is it a timm model? (transformers models are not supported)")
+        raise ConfigError(f"{cfg_file} names no 'architecture'; is it a timm model? (a transformers model has a 'model_type')")
     architecture = schema.token(architecture, f"{cfg_file}: architecture")
     # timm records the factory's arguments; those this loader sets itself are taken from them
     raw_args = schema.obj(cfg.get("model_args") or {}, f"{cfg_file}: model_args")
@@ -276,21 +278,40 @@ def from_hf_folder(folder: Path, size: int | None = None, location: str | None =
     return ExternalModel.wrap(net, architecture, _preprocessing(net, size), model_args), source
 
 
-def from_hf_hub(repo_id: str, size: int | None = None, revision: str | None = None) -> tuple[ExternalModel, ExternalSource]:
-    """A timm model from the Hugging Face Hub (``timm/resnet50.a1_in1k``): only its config and
-    safetensors weights are fetched (or found in the local Hugging Face cache when offline)."""
-    from huggingface_hub import snapshot_download
+# What is fetched of a Hugging Face repository: configs and safetensors weights, never pickles.
+HUB_PATTERNS = [HF_CONFIG, "preprocessor_config.json", HF_WEIGHTS, "model.safetensors.index.json", "model-*.safetensors"]
+
+
+def hub_folder(repo_id: str, revision: str | None = None) -> Path:
+    """The local folder of a Hugging Face repository: from the local cache when it is there,
+    otherwise downloaded (configs and safetensors weights only) unless ``HF_HUB_OFFLINE`` is set;
+    one line naming what to download, and where, when neither works."""
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=[HF_CONFIG, HF_WEIGHTS])
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except LocalEntryNotFoundError:
-        raise ConfigError(f"{repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached; "
-                          f"download it where there is a network (huggingface-cli download {repo_id}) and pass "
-                          "the folder to --hf") from None
+        pass
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {repo_id!r} from the Hugging Face cache ({e})") from None
+    try:
+        if constants.HF_HUB_OFFLINE:
+            raise LocalEntryNotFoundError("offline")
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise ConfigError(f"{repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub "
+                          f"cannot be reached; where there is a network run: hf download {repo_id} --include '*.json' "
+                          "'*.safetensors' (it lands in that cache; copy the cache here, or pass the downloaded "
+                          "folder to --hf)") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise ConfigError(f"cannot fetch {repo_id!r} from the Hugging Face Hub ({e})") from None
-    return from_hf_folder(Path(folder), size, location=repo_id)
+
+
+def from_hf_hub(repo_id: str, size: int | None = None, revision: str | None = None) -> tuple[ExternalModel, ExternalSource]:
+    """A timm model from the Hugging Face Hub (``timm/resnet50.a1_in1k``): only its config and
+    safetensors weights are fetched (or found in the local Hugging Face cache, looked at first)."""
+    return from_hf_folder(hub_folder(repo_id, revision), size, location=repo_id)
 
 
 def from_timm_pretrained(architecture: str, size: int | None = None) -> tuple[ExternalModel, ExternalSource]:
