@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from expertise.cli import checks
 from expertise.cli.common import (DeviceOpt, LibOpt, ProxyOpt, QuietOpt, SkipOpt, StrategyOpt, TaskOpt,
                                   open_library, task_resolution, app, out,
                                   user_errors)
@@ -25,6 +26,7 @@ def select(library: LibOpt, task: TaskOpt,
            seed: int = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False) -> None:
     """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
     member's score (table, JSON and a bar chart) and the time each stage took."""
+    checks.select_options(library, strategy, proxy, budget, device)
     from expertise.io import atomic_write_json
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library

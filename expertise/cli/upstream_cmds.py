@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from expertise.cli import checks
 from expertise.cli.common import (DeviceOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, setup, app, out,
                                   user_errors)
 from expertise.runtime import RunContext
@@ -21,6 +22,7 @@ def demo(
     overrides: SetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False,
 ) -> None:
     """Run the whole pipeline on the embedded world: upstream, selection, transfer, results table."""
+    checks.build_options(preset, overrides, device)
     import shutil
 
     from expertise.demo import run_demo
@@ -41,6 +43,7 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
              quiet: QuietOpt = False) -> None:
     """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
     embedded upstream world into LIBRARY."""
+    checks.build_options(preset, overrides, device)
     from expertise.upstream.build import build_library
 
     cfg, dev = setup(preset, overrides, device)
@@ -55,12 +58,10 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
             overrides: SetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
     """Train experts for the top-K hierarchy nodes: full (B tuned on each node's slice) or adapter
     (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing."""
-    from expertise.errors import ConfigError
+    kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
+    checks.build_options(preset, overrides, device, kind, kinds, num_experts)
     from expertise.upstream.build import build_library
 
-    kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
-    if kind not in kinds:
-        raise ConfigError(f"unknown expert kind {kind!r}; choose full, adapter or both")
     items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
     cfg, dev = setup(preset, items, device)
     build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), kinds=kinds[kind])
