@@ -61,7 +61,7 @@ def strategy(name: str, proxy: str) -> None:
 def choice(value: str, choices: Iterable[str], option: str) -> None:
     allowed = list(choices)
     if value not in allowed:
-        raise ConfigError(f"{option} {value!r} is not one of: {', '.join(allowed)}")
+        raise ConfigError(f"{option} {value!r}: choose one of {', '.join(allowed)}")
 
 
 def at_least(value: float | None, low: float, option: str) -> None:
@@ -168,7 +168,9 @@ def dat_options(upstream: str, sampler: str, weighting: str, init: str, size: in
                 preset_name: str, overrides: Sequence[str] | None, device_name: str) -> None:
     from expertise.dat import INITS, SAMPLERS, WEIGHTINGS
 
-    choice(upstream, ["world"], "--upstream")
+    if upstream != "world":
+        raise ConfigError(f"--upstream {upstream!r}: this version re-samples the embedded world a library was built on; "
+                          "use --upstream world")
     choice(sampler, SAMPLERS, "--sampler")
     choice(weighting, WEIGHTINGS, "--weighting")
     choice(init, INITS, "--init")
