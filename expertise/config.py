@@ -115,7 +115,10 @@ def _apply(obj: Any, items: list[tuple[list[str], Any, str]]) -> Any:
                 raise ConfigError(f"setting {full!r}: {path[0]} has no sub-settings")
             nested.setdefault(path[0], []).append((path[1:], value, full))
         else:
-            changes[path[0]] = _coerce(current, value) if isinstance(value, str) else value
+            try:
+                changes[path[0]] = _coerce(current, value) if isinstance(value, str) else value
+            except ValueError:
+                raise ConfigError(f"setting {full!r} takes {type(current).__name__} values, got {value!r}") from None
     for field_name, sub in nested.items():
         changes[field_name] = _apply(getattr(obj, field_name), sub)
     try:

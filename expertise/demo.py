@@ -53,7 +53,7 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     domain_of_member = {n: library.info(n).domain for n in names}
 
     task_names = list(preset.tasks or (*world.task_names, "sklearn_digits"))
-    cache = EmbeddingCache(out / "cache")
+    cache = EmbeddingCache(library.path / "cache")  # the library's one cache, shared with select, transfer and bench
     store = RecordStore(out)
     rows: list[dict[str, Any]] = []
     timings["select"] = timings["finetune"] = 0.0

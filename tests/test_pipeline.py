@@ -72,6 +72,7 @@ def test_demo_rerun_reuses_everything(demo_run):
     after = {p: p.stat().st_mtime_ns for p in (out / "library").rglob("*.safetensors")}
     assert before == after  # no member retrained
     assert all(r["embedded_images"] == 0 for r in second["metrics"]["tasks"])  # embeddings from the cache
+    assert (out / "library" / "cache").is_dir() and not (out / "cache").exists()  # the library's one cache
     assert [r["test_selected"] for r in second["metrics"]["tasks"]] == [r["test_selected"] for r in first["metrics"]["tasks"]]
     assert len(lib) == 2 + 2 * preset.num_experts
 

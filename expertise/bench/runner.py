@@ -94,11 +94,13 @@ def _member_json(info: MemberInfo) -> dict[str, Any]:
 def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: TrainConfig,
               sweep: SweepConfig = SweepConfig(lr_factors=(1.0,)), strategies: Sequence[StrategySpec] = DEFAULT_STRATEGIES,
               pools: Sequence[str] = DEFAULT_POOLS, ctx: RunContext = RunContext(), batch_size: int = 500) -> Path:
-    """Run (or resume) the benchmark into ``out`` and write its report; returns ``summary.md``."""
+    """Run (or resume) the benchmark into ``out`` and write its report; returns ``summary.md``.
+    Embeddings go to ``ctx.cache`` (``OUT/cache`` without one; ``expertise bench`` passes the
+    library's own ``LIBRARY/cache``, which the demo, ``select`` and ``transfer`` share)."""
     seed, device, log = ctx.seed, ctx.device, ctx.log
     out = Path(out)
     store = RecordStore(out)
-    cache = EmbeddingCache(out / "cache")
+    cache = ctx.cache if ctx.cache is not None else EmbeddingCache(out / "cache")
     infos = [library.info(n) for n in library.names()]
     pool_members = {spec: parse_pool(spec).names(infos, allow_empty=True) for spec in pools}
     pool_members = {k: v for k, v in pool_members.items() if v}

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from expertise.cli import checks
 from expertise.cli.common import (DeviceOpt, FinetuneSetOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
                                   resumes, run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP)
 from expertise.runtime import RunContext
@@ -25,6 +26,7 @@ def bench(ctx: typer.Context,
                                                   "one factor skips the sweep.")] = "1",
           sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
           retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
+          cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
           preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
           quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
     """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
@@ -32,22 +34,27 @@ def bench(ctx: typer.Context,
     'expertise bench report DIR' rebuilds the report from the records alone."""
     if ctx.invoked_subcommand is not None:
         return
+    checks.bench_options(strategies, pools, lr_factors, sweeps, retrains, preset, overrides, device)
     from expertise.transfer.protocol import SweepConfig
     from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
     from expertise.errors import ConfigError
+    from expertise.select.embed import EmbeddingCache
     from expertise.upstream.build import world_of_library
 
     if library is None:
         raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
     cfg, dev = setup(preset, overrides, device, threads)
     lib = open_library(library)
-    tasks = suite_tasks(suite, world_of_library(lib), task_resolution(lib), seed)
+    world = world_of_library(lib)
+    checks.suite(suite, world.task_names if world is not None else ())
+    tasks = suite_tasks(suite, world, task_resolution(lib), seed)
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     log = run_log(out_dir)
     log(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
               f"member and task, writing to {out_dir}")
     summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies), tuple(pools or DEFAULT_POOLS),
-                        RunContext(dev, seed, not quiet, log), cfg.embed_batch)
+                        RunContext(dev, seed, not quiet, log, cache=EmbeddingCache(cache or library / "cache")),
+                        cfg.embed_batch)
     out.print(summary.read_text(), markup=False, highlight=False)
 
 

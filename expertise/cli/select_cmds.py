@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from expertise.cli import checks
 from expertise.cli.common import (DeviceOpt, LibOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt, StrategyOpt, TaskOpt, ThreadsOpt,
                                   open_library, task_resolution, app, out,
                                   user_errors)
@@ -29,6 +30,7 @@ def select(library: LibOpt, task: TaskOpt,
     """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
     member's score with its 95% interval and whether it is tied with the best or at chance (table,
     JSON and a bar chart) and the time each stage took."""
+    checks.select_options(library, strategy, proxy, budget, device)
     from expertise.io import atomic_write_json
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library

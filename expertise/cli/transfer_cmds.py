@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from expertise.cli import checks
 from expertise.cli.common import (DatSetOpt, DeviceOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
                                   StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, resumes, run_log, task_resolution,
                                   setup, app, out, user_errors)
@@ -25,6 +26,7 @@ def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option
     """Fine-tune MEMBER on TASK's 1,000 train+val images with a new head; report test accuracy and
     keep the model in --out (for 'expertise predict'). An interrupted run resumes from its last
     checkpoint when run again; a finished one is reused."""
+    checks.finetune_options(library, member, preset, overrides, device)
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library
     from expertise.transfer.keep import finetune_to_folder, folder_name
@@ -55,11 +57,13 @@ def transfer(library: LibOpt, task: TaskOpt,
              lr_factors: Annotated[str, typer.Option("--lr-factors", help="Sweep grid: learning-rate factors around the preset's.")] = "1,0.3,3",
              sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
              retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
+             cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
              preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
              quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy.
     The first retrain of each pick is kept as a model folder (for 'expertise predict')."""
+    checks.transfer_options(library, strategy, proxy, budget, lr_factors, sweeps, retrains, preset, overrides, device)
     from expertise.transfer.protocol import SweepConfig, transfer_protocol
     from expertise.transfer.keep import FolderKeeper, folder_name
     from expertise.store import RecordStore
@@ -73,7 +77,7 @@ def transfer(library: LibOpt, task: TaskOpt,
     lib = open_library(library)
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
-    run = run_selection(lib, t, strategy, budget, proxy, ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(out_dir / "cache")))
+    run = run_selection(lib, t, strategy, budget, proxy, ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")))
     out.print(f"{run.label} picked {', '.join(run.selection.picks)} in {run.seconds['total']:.1f}s")
     ctx = RunContext(dev, seed, not quiet, log, RecordStore(out_dir))
     best, best_keeper = None, None
@@ -148,6 +152,7 @@ def dat(library: LibOpt, task: TaskOpt,
     """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
     re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's."""
+    checks.dat_options(upstream_data, sampler, weighting, init, size, temperature, preset, overrides, device)
     import time
 
     from expertise.dat import DATConfig, cost_ratios, dat_record, run_dat

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from expertise.cli import checks
 from expertise.cli.common import (DeviceOpt, ExpertSetOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, ThreadsOpt, resumes, run_log, setup, app,
                                   out, user_errors)
 from expertise.runtime import RunContext
@@ -22,6 +23,7 @@ def demo(
     overrides: SetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False, threads: ThreadsOpt = None,
 ) -> None:
     """Run the whole pipeline on the embedded world: upstream, selection, transfer, results table."""
+    checks.build_options(preset, overrides, device)
     import shutil
 
     from expertise.demo import run_demo
@@ -44,6 +46,7 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
              quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
     """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
     embedded upstream world into LIBRARY."""
+    checks.build_options(preset, overrides, device)
     from expertise.upstream.build import build_library
 
     cfg, dev = setup(preset, overrides, device, threads)
@@ -60,12 +63,10 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
             threads: ThreadsOpt = None) -> None:
     """Train experts for the top-K hierarchy nodes: full (B tuned on each node's slice) or adapter
     (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing."""
-    from expertise.errors import ConfigError
+    kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
+    checks.build_options(preset, overrides, device, kind, kinds, num_experts)
     from expertise.upstream.build import build_library
 
-    kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
-    if kind not in kinds:
-        raise ConfigError(f"unknown expert kind {kind!r}; choose full, adapter or both")
     items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
     cfg, dev = setup(preset, items, device, threads)
     build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), kinds=kinds[kind])

@@ -56,6 +56,7 @@ def build_upstream(library: Library, train: UpstreamData, holdout: UpstreamData,
         log(f"baseline {bname} already in the library: reusing it")
         baseline = library.load(bname)  # type: ignore[assignment]
     names = [bname]
+    # No full experts asked for (`expertise upstream`, `expertise experts --kind adapter`): B alone.
     nodes = train.hierarchy.choose_expert_domains(train.leaf_counts(), num_experts) if num_experts > 0 else []
     for node in nodes:
         name = expert_name(backbone, node)

@@ -1,0 +1,197 @@
+"""Checks of command-line options, run at the top of each command before any task is loaded, any
+world rendered or any model run: a bad option costs a second, not the minutes of work before the
+stage that reads it. Each check raises :class:`~expertise.errors.ConfigError` (one line, exit 2)
+and reuses the registries that define what is valid (strategies, proxies, presets, pools)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from expertise.errors import ConfigError
+
+if TYPE_CHECKING:
+    from expertise.config import Preset
+    from expertise.library import Library
+
+
+def preset(name: str, overrides: Sequence[str] | None) -> Preset:
+    """The preset with its ``--set`` overrides applied (unknown preset or setting: one line)."""
+    from expertise.config import get_preset, parse_overrides
+
+    cfg = get_preset(name, parse_overrides(list(overrides or [])))
+    if cfg.num_experts < 1:
+        raise ConfigError(f"num_experts must be at least 1, got {cfg.num_experts}")
+    return cfg
+
+
+def device(name: str) -> None:
+    """``auto``, ``cpu``, or an accelerator torch knows and this machine has (``cuda``, ``cuda:1``)."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda (cuda:N for one GPU of several)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and torch.backends.mps.is_available():
+        return
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r} here; use auto, cpu or cuda")
+
+
+def strategy(name: str, proxy: str) -> None:
+    """A registered strategy and proxy (the proxy is checked even where the strategy ignores it: a
+    typo is a typo)."""
+    from expertise.select.proxies import get_proxy
+    from expertise.select.registry import get_strategy
+
+    get_strategy(name)
+    get_proxy(proxy)
+
+
+def choice(value: str, choices: Iterable[str], option: str) -> None:
+    allowed = list(choices)
+    if value not in allowed:
+        raise ConfigError(f"{option} {value!r}: choose one of {', '.join(allowed)}")
+
+
+def at_least(value: float | None, low: float, option: str) -> None:
+    """``value >= low`` (None: the option was not given)."""
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+        raise ConfigError(f"{option} must be at least {low:g}, got {value!r}")
+
+
+def positive(value: float | None, option: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{option} must be a positive number, got {value!r}")
+
+
+def factors(text: str, option: str = "--lr-factors") -> tuple[float, ...]:
+    """Comma-separated positive numbers, e.g. ``1,0.3,3``."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{option} takes comma-separated numbers, e.g. 1,0.3,3; got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"{option} takes comma-separated positive numbers, e.g. 1,0.3,3; got {text!r}")
+    return values
+
+
+def budget(value: int, library: Library) -> None:
+    """1 <= budget <= the library's pool size (every member but the EPN)."""
+    from expertise.select.run import pool_names
+
+    from expertise.errors import LibraryError
+
+    size = len(pool_names(library))
+    if size == 0:
+        raise LibraryError(f"the library at {library.path} has no pool members; run 'expertise upstream --library {library.path}' first")
+    if not 1 <= value <= size:
+        raise ConfigError(f"--budget must be between 1 and the pool size {size}, got {value}")
+
+
+def member(name: str, library: Library) -> None:
+    """A pool member of the library (unknown: a did-you-mean from the library)."""
+    from expertise.select.run import POOL_KINDS
+
+    info = library.info(name)
+    if info.kind not in POOL_KINDS:
+        raise ConfigError(f"{name!r} is a {info.kind}, not a pool member; choose one of 'expertise library ls {library.path}'")
+
+
+def suite(spec: str, task_names: Sequence[str]) -> None:
+    """A benchmark suite names only tasks that exist (checked before the first one is rendered)."""
+    from expertise.data.loaders import BUILTIN_TASKS
+    from expertise.data.tasks import GROUPS
+
+    if spec == "builtin" or spec in GROUPS:
+        return
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ConfigError(f"suite {spec!r} names no task; use builtin, {', '.join(GROUPS)} or TASK,TASK,...")
+    known = [*task_names, *BUILTIN_TASKS]
+    for n in names:
+        if n not in known and not Path(n).is_dir():
+            raise ConfigError(f"suite {spec!r}: unknown task {n!r}; use a built-in task ({', '.join(known)}) "
+                              "or the path of an existing ImageFolder directory")
+
+
+# -- one call per command, at the top of the command's function ----------------------------------
+def build_options(preset_name: str, overrides: Sequence[str] | None, device_name: str, kind: str | None = None,
+                  kinds: Iterable[str] = (), num_experts: int | None = None) -> None:
+    """``demo``, ``upstream``, ``experts``."""
+    if kind is not None:
+        choice(kind, kinds, "--kind")
+    at_least(num_experts, 1, "--num-experts")
+    items = [*(overrides or []), *([f"num_experts={num_experts}"] if num_experts is not None else [])]
+    preset(preset_name, items)
+    device(device_name)
+
+
+def select_options(library: Path, strategy_name: str, proxy: str, budget_value: int, device_name: str) -> None:
+    """``select``: the strategy, its proxy, the device, then the budget against the library's pool."""
+    from expertise.library import Library
+
+    strategy(strategy_name, proxy)
+    device(device_name)
+    budget(budget_value, Library.open(library))
+
+
+def finetune_options(library: Path, member_name: str, preset_name: str, overrides: Sequence[str] | None,
+                     device_name: str) -> None:
+    from expertise.library import Library
+
+    preset(preset_name, overrides)
+    device(device_name)
+    member(member_name, Library.open(library))
+
+
+def transfer_options(library: Path, strategy_name: str, proxy: str, budget_value: int, lr_factors: str, sweeps: int,
+                     retrains: int, preset_name: str, overrides: Sequence[str] | None, device_name: str) -> None:
+    factors(lr_factors)
+    at_least(sweeps, 1, "--sweeps")
+    at_least(retrains, 1, "--retrains")
+    preset(preset_name, overrides)
+    select_options(library, strategy_name, proxy, budget_value, device_name)
+
+
+def dat_options(upstream: str, sampler: str, weighting: str, init: str, size: int | None, temperature: float,
+                preset_name: str, overrides: Sequence[str] | None, device_name: str) -> None:
+    from expertise.dat import INITS, SAMPLERS, WEIGHTINGS
+
+    if upstream != "world":
+        raise ConfigError(f"--upstream {upstream!r}: this version re-samples the embedded world a library was built on; "
+                          "use --upstream world")
+    choice(sampler, SAMPLERS, "--sampler")
+    choice(weighting, WEIGHTINGS, "--weighting")
+    choice(init, INITS, "--init")
+    at_least(size, 1, "--size")
+    positive(temperature, "--temperature")
+    preset(preset_name, overrides)
+    device(device_name)
+
+
+def bench_options(strategies: Sequence[str] | None, pools: Sequence[str] | None, lr_factors: str, sweeps: int,
+                  retrains: int, preset_name: str, overrides: Sequence[str] | None, device_name: str) -> None:
+    """``bench``, before the library is read (the suite is checked against the library's world
+    with :func:`suite`, before any task is rendered)."""
+    from expertise.bench.pools import parse_pool
+    from expertise.bench.runner import parse_strategies
+
+    parse_strategies(strategies)
+    for spec in pools or ():
+        parse_pool(spec)
+    factors(lr_factors)
+    at_least(sweeps, 1, "--sweeps")
+    at_least(retrains, 1, "--retrains")
+    preset(preset_name, overrides)
+    device(device_name)
