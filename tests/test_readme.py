@@ -195,6 +195,8 @@ def test_every_readme_command_parses():
         cmd, args = resolve(argv)  # type: ignore[arg-type]
         try:
             cmd.make_context("expertise", args)
+        except typer.Exit as e:  # an eager option that finishes the command (--version, --help)
+            assert e.exit_code == 0, f"README command 'expertise {shlex.join(argv)}' exits with {e.exit_code}"
         except Exception as e:  # click's usage errors (typer's copy of click or click itself)
             if not hasattr(e, "format_message"):
                 raise
