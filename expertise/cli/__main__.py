@@ -2,4 +2,5 @@
 
 from expertise.cli import main
 
-main()
+if __name__ == "__main__":  # importing the module (as the contract test imports every module) runs nothing
+    main()
