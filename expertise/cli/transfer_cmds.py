@@ -118,7 +118,9 @@ def predict(model: Annotated[Path, typer.Option("--model", help="A model folder 
             out_file: Annotated[Optional[Path], typer.Option("--out", help="Write predictions to FILE.csv or FILE.json "
                                                               "(default: CSV on standard output).")] = None,
             top_k: Annotated[int, typer.Option("--top-k", help="Classes per image, best first.")] = 1,
-            device: DeviceOpt = "auto", skip_corrupt: SkipOpt = False) -> None:
+            device: DeviceOpt = "auto",
+            skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable image files (with a warning) "
+                                                       "instead of stopping.")] = False) -> None:
     """Classify new images with a kept fine-tuned model: path, label and probability per image (and
     the next TOP_K - 1 classes), with the model's own preprocessing; the folder is verified first."""
     from expertise.runtime import configure
