@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies clean
+.PHONY: demo test install bench bench-proxies bench-data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ bench: $(STAMP)
 # Proxy scoring at pool scale (issue 17): its own section of BENCHMARKS.md, ~10 minutes on two cores.
 bench-proxies: $(STAMP)
 	$(BIN)/python -m perf.proxies_scale
+
+# Upstream data from disk (issue 12): the WordNet hierarchy of ImageNet-21k; its own section of BENCHMARKS.md.
+bench-data: $(STAMP)
+	$(BIN)/python -m perf.upstream_data
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -165,6 +165,9 @@ def main() -> None:
     scale = ROOT / "perf" / "proxies_scale.md"  # written by `make bench-proxies` (perf/proxies_scale.py)
     if scale.exists():
         lines += scale.read_text().splitlines() + [""]
+    data = ROOT / "perf" / "upstream_data.md"  # written by `make bench-data` (perf/upstream_data.py)
+    if data.exists():
+        lines += data.read_text().splitlines() + [""]
     lines += benchmark_sections()
     if demo.exists():
         rec = json.loads(demo.read_text())

@@ -196,3 +196,21 @@ def test_a_deep_wide_dag_never_builds_the_dense_matrix() -> None:
     rows = h.label_matrix(np.array([0, 5]))
     assert rows.shape == (2, len(h.label_nodes)) and rows[0].sum() == 1 + len(h.ancestors(h.leaves[0])) - 1
     assert "leaf_label_matrix" not in h.__dict__  # the cached dense matrix was never computed
+
+
+def test_read_parent_child_pairs_and_json(tmp_path, dag: Hierarchy) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("parent,child\n# comment\nanimal,cat\npet\tcat\nanimal dog\npet,dog\npet,dog\n\ndog,poodle  # inline\n")
+    h = Hierarchy.read(pairs)
+    assert h.parents["cat"] == ("animal", "pet") and h.parents["dog"] == ("animal", "pet")  # the repeated pair is one edge
+    assert h.parents["animal"] == (ROOT,) and set(h.leaves) == {"cat", "poodle"}
+    dag.save(tmp_path / "h.json")
+    assert Hierarchy.read(tmp_path / "h.json").nodes == dag.nodes
+    pairs.write_text("# nothing\n")
+    with pytest.raises(DataError, match="holds no parent-child pairs"):
+        Hierarchy.read(pairs)
+    with pytest.raises(DataError, match="no hierarchy file"):
+        Hierarchy.read(tmp_path / "missing.txt")
+    pairs.write_text("a,b\nb,a\n")
+    with pytest.raises(DataError, match=r"pairs.csv: the hierarchy has a cycle: a -> b -> a; remove one of its edges"):
+        Hierarchy.read(pairs)

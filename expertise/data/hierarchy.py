@@ -32,6 +32,16 @@ ROOT = "root"
 MAX_NODES = 4_000_000  # a bound checked before a hierarchy file is built (ImageNet-21k with WordNet: about 32k)
 
 
+def csr_gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of ``rows`` (int64 [M]) of a CSR table: (position int64 [E], value [E]), each
+    value tagged with the position in ``rows`` of the row it came from, rows in the given order."""
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    position = np.repeat(np.arange(rows.size, dtype=np.int64), lengths)
+    offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return position, indices[np.repeat(starts, lengths) + offsets]
+
+
 @dataclass(frozen=True)
 class Hierarchy:
     """An is-a DAG. ``parents[n]`` lists the direct parents of node ``n``; the root has none.
@@ -66,9 +76,21 @@ class Hierarchy:
                 if indegree[c] == 0:
                     frontier.append(c)
         if len(order) != len(self.parents):
-            stuck = sorted(set(self.parents) - set(order))[:5]
-            raise DataError(f"the hierarchy has a cycle or unreachable nodes, e.g. {stuck}")
+            raise DataError(f"the hierarchy has a cycle: {' -> '.join(self._a_cycle(set(self.parents) - set(order)))}; "
+                            f"remove one of its edges")
         return order
+
+    def _a_cycle(self, stuck: set[str]) -> list[str]:
+        """A cycle among the nodes the topological order never reached (each has a parent among them:
+        the root is reached, and a node is reached once all its parents are), written child to parent."""
+        path: list[str] = []
+        seen: dict[str, int] = {}
+        n = min(stuck)
+        while n not in seen:
+            seen[n] = len(path)
+            path.append(n)
+            n = min(p for p in self.parents[n] if p in stuck)
+        return [*path[seen[n]:], n]
 
     @cached_property
     def children_map(self) -> dict[str, tuple[str, ...]]:
@@ -123,13 +145,7 @@ class Hierarchy:
     def closure_entries(self, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For label columns int [M]: (position int64 [E], column int32 [E]), every column of each
         given node and its ancestors (root excluded), tagged with the position of the node it came from."""
-        cols = np.asarray(columns, dtype=np.int64).ravel()
-        indptr, indices = self.ancestor_columns
-        starts, stops = indptr[cols], indptr[cols + 1]
-        lengths = stops - starts
-        position = np.repeat(np.arange(cols.size, dtype=np.int64), lengths)
-        offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return position, indices[np.repeat(starts, lengths) + offsets]
+        return csr_gather(*self.ancestor_columns, np.asarray(columns, dtype=np.int64).ravel())
 
     def ancestors(self, node: str) -> frozenset[str]:
         """Every strict ancestor of ``node``, the root included."""
@@ -284,12 +300,49 @@ class Hierarchy:
         return cls.from_json(data)
 
     @classmethod
+    def read(cls, path: Path) -> Hierarchy:
+        """A hierarchy file: ``hierarchy.json`` as :meth:`save` writes it, or a text file of
+        parent-child pairs, one a line (``parent,child``, tab or space separated; ``#`` comments and
+        a ``parent,child`` header allowed; a child may have several parents; nodes without a parent
+        hang under the root)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            return cls.load(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"no hierarchy file at {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path} cannot be read as text ({getattr(e, 'strerror', None) or e})") from None
+        edges: list[tuple[str, str]] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            fields = [f.strip() for f in (line.split(",") if "," in line else line.split())]
+            if len(fields) != 2 or not all(0 < len(f) <= 256 for f in fields):
+                raise DataError(f"{path}, line {number}: expected 'parent,child', got {line[:60]!r}")
+            if not edges and [f.lower() for f in fields] == ["parent", "child"]:
+                continue  # the header
+            edges.append((fields[1], fields[0]))
+        if not edges:
+            raise DataError(f"{path} holds no parent-child pairs; write one 'parent,child' pair a line")
+        if len(edges) > MAX_NODES:
+            raise DataError(f"a hierarchy has at most {MAX_NODES:,} edges here, {path} has {len(edges):,}")
+        try:
+            return cls.from_edges(edges)
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
+
+    @classmethod
     def from_edges(cls, edges: Iterable[tuple[str, str]]) -> Hierarchy:
         """Build from (child, parent) pairs; nodes without a parent hang under the root."""
         parents: dict[str, list[str]] = {ROOT: []}
         for child, parent in edges:
             parents.setdefault(parent, [])
-            parents.setdefault(child, []).append(parent)
+            ps = parents.setdefault(child, [])
+            if parent not in ps:  # a pair given twice is one edge
+                ps.append(parent)
         for n, ps in parents.items():
             if n != ROOT and not ps:
                 ps.append(ROOT)
