@@ -190,6 +190,20 @@ class DiskIndex:
         out[torch.from_numpy(position), torch.from_numpy(cols.astype(np.int64))] = 1.0
         return out
 
+    def node_targets(self, indices: np.ndarray, nodes: Sequence[str]) -> torch.Tensor:
+        """float32 [B, E]: 1 where image b is in node e's slice (the root holds every image): the
+        routing targets of an expert prediction network over the expert domains ``nodes``."""
+        h = self.hierarchy
+        unknown = [n for n in nodes if n not in h.parents]
+        if unknown:
+            raise DataError(f"{self.source}: unknown hierarchy node(s) {unknown[:5]}")
+        t = self.targets(indices)
+        out = torch.ones((t.shape[0], len(nodes)), dtype=torch.float32)
+        for e, n in enumerate(nodes):
+            if n != ROOT:
+                out[:, e] = t[:, h.label_index[n]]
+        return out
+
     # -- statistics, from labels alone ---------------------------------------------------------
     def class_counts(self) -> dict[str, int]:
         """Images per own label (a node that labels at least one image directly), in label order."""
