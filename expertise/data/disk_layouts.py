@@ -20,12 +20,11 @@ what to fix; empty class folders are skipped with a warning and listed in ``Disk
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import tarfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from expertise.data.disk_index import DiskIndex, IndexBuilder
@@ -54,6 +53,8 @@ class _LabelSpace:
         self.first_seen: dict[str, str] = {}  # label -> where it was first seen
 
     def check(self, label: str, where: str) -> str:
+        if label in self.first_seen:  # checked before: most labels, on a big dataset
+            return label
         if not isinstance(label, str) or not label.strip():
             raise DataError(f"{where}: a label must be a non-empty string, got {str(label)[:40]!r}")
         label = label.strip()
@@ -164,25 +165,26 @@ def read_manifest(path: Path | str, hierarchy: HierarchySource = None, wordnet: 
         raise DataError(f"{path}: a manifest is a .csv or .jsonl file")
     base = Path(root) if root is not None else path.parent
     space = _LabelSpace(hierarchy, wordnet)
+    builder = IndexBuilder()
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as f:  # streamed: a manifest may hold millions of lines
+            rows = _csv_rows(path, f) if path.suffix.lower() == ".csv" else _jsonl_rows(path, f)
+            for number, file, raw_labels in rows:
+                where = f"{path}, line {number}"
+                labels = [space.check(label, where) for label in raw_labels]
+                if len(builder) < CHECKED_FILES and not (base / file).is_file():
+                    raise DataError(f"{where}: no image at {base / file} (paths are relative to {base}; "
+                                    f"give root= for another folder)")
+                builder.add(file, labels)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path} cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
-    rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
-    builder = IndexBuilder()
-    for number, file, raw_labels in rows:
-        where = f"{path}, line {number}"
-        labels = [space.check(label, where) for label in raw_labels]
-        if len(builder) < CHECKED_FILES and not (base / file).is_file():
-            raise DataError(f"{where}: no image at {base / file} (paths are relative to {base}; give root= for another folder)")
-        builder.add(file, labels)
     if not len(builder):
         raise DataError(f"{path} lists no images")
     return builder.build(space.hierarchy(), str(base), "manifest", str(path))
 
 
-def _csv_rows(path: Path, text: str):
-    reader = csv.reader(io.StringIO(text))
+def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, str, list[str]]]:
+    reader = csv.reader(lines)
     header = next(reader, None)
     if header is None:
         raise DataError(f"{path} is empty: write a header 'path,labels' and one line per image")
@@ -205,8 +207,8 @@ def _csv_rows(path: Path, text: str):
         yield number, file, labels
 
 
-def _jsonl_rows(path: Path, text: str):
-    for number, line in enumerate(text.splitlines(), 1):
+def _jsonl_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, str, list[str]]]:
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
