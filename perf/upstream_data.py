@@ -7,7 +7,8 @@ Building the ImageNet-21k hierarchy (timm's 21,843 wnids) from WordNet 3.0: read
 building allocate, in one more process, and the process's peak RSS above its RSS after imports).
 
 Then a synthetic label index of a million images over that hierarchy: building it, counting every
-node's images, the top-50 domains, the targets of a batch.
+node's images, the top-50 domains, the targets of a batch. Then streaming throughput from a folder
+of JPEGs (`perf/streaming.py`; `--jpegs 0` skips it).
 
 Writes its section to perf/upstream_data.md and splices it into BENCHMARKS.md between the markers
 below (`make bench` keeps the file's section).
@@ -108,8 +109,10 @@ def run_worker(source: str, trace: bool = False) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def section(repeats: int, images: int) -> str:
+def section(repeats: int, images: int, jpegs: int) -> str:
     from expertise.data.wordnet import SYSTEM_DATA_NOUN
+    from perf.streaming import lines as streaming_lines
+    from perf.streaming import measure as measure_streaming
 
     sources = ["table"] + (["data.noun"] if SYSTEM_DATA_NOUN.exists() else [])
     rows = []
@@ -155,7 +158,7 @@ def section(repeats: int, images: int) -> str:
         f"| top-50 expert domains (`choose_expert_domains`, counts included) | {x['domains_s']:.2f} s |",
         f"| multi-hot targets of a batch of 256 images ([256, {r['nodes']:,}]) | {x['targets_ms']:.0f} ms |",
         f"| the slice of dog (n02084071) | {x['slice_s']:.2f} s |",
-        "", END,
+        "", *(streaming_lines(measure_streaming(jpegs)) if jpegs else []), END,
     ]
     return "\n".join(lines)
 
@@ -177,6 +180,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1_000_000, help="images in the synthetic label index")
     ap.add_argument("--trace", action="store_true", help="(worker) measure memory with tracemalloc")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--jpegs", type=int, default=20_000, help="JPEGs of the streaming measurement (0: skip it)")
     args = ap.parse_args()
     if args.worker == "index":
         print(json.dumps(_index_worker(args.images)))
@@ -184,7 +188,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args.worker, args.trace)))
         return
-    text = section(args.repeats, args.images)
+    text = section(args.repeats, args.images, args.jpegs)
     print(text)
     splice(text)
 

@@ -135,3 +135,17 @@ def test_routing_targets_of_the_expert_domains(indexes: dict) -> None:
         assert np.flatnonzero(routes[:, e].numpy()).tolist() == index.slice(n).tolist()
     with pytest.raises(DataError, match="unknown hierarchy node"):
         index.node_targets(idx, ["n00000000"])
+
+
+def test_large_jpegs_are_decoded_at_reduced_scale_to_nearly_the_same_pixels(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from expertise.data.loaders import decode_image
+
+    yy, xx = np.mgrid[0:300, 0:240].astype(np.float32)
+    smooth = np.stack([xx / 240 * 255, yy / 300 * 255, (xx + yy) / 540 * 255], -1).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
+    full = decode_image(tmp_path / "big.jpg", 32).astype(np.int16)
+    fast = decode_image(tmp_path / "big.jpg", 32, draft=True).astype(np.int16)
+    assert fast.shape == full.shape == (3, 32, 32)
+    assert np.abs(fast - full).mean() < 3 and not np.array_equal(fast, full)  # another path, nearly the same image

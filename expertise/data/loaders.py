@@ -130,11 +130,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 UNREADABLE = (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-def decode_image(source: Path | BinaryIO, resolution: int) -> np.ndarray:
+def decode_image(source: Path | BinaryIO, resolution: int, draft: bool = False) -> np.ndarray:
     """One image (a file, or its bytes as a file object) -> uint8 [3, R, R]: EXIF orientation
     applied, converted to RGB, the whole image resized (no crop) with antialiased bilinear. Raises
-    one of ``UNREADABLE`` if it cannot be decoded."""
+    one of ``UNREADABLE`` if it cannot be decoded. ``draft`` lets a JPEG be decoded at 1/2, 1/4 or
+    1/8 scale (libjpeg's DCT scaling, never below ``resolution``) before the resize: several times
+    faster for large images, and slightly different pixels, so streaming uses it and tasks do not."""
     with Image.open(source) as img:
+        if draft:
+            img.draft(None, (resolution, resolution))
         img.load()
         img = ImageOps.exif_transpose(img)
         rgb = _to_rgb(img).resize((resolution, resolution), Image.Resampling.BILINEAR)

@@ -37,7 +37,8 @@ Decoded = tuple[int, np.ndarray | None, str]  # (image index, uint8 [3, R, R] or
 
 class DecodeImages(Dataset):
     """Image ``i`` of an index, decoded and resized to uint8 [3, R, R] (``decode_image``: EXIF
-    orientation, RGB, the whole image resized). Picklable: it carries the names, not the index.
+    orientation, RGB, the whole image resized; a JPEG decoded at a reduced scale first when it is
+    at least twice the size needed). Picklable: it carries the names, not the index.
     Shard members (``shard.tar#member``) are read at their offset, found once per shard and worker."""
 
     def __init__(self, root: str, names: Strings, resolution: int) -> None:
@@ -57,8 +58,8 @@ class DecodeImages(Dataset):
         try:
             if member and shard.endswith(".tar"):
                 buf = io.BytesIO(self._member_bytes(shard, member))
-                return i, decode_image(buf, self.resolution), ""
-            return i, decode_image(Path(where), self.resolution), ""
+                return i, decode_image(buf, self.resolution, draft=True), ""
+            return i, decode_image(Path(where), self.resolution, draft=True), ""
         except (*UNREADABLE, KeyError, tarfile.TarError) as e:
             why = f"{type(e).__name__}: {e}"
             return i, None, why.replace(repr(buf), repr(member)) if buf is not None else why
