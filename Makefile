@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies bench-threads clean
+.PHONY: demo test install bench bench-proxies bench-threads bench-data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench-proxies: $(STAMP)
 # BENCHMARKS.md, a few minutes; run it on an otherwise idle machine.
 bench-threads: $(STAMP)
 	$(BIN)/python -m perf.threads
+
+# Upstream data from disk (issue 12): the WordNet hierarchy of ImageNet-21k; its own section of BENCHMARKS.md.
+bench-data: $(STAMP)
+	$(BIN)/python -m perf.upstream_data
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

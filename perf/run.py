@@ -168,6 +168,9 @@ def main() -> None:
     threads = ROOT / "perf" / "threads.md"  # written by `make bench-threads` (perf/threads.py)
     if threads.exists():
         lines += threads.read_text().splitlines() + [""]
+    data = ROOT / "perf" / "upstream_data.md"  # written by `make bench-data` (perf/upstream_data.py)
+    if data.exists():
+        lines += data.read_text().splitlines() + [""]
     lines += benchmark_sections()
     if demo.exists():
         rec = json.loads(demo.read_text())

@@ -145,3 +145,72 @@ def test_from_edges_hangs_orphans_under_the_root() -> None:
     h = Hierarchy.from_edges([("dog", "animal"), ("cat", "animal"), ("oak", "tree")])
     assert h.parents["animal"] == (ROOT,) and h.parents["tree"] == (ROOT,)
     assert set(h.leaves) == {"dog", "cat", "oak"}
+
+
+def _dense_rows(h: Hierarchy) -> np.ndarray:
+    """The leaf-by-node matrix written out from ``ancestors``, independently of the sparse table."""
+    m = np.zeros((len(h.leaves), len(h.label_nodes)), dtype=bool)
+    for i, leaf in enumerate(h.leaves):
+        for n in h.ancestors(leaf) | {leaf}:
+            if n != ROOT:
+                m[i, h.label_index[n]] = True
+    return m
+
+
+def test_sparse_closure_agrees_with_the_dense_matrix(dag: Hierarchy, tree: Hierarchy) -> None:
+    for h in (dag, tree):
+        dense = _dense_rows(h)
+        assert np.array_equal(h.leaf_label_matrix, dense)
+        for n in h.nodes:
+            col = np.ones(len(h.leaves), dtype=bool) if n == ROOT else dense[:, h.label_index[n]]
+            assert np.array_equal(h.leaves_under(n), col), n
+        w = np.arange(1, len(h.leaves) + 1)
+        assert np.array_equal(h.leaf_column_sums(w), w @ dense.astype(np.int64))
+        assert h.leaf_column_sums(w).dtype == np.int64
+        assert h.leaf_column_sums(w / 7).dtype == np.float64
+    indptr, indices = dag.ancestor_columns
+    c = dag.label_index["terrier"]
+    assert {dag.label_nodes[j] for j in indices[indptr[c]:indptr[c + 1]]} == {"terrier", "dog", "animal", "pet"}
+    position, cols = dag.closure_entries(np.array([dag.label_index["tree"], dag.label_index["cat"]]))
+    assert {(int(p), dag.label_nodes[j]) for p, j in zip(position, cols)} == {
+        (0, "tree"), (0, "plant"), (1, "cat"), (1, "animal"), (1, "pet")}
+    with pytest.raises(DataError, match="leaves"):
+        dag.leaf_column_sums(np.ones(3))
+
+
+def test_a_deep_wide_dag_never_builds_the_dense_matrix() -> None:
+    """A chain of 40 levels with 3,000 leaves, each leaf with two parents: labels, counts, slices and
+    expert domains come from the sparse table, and the dense leaf-by-node matrix stays unbuilt."""
+    parents: dict[str, tuple[str, ...]] = {ROOT: (), "c0": (ROOT,)}
+    for d in range(1, 40):
+        parents[f"c{d}"] = (f"c{d - 1}",)
+    for i in range(3000):
+        parents[f"leaf{i}"] = (f"c{i % 40}", f"c{(i * 7) % 40}")
+    h = Hierarchy(parents)
+    counts = {f"leaf{i}": i % 5 for i in range(3000)}
+    sub = h.subtree_counts(counts)
+    assert sub[ROOT] == sub["c0"] == sum(counts.values())
+    assert h.depth("c39") == 40 and h.depth("leaf39") == 41
+    assert h.choose_expert_domains(counts, 3) == ["c0", "c1", "c2"]
+    assert int(h.leaves_under("c39").sum()) == sum(1 for i in range(3000) if 39 in (i % 40, (i * 7) % 40))
+    rows = h.label_matrix(np.array([0, 5]))
+    assert rows.shape == (2, len(h.label_nodes)) and rows[0].sum() == 1 + len(h.ancestors(h.leaves[0])) - 1
+    assert "leaf_label_matrix" not in h.__dict__  # the cached dense matrix was never computed
+
+
+def test_read_parent_child_pairs_and_json(tmp_path, dag: Hierarchy) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("parent,child\n# comment\nanimal,cat\npet\tcat\nanimal dog\npet,dog\npet,dog\n\ndog,poodle  # inline\n")
+    h = Hierarchy.read(pairs)
+    assert h.parents["cat"] == ("animal", "pet") and h.parents["dog"] == ("animal", "pet")  # the repeated pair is one edge
+    assert h.parents["animal"] == (ROOT,) and set(h.leaves) == {"cat", "poodle"}
+    dag.save(tmp_path / "h.json")
+    assert Hierarchy.read(tmp_path / "h.json").nodes == dag.nodes
+    pairs.write_text("# nothing\n")
+    with pytest.raises(DataError, match="holds no parent-child pairs"):
+        Hierarchy.read(pairs)
+    with pytest.raises(DataError, match="no hierarchy file"):
+        Hierarchy.read(tmp_path / "missing.txt")
+    pairs.write_text("a,b\nb,a\n")
+    with pytest.raises(DataError, match=r"pairs.csv: the hierarchy has a cycle: a -> b -> a; remove one of its edges"):
+        Hierarchy.read(pairs)

@@ -92,7 +92,7 @@ def _label_summary(hierarchy: Hierarchy, p_t: np.ndarray, p_s: np.ndarray, w: np
     ranked = np.lexsort((np.arange(len(leaves)), -sampled))[:top]
     domains = {}
     for dom in hierarchy.children(ROOT):
-        on = hierarchy.leaf_label_matrix[:, hierarchy.label_index[dom]]
+        on = hierarchy.leaves_under(dom)
         domains[dom] = {"target": float(p_t[on].sum()), "aim": float(q[on].sum()),
                         "source": float(p_s[on].sum()), "sampled": float(sampled[on].sum())}
     return {

@@ -119,7 +119,7 @@ class UpstreamData:
             raise DataError(f"{self.name}: unknown hierarchy node {node!r}")
         if node == ROOT:
             return np.arange(len(self), dtype=np.int64)
-        under = self.hierarchy.leaf_label_matrix[:, self.hierarchy.label_index[node]]  # bool [num_leaves]
+        under = self.hierarchy.leaves_under(node)  # bool [num_leaves]
         return np.flatnonzero(under[self.leaf_ids]).astype(np.int64)
 
     def label_distribution(self, indices: np.ndarray | None = None) -> np.ndarray:
@@ -130,8 +130,8 @@ class UpstreamData:
         leaf_ids = self.leaf_ids if indices is None else self.leaf_ids[self._check(indices)]
         if leaf_ids.size == 0:
             return np.zeros(len(self.hierarchy.label_nodes), dtype=np.float64)
-        hist = self._leaf_histogram(leaf_ids).astype(np.float64)
-        return hist @ self.hierarchy.leaf_label_matrix.astype(np.float64) / leaf_ids.size
+        hist = self._leaf_histogram(leaf_ids)
+        return self.hierarchy.leaf_column_sums(hist).astype(np.float64) / leaf_ids.size
 
     # -- memory --------------------------------------------------------------------------------
     def materialize(self, max_bytes: int = 2**31, chunk: int = 4096) -> UpstreamData:

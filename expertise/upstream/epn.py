@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from expertise.data.hierarchy import ROOT, Hierarchy
+from expertise.data.hierarchy import Hierarchy
 from expertise.data.upstream_data import UpstreamData
 from expertise.errors import ConfigError, DataError
 from expertise.models.backbones import BACKBONES, ExpertModel
@@ -46,8 +46,7 @@ def leaf_routes(hierarchy: Hierarchy, nodes: Sequence[str]) -> np.ndarray:
     Routing depends only on an image's leaf, so this table turns leaf ids into targets cheaply.
     """
     nodes = _check_nodes(hierarchy, nodes)
-    cols = [np.ones(len(hierarchy.leaves), dtype=bool) if n == ROOT
-            else hierarchy.leaf_label_matrix[:, hierarchy.label_index[n]] for n in nodes]
+    cols = [hierarchy.leaves_under(n) for n in nodes]  # the root covers every leaf
     return np.stack(cols, axis=1).astype(np.float32)
 
 
