@@ -34,6 +34,7 @@ def bench(ctx: typer.Context,
     'expertise bench report DIR' rebuilds the report from the records alone."""
     if ctx.invoked_subcommand is not None:
         return
+    cfg, dev = setup(preset, overrides, device, threads)
     checks.bench_options(strategies, pools, lr_factors, sweeps, retrains, preset, overrides, device)
     from expertise.transfer.protocol import SweepConfig
     from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
@@ -43,7 +44,6 @@ def bench(ctx: typer.Context,
 
     if library is None:
         raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
-    cfg, dev = setup(preset, overrides, device, threads)
     lib = open_library(library)
     world = world_of_library(lib)
     checks.suite(suite, world.task_names if world is not None else ())

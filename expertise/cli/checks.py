@@ -28,24 +28,11 @@ def preset(name: str, overrides: Sequence[str] | None) -> Preset:
 
 
 def device(name: str) -> None:
-    """``auto``, ``cpu``, or an accelerator torch knows and this machine has (``cuda``, ``cuda:1``)."""
-    import torch
+    """``auto``, ``cpu``, or a CUDA device this machine has: :func:`expertise.runtime.resolve_device`,
+    the one place a device name is judged."""
+    from expertise.runtime import resolve_device
 
-    if name == "auto":
-        return
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda (cuda:N for one GPU of several)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and torch.backends.mps.is_available():
-        return
-    elif dev.type != "cpu":
-        raise ConfigError(f"unsupported device {name!r} here; use auto, cpu or cuda")
+    resolve_device(name)
 
 
 def strategy(name: str, proxy: str) -> None:

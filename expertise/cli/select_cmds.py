@@ -30,6 +30,9 @@ def select(library: LibOpt, task: TaskOpt,
     """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
     member's score with its 95% interval and whether it is tied with the best or at chance (table,
     JSON and a bar chart) and the time each stage took."""
+    from expertise.runtime import configure
+
+    dev = configure(threads, device)
     checks.select_options(library, strategy, proxy, budget, device)
     from expertise.io import atomic_write_json
     from expertise.data.loaders import load_task
@@ -39,7 +42,6 @@ def select(library: LibOpt, task: TaskOpt,
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import ranking_table, run_selection
 
-    dev = configure(threads, device)
     lib = open_library(library)
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     run = run_selection(lib, t, strategy, budget, proxy,

@@ -26,12 +26,12 @@ def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option
     """Fine-tune MEMBER on TASK's 1,000 train+val images with a new head; report test accuracy and
     keep the model in --out (for 'expertise predict'). An interrupted run resumes from its last
     checkpoint when run again; a finished one is reused."""
+    cfg, dev = setup(preset, overrides, device, threads)
     checks.finetune_options(library, member, preset, overrides, device)
     from expertise.data.loaders import load_task
     from expertise.upstream.build import world_of_library
     from expertise.transfer.keep import finetune_to_folder, folder_name
 
-    cfg, dev = setup(preset, overrides, device, threads)
     lib = open_library(library)
     lib.info(member)  # an unknown member fails before the task is loaded
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
@@ -63,6 +63,7 @@ def transfer(library: LibOpt, task: TaskOpt,
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy.
     The first retrain of each pick is kept as a model folder (for 'expertise predict')."""
+    cfg, dev = setup(preset, overrides, device, threads)
     checks.transfer_options(library, strategy, proxy, budget, lr_factors, sweeps, retrains, preset, overrides, device)
     from expertise.transfer.protocol import SweepConfig, transfer_protocol
     from expertise.transfer.keep import FolderKeeper, folder_name
@@ -72,7 +73,6 @@ def transfer(library: LibOpt, task: TaskOpt,
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import run_selection
 
-    cfg, dev = setup(preset, overrides, device, threads)
     log = run_log(out_dir)
     lib = open_library(library)
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
@@ -154,6 +154,7 @@ def dat(library: LibOpt, task: TaskOpt,
     """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
     re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's."""
+    cfg, dev = setup(preset, overrides, device, threads)
     checks.dat_options(upstream_data, sampler, weighting, init, size, temperature, preset, overrides, device)
     import time
 
@@ -164,7 +165,6 @@ def dat(library: LibOpt, task: TaskOpt,
     from expertise.upstream.build import world_of_library
     from expertise.select.run import run_selection
 
-    cfg, dev = setup(preset, overrides, device, threads)
     log = run_log(out_dir)
     lib = open_library(library)
     world = world_of_library(lib)

@@ -23,12 +23,12 @@ def demo(
     overrides: SetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False, threads: ThreadsOpt = None,
 ) -> None:
     """Run the whole pipeline on the embedded world: upstream, selection, transfer, results table."""
+    cfg, dev = setup(preset, overrides, device, threads)
     checks.build_options(preset, overrides, device)
     import shutil
 
     from expertise.demo import run_demo
 
-    cfg, dev = setup(preset, overrides, device, threads)
     if fresh:
         shutil.rmtree(out_dir, ignore_errors=True)
         if library:
@@ -46,10 +46,10 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
              quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
     """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
     embedded upstream world into LIBRARY."""
+    cfg, dev = setup(preset, overrides, device, threads)
     checks.build_options(preset, overrides, device)
     from expertise.upstream.build import build_library
 
-    cfg, dev = setup(preset, overrides, device, threads)
     build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), upstream_only=True)
 
 
@@ -64,9 +64,9 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
     """Train experts for the top-K hierarchy nodes: full (B tuned on each node's slice) or adapter
     (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing."""
     kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
+    items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
+    cfg, dev = setup(preset, items, device, threads)
     checks.build_options(preset, overrides, device, kind, kinds, num_experts)
     from expertise.upstream.build import build_library
 
-    items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
-    cfg, dev = setup(preset, items, device, threads)
     build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), kinds=kinds[kind])
