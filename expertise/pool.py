@@ -92,13 +92,14 @@ def load_external(timm_name: str | None = None, checkpoint: Path | None = None, 
     if hf is not None:
         if timm_name or checkpoint or pretrained:
             raise ConfigError("--hf names the model and its weights; do not combine it with --timm, --checkpoint or --pretrained")
-        return load_hf_folder(Path(hf), size) if Path(hf).is_dir() else _hub(hf, size)
+        # a folder is recorded as an absolute path, so the manifest (and pool export) names it wherever it is read
+        return load_hf_folder(Path(hf).expanduser().resolve(), size) if Path(hf).expanduser().is_dir() else _hub(hf, size)
     if not timm_name:
         raise ConfigError("name a model: --timm ARCH with --checkpoint FILE.safetensors or --pretrained, or --hf FOLDER_OR_ID")
     if checkpoint is not None and pretrained:
         raise ConfigError("--checkpoint and --pretrained both give weights; pass one")
     if checkpoint is not None:
-        return from_checkpoint(timm_name, checkpoint, size)
+        return from_checkpoint(timm_name, Path(checkpoint).expanduser().resolve(), size)
     if pretrained:
         return from_timm_pretrained(timm_name, size)
     raise ConfigError(f"--timm {timm_name} needs weights: --checkpoint FILE.safetensors or --pretrained "

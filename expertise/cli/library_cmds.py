@@ -72,7 +72,7 @@ def _add_pool_file(library: Path, pool_file: Path, overwrite: bool) -> None:
     outcomes = add_from_file(library, pool_file, overwrite, report)
     added = sum(o.added for o in outcomes)
     out.print(f"{pool_file}: {added} added, {len(outcomes) - added} already present; {library} has "
-              f"{len(open_library(library))} members", highlight=False, soft_wrap=True)
+              f"{len(open_library(library))} member(s)", highlight=False, soft_wrap=True)
 
 
 @pool_app.command("export")
