@@ -138,7 +138,7 @@ def at_tiny_scale(argv: list[str]) -> list[str]:
             argv[i + 1] = SUITE
     if "--preset" in opts:
         argv = _drop(argv, ("--preset",)) + ["--preset", "tiny"] + [x for s in FAST for x in ("--set", s)]
-    if "--timm" in opts and "--size" in opts and _value(argv, ("--size",)) is None:  # pool add
+    if "--timm" in opts and "--size" in opts and _value(argv, ("--size",)) is None and "--from" not in argv:  # pool add of one model
         argv += ["--size", EXTERNAL_SIZE]
     return argv
 
@@ -163,7 +163,8 @@ def _timm_net(arch: str):
 
 
 def write_files_named_by(argv: list[str]) -> None:
-    for path in [_value(argv, ("--task", "-t"))] + (_value(argv, ("--suite",)) or "").split(","):
+    images = [_value(argv, ("--images",))] if argv[0] == "predict" else []  # new images to classify
+    for path in [_value(argv, ("--task", "-t"))] + (_value(argv, ("--suite",)) or "").split(",") + images:
         if path and "/" in path and not Path(path).exists():
             write_image_folder(Path(path))
     checkpoint, arch = _value(argv, ("--checkpoint",)), _value(argv, ("--timm",))
