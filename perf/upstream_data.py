@@ -26,6 +26,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from perf.timing import splice_section
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- upstream_data:start -->", "<!-- upstream_data:end -->"
 
@@ -164,14 +166,7 @@ def section(repeats: int, images: int, jpegs: int) -> str:
 
 
 def splice(text: str) -> None:
-    (ROOT / "perf" / "upstream_data.md").write_text(text + "\n")
-    path = ROOT / "BENCHMARKS.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
+    splice_section(ROOT / "perf" / "upstream_data.md", START, END, text)
 
 
 def main() -> None:
