@@ -163,3 +163,13 @@ def test_select_after_transfer_embeds_nothing_again(tiny_library_copy, tmp_path)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "s2" / "count.knn_loo.json").read_text())["cached_members"] == 0
     assert sorted(p.name for p in (lib.path / "cache").rglob("*")) == before
+
+
+def test_negative_resamples_is_one_line_before_the_library_is_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from expertise.cli import app
+
+    result = CliRunner().invoke(app, ["select", "--library", str(tmp_path / "nope"), "--task", "count", "--resamples", "-1"])
+    assert result.exit_code == 2
+    assert "--resamples must be at least 0" in result.output and "nope" not in result.output

@@ -33,6 +33,7 @@ def select(library: LibOpt, task: TaskOpt,
     from expertise.runtime import configure
 
     dev = configure(threads, device)
+    checks.at_least(resamples, 0, "--resamples")
     checks.select_options(library, strategy, proxy, budget, device)
     from expertise.io import atomic_write_json
     from expertise.data.loaders import load_task
