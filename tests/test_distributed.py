@@ -211,3 +211,17 @@ def test_commands_that_do_not_train_data_parallel_refuse_torchrun(monkeypatch, t
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     res = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "launch it without torchrun" in res.output
+
+
+def test_build_commands_check_every_batch_they_train_before_any_work(monkeypatch):
+    from expertise.cli.upstream_cmds import data_parallel_options
+    from expertise.config import get_preset
+
+    monkeypatch.setattr(distributed, "world", lambda: 4)
+    data_parallel_options(get_preset("tiny"), ("full",))  # 64 everywhere: 16 per rank
+    odd = get_preset("tiny", {"expert.batch_size": "30"})
+    data_parallel_options(odd, ())  # `upstream` trains no expert
+    with pytest.raises(ConfigError, match=r"expert.batch_size = 30 does not split over 4 .*--set expert.batch_size=28"):
+        data_parallel_options(odd, ("full",))
+    with pytest.raises(ConfigError, match="adapter experts train in one process"):
+        data_parallel_options(get_preset("tiny"), ("full", "adapter"))
