@@ -7,6 +7,7 @@ drops by ``decay_factor`` at each fraction of training listed in ``decay_at``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -168,11 +169,12 @@ def fit(
     model.to(device).train()
     stats = TrainStats()
     first = _restore(checkpoint, model, opt, stats, cfg.steps, device) if checkpoint is not None else 0
-    step_fn: Callable[[torch.Tensor], torch.Tensor] = lambda x: forward(model, x)  # noqa: E731
+    step_fn: Callable[[torch.Tensor], torch.Tensor] = functools.partial(forward, model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        step_fn = DistributedDataParallel(_Step(model, forward), device_ids=[device.index] if device.type == "cuda" else None)
+        gpu = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        step_fn = DistributedDataParallel(_Step(model, forward), device_ids=gpu)
     earlier, start = stats.seconds, time.perf_counter()
     with progress_bar(desc, total=cfg.steps, enabled=show_progress and distributed.is_main()) as advance:
         if first:
