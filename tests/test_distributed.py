@@ -52,6 +52,7 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         torch.testing.assert_close(v, b[k], atol=ATOL, rtol=RTOL, msg=lambda m, k=k: f"{k}: {m}")
 
 
+@pytest.mark.slow  # torchrun starts 2 fresh interpreters (~12 s on an idle machine)
 def test_two_ranks_with_half_batches_equal_one_process_with_the_whole(ddp_run):
     single, losses = ddp_job.train(ddp_job.Batches())
     ranks = [load_file(str(ddp_run / f"ddp.rank{r}.safetensors")) for r in (0, 1)]
@@ -64,6 +65,7 @@ def test_two_ranks_with_half_batches_equal_one_process_with_the_whole(ddp_run):
     np.testing.assert_allclose(ddp_losses, losses, rtol=1e-5)  # the stats hold the global batch's loss
 
 
+@pytest.mark.slow
 def test_resumed_ddp_run_ends_where_the_uninterrupted_one_does(ddp_run):
     resumed = load_file(str(ddp_run / "resumed.safetensors"))
     assert_close(resumed, load_file(str(ddp_run / "ddp.rank0.safetensors")))
@@ -72,6 +74,7 @@ def test_resumed_ddp_run_ends_where_the_uninterrupted_one_does(ddp_run):
     np.testing.assert_allclose(losses["resumed"], losses["ddp"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_world_size_that_does_not_divide_the_batch_is_one_line(ddp_run):
     msg = (ddp_run / "error.txt").read_text()
     assert "\n" not in msg
