@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies bench-threads bench-data clean
+.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-ddp clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-threads: $(STAMP)
 # Upstream data from disk (issue 12): the WordNet hierarchy of ImageNet-21k; its own section of BENCHMARKS.md.
 bench-data: $(STAMP)
 	$(BIN)/python -m perf.upstream_data
+
+# Data-parallel step time (issue 13): 2 gloo ranks under torchrun against 1 process, the same global batch;
+# its own section of BENCHMARKS.md, a few minutes; run it on an otherwise idle machine.
+bench-ddp: $(STAMP)
+	$(BIN)/python -m perf.ddp
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,6 +7,7 @@ drops by ``decay_factor`` at each fraction of training listed in ``decay_at``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from expertise import distributed
 from expertise.errors import ConfigError
 from expertise.progress import progress_bar
 from expertise.runtime import autocast
@@ -82,6 +84,50 @@ def softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
+class _Step(nn.Module):
+    """``forward(model, x)`` as a module, so DistributedDataParallel sees every forward however the
+    caller computes its logits."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.step = forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.step(self.model, x)
+
+
+def shard_batches(batches: Callable[[int], Batch], batch_size: int, desc: str) -> Callable[[int], Batch]:
+    """``batches`` for this rank of a data-parallel run: its ``shard(rank, world)``, which loads only
+    the rank's share of each global batch (the batch sources of :class:`EpochSampler` have one)."""
+    n = distributed.world()
+    distributed.check_divides({desc: batch_size}, n, settings=False)
+    shard = getattr(batches, "shard", None)
+    if shard is None:
+        raise ConfigError(f"{desc}: its batch source cannot load one rank's share of a batch, so it cannot train under "
+                          "torchrun; run it in one process (batch sources with shard(rank, world), as UpstreamBatches "
+                          "and DiskBatches, train data-parallel)")
+    return shard(distributed.rank(), n)
+
+
+def _restore(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, stats: TrainStats,
+             steps: int, device: torch.device) -> int:
+    """Every rank resumes from the same checkpoint (rank 0's lines alone are shown); a step the ranks
+    do not agree on (the file changed while they read it) is an error rather than a silent divergence."""
+    log = checkpoint.log
+    if not distributed.is_main():
+        checkpoint.log = lambda _: None
+    try:
+        first = checkpoint.restore(model, opt, stats, steps, device)
+    finally:
+        checkpoint.log = log
+    hi, neg_lo = distributed.all_max([first, -first])
+    if hi != -neg_lo:
+        raise ConfigError(f"the torchrun processes resumed from different steps ({int(-neg_lo)} and {int(hi)}) of "
+                          f"{checkpoint.path}: it changed while they read it; run the command again")
+    return first
+
+
 def fit(
     model: nn.Module,
     batches: Callable[[int], Batch],
@@ -99,10 +145,20 @@ def fit(
     ``params`` restricts what learns (default: every parameter that requires grad); ``forward``
     maps (model, inputs) to logits (default: ``model(inputs)``). With a ``checkpoint``
     (:class:`expertise.checkpoint.Checkpoint`) the run first resumes from it when it is there and
-    of the same identity, and saves one periodically; the returned stats then count the whole run."""
+    of the same identity, and saves one periodically; the returned stats then count the whole run.
+
+    Under torchrun (:mod:`expertise.distributed`, more than one process) the run is data-parallel:
+    ``cfg.batch_size`` is the global batch, each rank loads its equal share (``batches.shard``), the
+    model is wrapped in DistributedDataParallel (gradients averaged over ranks, so with a loss that
+    is a mean over the batch the step equals one process's step on the whole batch), the losses and
+    image counts in the stats are the global ones, and only rank 0 saves checkpoints and shows
+    progress; every rank resumes from the same checkpoint."""
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not trainable:
         raise ConfigError(f"{desc}: nothing to train (no parameter requires grad)")
+    world = distributed.world()
+    if world > 1:
+        batches = shard_batches(batches, cfg.batch_size, desc)
     decay = [p for p in trainable if p.ndim > 1]
     no_decay = [p for p in trainable if p.ndim <= 1]
     opt = torch.optim.SGD(
@@ -112,9 +168,15 @@ def fit(
     forward = forward or (lambda m, x: m(x))
     model.to(device).train()
     stats = TrainStats()
-    first = checkpoint.restore(model, opt, stats, cfg.steps, device) if checkpoint is not None else 0
+    first = _restore(checkpoint, model, opt, stats, cfg.steps, device) if checkpoint is not None else 0
+    step_fn: Callable[[torch.Tensor], torch.Tensor] = functools.partial(forward, model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        gpu = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        step_fn = DistributedDataParallel(_Step(model, forward), device_ids=gpu)
     earlier, start = stats.seconds, time.perf_counter()
-    with progress_bar(desc, total=cfg.steps, enabled=show_progress) as advance:
+    with progress_bar(desc, total=cfg.steps, enabled=show_progress and distributed.is_main()) as advance:
         if first:
             advance(first)
         for step in range(first, cfg.steps):
@@ -123,22 +185,26 @@ def fit(
             x, y = batches(step)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device):
-                logits = forward(model, x)
+                logits = step_fn(x)
             loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
+            # One number for every rank: the mean of the ranks' losses (that of the whole global batch)
+            total, images = distributed.all_sum([loss.item(), float(x.shape[0])])
+            mean_loss = total / world
+            if not np.isfinite(mean_loss):
+                raise FloatingPointError(f"{desc}: loss became {mean_loss} at step {step}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
-            stats.losses.append(loss.item())
-            stats.images += int(x.shape[0])
+            stats.losses.append(mean_loss)
+            stats.images += int(images)
             stats.steps += 1
-            advance(1, loss=stats.losses[-1])
-            if checkpoint is not None and checkpoint.due(step + 1, cfg.steps):
+            advance(1, loss=mean_loss)
+            if checkpoint is not None and distributed.is_main() and checkpoint.due(step + 1, cfg.steps):
                 stats.seconds = earlier + time.perf_counter() - start
                 checkpoint.save(step + 1, model, opt, stats, device)
+    del step_fn  # a DDP wrapper's hooks go with it
     model.eval()
     stats.seconds = earlier + time.perf_counter() - start
     return stats
@@ -155,10 +221,30 @@ class EpochSampler:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed
+        self.rank, self.world = 0, 1
         self._epoch = -1
         self._perm = self.indices
 
+    def shard(self, rank: int, world: int) -> EpochSampler:
+        """The sampler of rank ``rank`` of ``world`` data-parallel processes: ``batch(step)`` is its
+        contiguous share (``batch_size / world`` indices) of the same global batch, so the ranks'
+        shares in rank order are exactly one process's batch at any world size."""
+        if not 0 <= rank < world:
+            raise ConfigError(f"rank {rank} is not one of {world} processes")
+        distributed.check_divides({"the sampler": self.batch_size}, world, settings=False)
+        out = EpochSampler(self.indices, self.batch_size, self.seed)
+        out.rank, out.world = rank, world
+        return out
+
     def batch(self, step: int) -> np.ndarray:
+        """The indices of step ``step``: the global batch, or this shard's share of it."""
+        full = self.global_batch(step)
+        if self.world == 1:
+            return full
+        size = self.batch_size // self.world
+        return full[self.rank * size:(self.rank + 1) * size]
+
+    def global_batch(self, step: int) -> np.ndarray:
         n = len(self.indices)
         out = np.empty(self.batch_size, dtype=np.int64)
         pos = step * self.batch_size

@@ -171,6 +171,9 @@ def main() -> None:
     data = ROOT / "perf" / "upstream_data.md"  # written by `make bench-data` (perf/upstream_data.py)
     if data.exists():
         lines += data.read_text().splitlines() + [""]
+    ddp = ROOT / "perf" / "ddp.md"  # written by `make bench-ddp` (perf/ddp.py)
+    if ddp.exists():
+        lines += ddp.read_text().splitlines() + [""]
     lines += benchmark_sections()
     if demo.exists():
         rec = json.loads(demo.read_text())

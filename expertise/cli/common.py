@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from expertise.errors import ExpertiseError, disk_error
+from expertise.errors import ConfigError, ExpertiseError, disk_error
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -171,17 +171,28 @@ def resumes(what: str):
     return deco
 
 
-def setup(preset: str, overrides: list[str] | None, device: str, threads: int | None = None):
+def setup(preset: str, overrides: list[str] | None, device: str, threads: int | None = None,
+          data_parallel: bool = False):
     """The preset with its overrides, and the device, with the thread count applied; every value is
-    checked before any work starts."""
+    checked before any work starts. Under torchrun a ``data_parallel`` command joins the process
+    group (the device is then this rank's, :func:`expertise.distributed.init`); any other command
+    is refused in one line."""
     import warnings
 
+    from expertise import distributed
     from expertise.config import get_preset, parse_overrides
     from expertise.runtime import configure
 
     cfg = get_preset(preset, parse_overrides(overrides or []))
-    dev = configure(threads, device)
-    if cfg.name == "tiny":
+    if distributed.launched():
+        if not data_parallel:
+            raise ConfigError("this command runs in one process: launch it without torchrun (expertise upstream and "
+                              "expertise experts --kind full train data-parallel under torchrun)")
+        configure(threads, "cpu")  # the thread count; the device is the rank's
+        dev = distributed.init(device)
+    else:
+        dev = configure(threads, device)
+    if cfg.name == "tiny" and distributed.is_main():
         warnings.warn(TINY_WARNING, UserWarning, stacklevel=2)
     return cfg, dev
 

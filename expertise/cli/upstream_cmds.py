@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from expertise.cli import checks
 from expertise.cli.common import (DeviceOpt, ExpertSetOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, ThreadsOpt, resumes, run_log, setup, app,
                                   out, user_errors)
+from expertise.errors import ConfigError
 from expertise.runtime import RunContext
+
+if TYPE_CHECKING:
+    import torch
+
+    from expertise.config import Preset
 
 
 @app.command()
@@ -46,11 +52,12 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = Non
              quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
     """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
     embedded upstream world into LIBRARY."""
-    cfg, dev = setup(preset, overrides, device, threads)
+    cfg, dev = setup(preset, overrides, device, threads, data_parallel=True)
     checks.build_options(preset, overrides, device)
+    data_parallel_options(cfg, ())
     from expertise.upstream.build import build_library
 
-    build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), upstream_only=True)
+    build_library(cfg, library, rank_context(dev, cfg.seed, quiet), upstream_only=True)
 
 
 @app.command()
@@ -65,8 +72,33 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
     (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing."""
     kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
     items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
-    cfg, dev = setup(preset, items, device, threads)
+    cfg, dev = setup(preset, items, device, threads, data_parallel=True)
     checks.build_options(preset, overrides, device, kind, kinds, num_experts)
+    data_parallel_options(cfg, kinds[kind])
     from expertise.upstream.build import build_library
 
-    build_library(cfg, library, RunContext(dev, cfg.seed, not quiet, out.print), kinds=kinds[kind])
+    build_library(cfg, library, rank_context(dev, cfg.seed, quiet), kinds=kinds[kind])
+
+
+def data_parallel_options(cfg: Preset, kinds: tuple[str, ...]) -> None:
+    """Under torchrun: what trains must be able to train data-parallel, and every global batch it
+    trains with must split evenly over the ranks (one line each, before any work)."""
+    from expertise import distributed
+
+    if distributed.world() == 1:
+        return
+    if "adapter" in kinds:
+        raise ConfigError("adapter experts train in one process (each expert's gradient is clipped on its own): "
+                          "run 'expertise experts --kind adapter' without torchrun, after B is built with it")
+    batches = {"baseline.batch_size": cfg.baseline.batch_size, "epn.batch_size": cfg.epn.batch_size}
+    if "full" in kinds:
+        batches["expert.batch_size"] = cfg.expert.batch_size
+    distributed.check_divides(batches)
+
+
+def rank_context(device: torch.device, seed: int, quiet: bool) -> RunContext:
+    """The run context of a build: under torchrun only rank 0 shows progress and logs."""
+    from expertise import distributed
+
+    main = distributed.is_main()
+    return RunContext(device, seed, not quiet and main, out.print if main else (lambda _: None))

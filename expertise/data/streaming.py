@@ -148,6 +148,13 @@ class DiskBatches:
                             f"check the dataset")
         return prepare(images, self.prep), self.targets(idx)
 
+    def shard(self, rank: int, world: int) -> DiskBatches:
+        """This source, from now on for rank ``rank`` of ``world`` data-parallel processes: each step
+        decodes only the rank's share of the global batch (:meth:`EpochSampler.shard`)."""
+        self._stop_workers()
+        self.sampler = self.sampler.shard(rank, world)
+        return self
+
     def report(self) -> dict:
         """Images skipped so far: how many, and each one's location and reason."""
         return {"skipped": len(self.skipped),

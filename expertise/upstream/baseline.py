@@ -5,7 +5,7 @@ batch source every upstream stage shares, member names, and leaf accuracy on the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,6 +47,13 @@ class UpstreamBatches:
         idx = self._sampler.batch(step)  # type: ignore[attr-defined]
         targets = self.targets or self.data.targets
         return prepare(self.data.images(idx), self.prep), targets(idx)
+
+    def shard(self, rank: int, world: int) -> UpstreamBatches:
+        """This source for rank ``rank`` of ``world`` data-parallel processes: each step renders only
+        the rank's share of the global batch (:meth:`EpochSampler.shard`)."""
+        out = replace(self)
+        object.__setattr__(out, "_sampler", self._sampler.shard(rank, world))  # type: ignore[attr-defined]
+        return out
 
 
 def leaf_accuracy(model: ExpertModel, data: UpstreamData, indices: np.ndarray | None = None,

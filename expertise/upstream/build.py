@@ -15,6 +15,7 @@ from expertise.config import Preset
 from expertise.data.world import WORLD_VERSION, World
 from expertise.errors import ConfigError, LibraryError
 from expertise.library import UPSTREAM, Library
+from expertise.library.shared import shared_library
 from expertise.library.upstream_meta import check_upstream, world_config
 from expertise.runtime import RunContext
 from expertise.upstream.adapter_bank import build_adapter_experts
@@ -64,16 +65,21 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
     world = World(preset.world)
     upstream_cfg = {"world": preset.to_json()["world"], "world_version": WORLD_VERSION, "backbone": preset.backbone,
                     "baseline": preset.baseline.to_json(), "expert": preset.expert.to_json(), "seed": preset.seed}
-    library = Library.create(path, world.hierarchy, exist_ok=True)
-    old = upstream_meta(library)
-    if old is not None:
-        if config_digest(old.get("settings")) != config_digest(upstream_cfg):
-            raise LibraryError(
-                f"the library at {path} was built with other upstream settings (preset {old.get('preset')!r}); "
-                "use another --library path, or delete that folder to rebuild it ('expertise demo --fresh' does so for the demo's)"
-            )
-    else:
-        library.write_meta(UPSTREAM_FILE, {"preset": preset.name, "world": upstream_cfg["world"], "settings": upstream_cfg})
+
+    def open_library() -> Library:
+        library = Library.create(path, world.hierarchy, exist_ok=True)
+        old = upstream_meta(library)
+        if old is not None:
+            if config_digest(old.get("settings")) != config_digest(upstream_cfg):
+                raise LibraryError(
+                    f"the library at {path} was built with other upstream settings (preset {old.get('preset')!r}); "
+                    "use another --library path, or delete that folder to rebuild it ('expertise demo --fresh' does so for the demo's)"
+                )
+        else:
+            library.write_meta(UPSTREAM_FILE, {"preset": preset.name, "world": upstream_cfg["world"], "settings": upstream_cfg})
+        return library
+
+    library = shared_library(path, open_library)  # under torchrun: opened by rank 0, then written by it alone
     t0 = time.perf_counter()
     train = world.upstream("train").materialize()
     holdout = world.upstream("holdout").materialize()
