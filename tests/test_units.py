@@ -90,3 +90,38 @@ def test_a_failing_unit_keeps_what_finished(tmp_path):
         assert [r["config"] for r in store.all("test_square")] == [{"x": 5}]
     finally:
         KINDS.pop("test_boom", None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_executor_options_are_one_line_before_any_work(tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from expertise.cli import app
+
+    def run(*args, env=None):
+        result = CliRunner().invoke(app, ["bench", "--library", str(tmp_path / "no_library"), "--out", str(tmp_path / "o"),
+                                          "--preset", "tiny", *args], env=env)
+        assert result.exit_code == 2, result.output
+        return " ".join(result.output.split())
+
+    port = _free_port()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert "no Ray cluster answers at 127.0.0.1:" in run("--executor", "ray", "--ray-address", f"127.0.0.1:{port}")
+    said = run("--executor", "ray", env={"RAY_ADDRESS": f"127.0.0.1:{port}"})  # RAY_ADDRESS when no --ray-address
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in said and "ray start --head" in said
+    assert "give HOST:PORT" in run("--executor", "ray", "--ray-address", "head-node")
+    assert "--ray-address is an option of --executor ray" in run("--ray-address", f"127.0.0.1:{port}")
+    assert "--executor 'dask': choose one of local, ray" in run("--executor", "dask")
+    assert "--workers must be at least 1" in run("--executor", "ray", "--workers", "0")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert "pip install 'expertise[ray]'" in run("--executor", "ray")
+    assert not (tmp_path / "o").exists()

@@ -12,9 +12,9 @@ import torch
 
 from expertise.units.context import WorkerContext
 
-# A test hook: with this set to a folder, the first unit that finds ARMED there renames it to FIRED
-# and kills its worker process after doing its work but before handing the result back, as a
-# machine lost mid-unit would. Ray then retries the unit on another worker.
+# A test hook: with this set to a folder, the first unit that finds the file ARMED there (holding its
+# kind, or nothing for any kind) renames it to FIRED and kills its worker process after doing its work
+# but before handing the result back, as a machine lost mid-unit would. Ray then retries the unit.
 KILL_ENV = "EXPERTISE_TEST_KILL_WORKER"
 ARMED, FIRED = "armed", "fired"
 
@@ -31,11 +31,14 @@ def run_context(settings: dict[str, Any]) -> WorkerContext:
     return _contexts[key]
 
 
-def _kill_if_armed() -> None:
+def _kill_if_armed(kind: str) -> None:
     folder = os.environ.get(KILL_ENV)
     if not folder:
         return
     try:
+        wanted = (Path(folder) / ARMED).read_text().strip()
+        if wanted and wanted != kind:
+            return
         os.rename(Path(folder) / ARMED, Path(folder) / FIRED)  # atomic: exactly one unit fires
     except OSError:
         return
@@ -47,6 +50,7 @@ def run_unit_json(spec_json: dict[str, Any], settings: dict[str, Any]) -> dict[s
     from expertise.units.executors import timed
     from expertise.units.spec import UnitSpec
 
-    out = timed(UnitSpec.from_json(spec_json), run_context(settings))
-    _kill_if_armed()
+    spec = UnitSpec.from_json(spec_json)
+    out = timed(spec, run_context(settings))
+    _kill_if_armed(spec.kind)
     return {"metrics": out.metrics, "images": out.images, "seconds": out.seconds}
