@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies bench-threads bench-data clean
+.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-executors clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-threads: $(STAMP)
 # Upstream data from disk (issue 12): the WordNet hierarchy of ImageNet-21k; its own section of BENCHMARKS.md.
 bench-data: $(STAMP)
 	$(BIN)/python -m perf.upstream_data
+
+# The tiny benchmark with the local executor against Ray with 2 workers on this machine (issue 13): its own
+# section of BENCHMARKS.md; builds runs/perf_executors/library once; run it on an otherwise idle machine.
+bench-executors: $(STAMP)
+	$(BIN)/python -m perf.executors
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
