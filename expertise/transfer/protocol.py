@@ -25,6 +25,11 @@ unit, and the member is loaded only when some unit actually has to be computed. 
 is the member's name and weight hash, the task's name and data fingerprint, the train config, the
 phase and the seeds; the device is not part of it (a unit finished on a GPU is reused on a CPU).
 
+Plans. :func:`protocol_plan` is the protocol as batches of fine-tune units (every sweep setting of
+every sweep at once, then every retrain), each runnable from its record config alone
+(:func:`run_finetune`); :func:`transfer_protocol` runs them here one after another, and
+``expertise.transfer.units`` hands them to an executor (a Ray cluster fans the sweep out).
+
 Divergence. A setting whose loss becomes non-finite is recorded as a finished, *diverged* unit
 with accuracy None: in a sweep it never wins (if every setting diverges, lower the base learning
 rate); a diverged retrain is left out of the median and counted in ``ProtocolResult.diverged``.
