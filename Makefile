@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-ddp clean
+.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-ddp bench-executors clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-data: $(STAMP)
 # its own section of BENCHMARKS.md, a few minutes; run it on an otherwise idle machine.
 bench-ddp: $(STAMP)
 	$(BIN)/python -m perf.ddp
+
+# The tiny benchmark with the local executor against Ray with 2 workers on this machine (issue 13): its own
+# section of BENCHMARKS.md; builds runs/perf_executors/library once; run it on an otherwise idle machine.
+bench-executors: $(STAMP)
+	$(BIN)/python -m perf.executors
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

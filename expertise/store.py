@@ -156,6 +156,22 @@ class RecordStore:
         write_record(self.units_dir / f"{kind}.{key}.json", record)
         return record
 
+    def finished(self, kind: str, config: Mapping[str, Any]) -> Unit | None:
+        """The unit as recorded (``computed`` False), or None when it has not finished."""
+        rec = self.get_record(kind, config)
+        return None if rec is None else self._unit(rec, computed=False)
+
+    def record_result(self, kind: str, config: Mapping[str, Any], out: UnitResult | Mapping[str, Any],
+                      elapsed: float) -> Unit:
+        """Record what a unit's function returned (``elapsed``: its wall time, the cost when it
+        names none) and return the unit, ``computed`` True."""
+        if not isinstance(out, UnitResult):
+            if not isinstance(out, Mapping):
+                raise ConfigError(f"unit {kind}: the unit function must return a UnitResult or a metrics dict, got {type(out).__name__}")
+            out = UnitResult(dict(out))
+        rec = self.put(kind, config, out.metrics, elapsed if out.seconds is None else out.seconds, out.images)
+        return self._unit(rec, computed=True)
+
     def run_unit(self, kind: str, config: Mapping[str, Any],
                  fn: Callable[[], UnitResult | Mapping[str, Any]], recompute: bool = False) -> Unit:
         """The unit's stored result when it has finished before; else ``fn()`` is run, its result
@@ -163,18 +179,12 @@ class RecordStore:
         wall time is then measured and no images are counted). ``recompute`` runs ``fn`` even when
         the unit has finished (something it makes besides its record is wanted again) and replaces
         the record."""
-        rec = None if recompute else self.get_record(kind, config)
-        if rec is not None:
-            return self._unit(rec, computed=False)
+        done = None if recompute else self.finished(kind, config)
+        if done is not None:
+            return done
         t0 = time.perf_counter()
         out = fn()
-        elapsed = time.perf_counter() - t0
-        if not isinstance(out, UnitResult):
-            if not isinstance(out, Mapping):
-                raise ConfigError(f"unit {kind}: the unit function must return a UnitResult or a metrics dict, got {type(out).__name__}")
-            out = UnitResult(dict(out))
-        rec = self.put(kind, config, out.metrics, elapsed if out.seconds is None else out.seconds, out.images)
-        return self._unit(rec, computed=True)
+        return self.record_result(kind, config, out, time.perf_counter() - t0)
 
     @staticmethod
     def _unit(rec: dict[str, Any], computed: bool) -> Unit:

@@ -168,6 +168,9 @@ def main() -> None:
     threads = ROOT / "perf" / "threads.md"  # written by `make bench-threads` (perf/threads.py)
     if threads.exists():
         lines += threads.read_text().splitlines() + [""]
+    executors = ROOT / "perf" / "executors.md"  # written by `make bench-executors` (perf/executors.py)
+    if executors.exists():
+        lines += executors.read_text().splitlines() + [""]
     data = ROOT / "perf" / "upstream_data.md"  # written by `make bench-data` (perf/upstream_data.py)
     if data.exists():
         lines += data.read_text().splitlines() + [""]

@@ -154,7 +154,8 @@ def test_a_claim_of_a_dead_builder_is_taken_over(tmp_path) -> None:
             assert build
 
 
-def test_a_lock_of_another_host_is_stale_only_after_its_heartbeat_stops(tmp_path) -> None:
+def test_a_lock_of_another_host_is_stale_only_after_its_heartbeat_stops(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(locking, "LOCK_WAIT_S", 0.3)  # a writer waits for a live holder this long, then says so
     lib = Library.create(tmp_path / "lib", None)
     lock = lib.path / ".lock"
     lock.write_text("12345\nsome-other-host\n")

@@ -205,7 +205,10 @@ def test_bad_kind_and_domain_are_rejected(lib: Library) -> None:
         lib.add(_info(kind="full_expert", domain="plant"), _model())
 
 
-def test_held_lock_is_an_error_naming_the_lock_file(lib: Library) -> None:
+def test_held_lock_is_an_error_naming_the_lock_file(lib: Library, monkeypatch) -> None:
+    from expertise.library import locking
+
+    monkeypatch.setattr(locking, "LOCK_WAIT_S", 0.3)  # a writer waits for a live holder this long, then says so
     lock = lib.path / ".lock"
     lock.write_text(f"{os.getpid()}\n")  # this process is alive
     with pytest.raises(LibraryError, match=r"locked by another writer") as e:

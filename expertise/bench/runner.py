@@ -23,14 +23,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from expertise.bench import figures, metrics, tables
 from expertise.bench.pools import parse_pool
-from expertise.transfer.protocol import SweepConfig, transfer_protocol
+from expertise.transfer.protocol import SweepConfig
 from expertise.store import RecordStore, UnitResult
 from expertise.data.tasks import GROUPS, Task
 from expertise.errors import ConfigError, DataError, ExpertiseError
@@ -42,6 +42,9 @@ from expertise.select.proxies import get_proxy
 from expertise.select.registry import STRATEGIES, default_rows
 from expertise.select.run import run_selection
 from expertise.train import TrainConfig
+
+if TYPE_CHECKING:
+    from expertise.units.plan import Executor
 
 SUMMARY = "summary.md"
 
@@ -93,8 +96,11 @@ def _member_json(info: MemberInfo) -> dict[str, Any]:
 
 def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: TrainConfig,
               sweep: SweepConfig = SweepConfig(lr_factors=(1.0,)), strategies: Sequence[StrategySpec] = DEFAULT_STRATEGIES,
-              pools: Sequence[str] = DEFAULT_POOLS, ctx: RunContext = RunContext(), batch_size: int = 500) -> Path:
+              pools: Sequence[str] = DEFAULT_POOLS, ctx: RunContext = RunContext(), batch_size: int = 500,
+              executor: Executor | None = None) -> Path:
     """Run (or resume) the benchmark into ``out`` and write its report; returns ``summary.md``.
+    Its units (:mod:`expertise.bench.units`) run on ``executor`` (default: one after another in this
+    process; ``expertise.units.open_executor("ray")`` for a Ray cluster) with identical records.
     Embeddings go to ``ctx.cache`` (``OUT/cache`` without one; ``expertise bench`` passes the
     library's own ``LIBRARY/cache``, which the demo, ``select`` and ``transfer`` share)."""
     seed, device, log = ctx.seed, ctx.device, ctx.log
@@ -106,29 +112,18 @@ def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: Trai
     pool_members = {k: v for k, v in pool_members.items() if v}
     if not pool_members:
         raise ConfigError(f"none of the pools {list(pools)} has a member in the library at {library.path}")
-    everyone = [n for n in library.names() if any(n in v for v in pool_members.values())]
-    routers = [m.name for m in infos if m.kind == "epn"]
-    for task in tasks:
-        t0 = time.perf_counter()
-        base = {"task": task.name, "task_fingerprint": task.fingerprint(), "group": task.group}
-        for name in [*everyone, *routers]:
-            store.run_unit("embed", {**base, "member": name, "member_hash": library.verified_hash(name)},
-                           lambda name=name: _embed_unit(library, task, cache, name, batch_size, device))
-        for p, (spec, members) in enumerate(pool_members.items()):
-            for s, strat in enumerate(strategies):
-                # "order" keeps the rows and pools of the report in the order asked for (the first pool is the
-                # main one), read back from the records alone.
-                config = {**base, "pool": spec, "strategy": strat.label, "kind": strat.strategy, "proxy": strat.proxy,
-                          "members": {n: library.verified_hash(n) for n in members}, "seed": seed, "order": [p, s]}
-                store.run_unit("selection", config, lambda strat=strat, members=members: _selection_unit(
-                    library, task, strat, members, cache, seed, device, batch_size))
-        for name in everyone:
-            config = {**base, "member": name, "member_hash": library.verified_hash(name), "finetune": finetune.to_json(),
-                      "sweep": sweep.to_json(), "seed": seed, "info": _member_json(library.info(name))}
-            store.run_unit("protocol", config, lambda name=name: _protocol_unit(
-                library, name, task, finetune, sweep, ctx.with_(store=store)))
-        log(f"{task.name}: {len(everyone)} members, {len(strategies)} strategies x {len(pool_members)} pools "
-            f"({time.perf_counter() - t0:.0f}s)")
+    from expertise.bench.units import bench_plans
+    from expertise.units import LocalExecutor, WorkerContext, drive
+
+    t0 = time.perf_counter()
+    plans = bench_plans(library, tasks, store, cache, finetune, sweep, strategies, pool_members, seed, batch_size)
+    worker = WorkerContext(device, ctx.progress).seed_with([library], tasks)
+    before = len(store)
+    executor = executor or LocalExecutor()
+    drive(plans, executor, store, worker, ctx.progress, desc="bench units")
+    log(f"{len(tasks)} task(s), {len(pool_members)} pool(s), {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'}: "
+        f"{len(store) - before} unit(s) recorded by the {executor.name} executor, {before} kept "
+        f"({time.perf_counter() - t0:.0f}s)")
     return write_report(out)
 
 
@@ -161,13 +156,6 @@ def _selection_unit(library: Library, task: Task, strat: StrategySpec, members: 
     return UnitResult({"ranking": rec["ranking"], "picks": rec["picks"], "members_embedded": rec["members_embedded"],
                        "select_seconds": rec["seconds"]}, images={"needed": rec["images_needed"]},
                       seconds={"score": scoring})
-
-
-def _protocol_unit(library: Library, name: str, task: Task, finetune: TrainConfig, sweep: SweepConfig,
-                   ctx: RunContext) -> UnitResult:
-    res = transfer_protocol(name, lambda: library.load(name), library.verified_hash(name), task, finetune, sweep, ctx)
-    return UnitResult(res.to_json(), images={k: int(v) for k, v in res.phase_images.items()},
-                      seconds=dict(res.phase_seconds))
 
 
 # ------------------------------------------------------------------------------------- report

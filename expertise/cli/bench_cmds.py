@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli import checks
-from expertise.cli.common import (DeviceOpt, FinetuneSetOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
+from expertise.cli.common import (DeviceOpt, ExecutorOpt, RayAddressOpt, WorkersOpt, FinetuneSetOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
                                   resumes, run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP)
 from expertise.runtime import RunContext
 
@@ -28,18 +28,22 @@ def bench(ctx: typer.Context,
           retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
           cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
           preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-          quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
+          quiet: QuietOpt = False, threads: ThreadsOpt = None, executor: ExecutorOpt = "local",
+          ray_address: RayAddressOpt = None, workers: WorkersOpt = None) -> None:
     """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
     a record (a killed run resumes), and DIR/summary.md gets Tables 1-2, regret and compute.
-    'expertise bench report DIR' rebuilds the report from the records alone."""
+    'expertise bench report DIR' rebuilds the report from the records alone. With --executor ray the
+    units (embeddings, selection cells, each fine-tune) run as Ray tasks, with the same records."""
     if ctx.invoked_subcommand is not None:
         return
     cfg, dev = setup(preset, overrides, device, threads)
     checks.bench_options(strategies, pools, lr_factors, sweeps, retrains, preset, overrides, device)
+    checks.executor(executor, ray_address, workers)
     from expertise.transfer.protocol import SweepConfig
     from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
     from expertise.errors import ConfigError
     from expertise.select.embed import EmbeddingCache
+    from expertise.units import open_executor
     from expertise.upstream.build import world_of_library
 
     if library is None:
@@ -52,9 +56,11 @@ def bench(ctx: typer.Context,
     log = run_log(out_dir)
     log(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
               f"member and task, writing to {out_dir}")
-    summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies), tuple(pools or DEFAULT_POOLS),
-                        RunContext(dev, seed, not quiet, log, cache=EmbeddingCache(cache or library / "cache")),
-                        cfg.embed_batch)
+    with open_executor(executor, ray_address, workers) as units_on:
+        summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies),
+                            tuple(pools or DEFAULT_POOLS),
+                            RunContext(dev, seed, not quiet, log, cache=EmbeddingCache(cache or library / "cache")),
+                            cfg.embed_batch, units_on)
     out.print(summary.read_text(), markup=False, highlight=False)
 
 

@@ -167,6 +167,29 @@ def dat_options(upstream: str, sampler: str, weighting: str, init: str, size: in
     device(device_name)
 
 
+def executor(name: str, ray_address: str | None, workers: int | None) -> None:
+    """``--executor``, ``--ray-address`` and ``--workers``: a known executor; the Ray options only with
+    ``ray``; Ray installed; and a cluster address (``--ray-address``, else ``RAY_ADDRESS``) that answers."""
+    from expertise.units.executors import EXECUTORS, ray_address as cluster
+
+    choice(name, EXECUTORS, "--executor")
+    at_least(workers, 1, "--workers")
+    if name == "local":
+        for option, value in (("--ray-address", ray_address), ("--workers", workers)):
+            if value is not None:
+                raise ConfigError(f"{option} is an option of --executor ray; add --executor ray or drop {option}")
+        return
+    from expertise.units.ray_executor import check_address, import_ray
+
+    import_ray()
+    address = cluster(ray_address)
+    if address is not None:
+        if workers is not None:
+            raise ConfigError(f"--workers sizes a local Ray, but the units go to the cluster at {address} (--ray-address "
+                              "or RAY_ADDRESS), which has its own workers; drop --workers or the address")
+        check_address(address)
+
+
 def bench_options(strategies: Sequence[str] | None, pools: Sequence[str] | None, lr_factors: str, sweeps: int,
                   retrains: int, preset_name: str, overrides: Sequence[str] | None, device_name: str) -> None:
     """``bench``, before the library is read (the suite is checked against the library's world

@@ -118,6 +118,13 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the run: th
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: OMP_NUM_THREADS when "
                                                    "set, else the cores this process may use). Fewer can be faster when "
                                                    "other work shares the cores.")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where the units of work run: local (this process, one after "
+                                           "another) or ray (Ray tasks on the cluster at --ray-address or RAY_ADDRESS, "
+                                           "else on a local Ray of --workers CPUs); the records are the same.")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster of --executor ray: HOST:PORT of "
+                                                      "its head (default: RAY_ADDRESS; unset: start a local Ray).")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="CPUs of the local Ray that --executor ray starts when "
+                                                   "no cluster is given (default: every core); one unit a CPU.")]
 LibOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name, 'sklearn_digits', or an ImageFolder directory.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when there is a GPU, else the CPU), cpu, cuda or cuda:N.")]
@@ -138,12 +145,12 @@ def user_errors(fn):
                 finally:
                     _COMMAND_SCOPE.reset(token)
         except ExpertiseError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:  # a disk error our writers did not wrap (a folder made by a library call)
             if e.errno not in DISK_ERRNOS:
                 raise
-            err.print(f"[bold red]error:[/] {disk_error(e)}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(disk_error(e)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             kept = getattr(fn, "resumes", None)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli import checks
-from expertise.cli.common import (DatSetOpt, DeviceOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
+from expertise.cli.common import (DatSetOpt, DeviceOpt, ExecutorOpt, RayAddressOpt, WorkersOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
                                   StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, resumes, run_log, task_resolution,
                                   setup, app, out, user_errors)
 from expertise.runtime import RunContext
@@ -59,55 +59,64 @@ def transfer(library: LibOpt, task: TaskOpt,
              retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
              cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
              preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
+             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None,
+             executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, workers: WorkersOpt = None) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy.
-    The first retrain of each pick is kept as a model folder (for 'expertise predict')."""
+    The first retrain of each pick is kept as a model folder (for 'expertise predict'). With
+    --executor ray every fine-tune (each sweep setting of each pick) is a Ray task."""
     cfg, dev = setup(preset, overrides, device, threads)
     checks.transfer_options(library, strategy, proxy, budget, lr_factors, sweeps, retrains, preset, overrides, device)
-    from expertise.transfer.protocol import SweepConfig, transfer_protocol
-    from expertise.transfer.keep import FolderKeeper, folder_name
+    checks.executor(executor, ray_address, workers)
+    from expertise.transfer.protocol import SweepConfig
+    from expertise.transfer.keep import folder_name
+    from expertise.transfer.units import protocol_units
     from expertise.store import RecordStore
     from expertise.data.loaders import load_task
+    from expertise.units import WorkerContext, drive, open_executor, task_ref
     from expertise.upstream.build import world_of_library
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import run_selection
 
-    log = run_log(out_dir)
+    run_log(out_dir)  # messages and progress lines go to OUT/log.txt too
     lib = open_library(library)
     t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     run = run_selection(lib, t, strategy, budget, proxy, ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")))
     out.print(f"{run.label} picked {', '.join(run.selection.picks)} in {run.seconds['total']:.1f}s")
-    ctx = RunContext(dev, seed, not quiet, log, RecordStore(out_dir))
-    best, best_keeper = None, None
+    store = RecordStore(out_dir)
     settings = {"preset": cfg.name, "library": str(library), "sweep_config": sweep.to_json()}
-    for name in run.selection.picks:
-        keeper = FolderKeeper(out_dir / "models" / folder_name(t.name, name), t, settings)
-        res = transfer_protocol(name, lambda name=name: lib.load(name), lib.verified_hash(name), t, cfg.finetune, sweep, ctx,
-                                keeper=keeper)
+    folders = {name: out_dir / "models" / folder_name(t.name, name) for name in run.selection.picks}
+    ref = task_ref(t, seed, skip_corrupt)
+    with open_executor(executor, ray_address, workers) as units_on:
+        plans = [protocol_units(lib, name, t, ref, cfg.finetune, sweep, seed, store, {"folder": folders[name], "settings": settings})
+                 for name in run.selection.picks]
+        results = drive(plans, units_on, store, WorkerContext(dev, not quiet).seed_with([lib], [t]), not quiet,
+                        desc="transfer units")
+    best = None
+    for res in results:
         chosen = ", ".join(f"lr {c['lr']:g}" for c in res.chosen)
-        out.print(f"{name} on {t.name}: median test accuracy [bold]{res.test_accuracy:.3f}[/] over "
+        out.print(f"{res.member} on {t.name}: median test accuracy [bold]{res.test_accuracy:.3f}[/] over "
                   f"{len(res.test_accuracies)} retrain(s) ({chosen}; {res.seconds:.0f}s, {res.units_reused} unit(s) reused)")
         if best is None or res.test_accuracy > best.test_accuracy:
-            best, best_keeper = res, keeper
+            best = res
     if budget > 1 and best is not None:
         out.print(f"best of the {budget} picks: {best.member} ({best.test_accuracy:.3f})")
-    if best_keeper is not None:
-        _report_kept(best_keeper)
+    if best is not None:
+        _report_kept(folders[best.member])
 
 
-def _report_kept(keeper) -> None:
+def _report_kept(folder: Path) -> None:
     """One line on the best pick's kept model: its own test accuracy, interval and folder."""
     from expertise.transfer.keep import kept_record
 
-    rec = kept_record(keeper.folder)
+    rec = kept_record(folder)
     if rec is None:
-        out.print(f"no model kept in {keeper.folder}: its first retrain diverged", highlight=False)
+        out.print(f"no model kept in {folder}: its first retrain diverged", highlight=False)
         return
     m = rec["metrics"]
     lo, hi = m["test_accuracy_ci95"]
-    out.print(f"model kept in {keeper.folder} (first retrain: test accuracy {m['test_accuracy']:.3f}, 95% CI {lo:.3f}-{hi:.3f}, "
+    out.print(f"model kept in {folder} (first retrain: test accuracy {m['test_accuracy']:.3f}, 95% CI {lo:.3f}-{hi:.3f}, "
               f"{m['test_images']} test images)", highlight=False)
 
 

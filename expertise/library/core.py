@@ -225,7 +225,7 @@ class Library:
         found = checks.leftovers(self.path)
         if found:
             with contextlib.suppress(LibraryError, DiskError):
-                with self._locked():  # taking the lock removes what dead writers left
+                with self._locked(wait_s=0):  # taking the lock removes what dead writers left
                     pass
         return [f for f in found if not f.exists()]
 
@@ -236,14 +236,13 @@ class Library:
 
     # -- writing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Exclusive writer lock (see :mod:`expertise.library.locking`). Under it nobody else is
+    def _locked(self, wait_s: float | None = None) -> Iterator[None]:
+        """Exclusive writer lock (see :mod:`expertise.library.locking`), waited for while another
+        writer holds it (at most ``wait_s``, default ``locking.LOCK_WAIT_S``). Under it nobody else is
         writing, so the manifest is re-read (never clobber another writer's members) and what dead
         writers left behind is removed."""
         lock = self.path / LOCK
-        who = locking.try_acquire(lock)
-        if who is not None:
-            raise locking.locked_error(self.path, lock, who)
+        locking.acquire(lock, self.path, wait_s)
         with locking.held(lock):
             if (self.path / MANIFEST).exists():
                 self.refresh()

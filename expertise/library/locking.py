@@ -6,6 +6,12 @@ A lock file holds its holder's pid and host and is created with O_CREAT|O_EXCL. 
 heartbeat thread touches it every :data:`HEARTBEAT_S` seconds. It is judged stale, and taken over
 with a warning, when its holder on this host is no longer running, or, for a holder on another
 host (whose pid cannot be checked), when it has shown no heartbeat for :data:`STALE_AFTER_S`.
+
+A writer that finds the writer lock held by a live writer waits for it (:func:`acquire`), at most
+:data:`LOCK_WAIT_S` seconds, and then says who holds it and when it last showed a heartbeat; a
+builder waits for a claim as long as its holder shows a heartbeat, so a claim left by a dead
+process on another host is taken over (with a warning that says so) once it is stale, never
+waited on forever.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ STALE_AFTER_S = 600.0  # a lock of another host without a heartbeat for this lon
 # A lock file without a readable pid is only presumed stale after this long: its writer may be
 # between creating the file and writing the pid into it.
 UNREADABLE_GRACE_S = 10.0
+LOCK_WAIT_S = 120.0  # how long a writer waits for another writer's lock (held only while files are swapped in)
+LOCK_POLL_S = 0.1
 
 
 def pid_alive(pid: int) -> bool:
@@ -147,12 +155,40 @@ def held(lock: Path) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def locked_error(library: Path, lock: Path, who: tuple[int | None, str | None]) -> LibraryError:
+def heartbeat_note(lock: Path, host: str | None) -> str:
+    """When the lock last showed a heartbeat, and, for another host's, when it will be judged stale."""
+    seconds = age(lock)
+    if seconds == float("inf"):
+        return "just released"
+    note = f"last heartbeat {seconds:.0f} s ago"
+    if host is not None and host != socket.gethostname():
+        note += f"; taken over after {STALE_AFTER_S:.0f} s without one"
+    return note
+
+
+def locked_error(library: Path, lock: Path, who: tuple[int | None, str | None], waited: float = 0.0) -> LibraryError:
     pid, host = who
+    waiting = f"waited {waited:.0f} s; " if waited >= 1 else ""
     return LibraryError(
-        f"the library at {library} is locked by another writer (pid {pid} on {host or 'this host'}); wait for it to "
-        f"finish, or delete {lock} if no such process is running"
+        f"the library at {library} is locked by another writer (pid {pid} on {host or 'this host'}, "
+        f"{heartbeat_note(lock, host)}); {waiting}wait for it to finish, or delete {lock} if no such process is running"
     )
+
+
+def acquire(lock: Path, library: Path, wait_s: float | None = None) -> None:
+    """Take the writer lock ``lock`` of ``library``, waiting while a live writer holds it, at most
+    ``wait_s`` seconds (default :data:`LOCK_WAIT_S`); then one line that names the holder. A lock
+    whose holder is gone (:func:`stale_reason`) is taken over at once, with a warning."""
+    limit = LOCK_WAIT_S if wait_s is None else wait_s
+    start = time.monotonic()
+    while True:
+        who = try_acquire(lock)
+        if who is None:
+            return
+        waited = time.monotonic() - start
+        if waited >= limit:
+            raise locked_error(library, lock, who, waited)
+        time.sleep(min(LOCK_POLL_S, max(limit - waited, 0.0)))
 
 
 @contextlib.contextmanager
@@ -178,8 +214,8 @@ def claim(lib: Library, name: str, log: Callable[[str], None] = print, done: Cal
         if who is None:
             break
         if not told:
-            log(f"{name} is being built by pid {who[0]} on {who[1] or 'this host'}; waiting for it "
-                f"(delete {lock} if no such process is running)")
+            log(f"{name} is being built by pid {who[0]} on {who[1] or 'this host'} ({heartbeat_note(lock, who[1])}); "
+                f"waiting for it (delete {lock} if no such process is running)")
             told = True
         time.sleep(poll_s)
     with held(lock):

@@ -25,6 +25,11 @@ unit, and the member is loaded only when some unit actually has to be computed. 
 is the member's name and weight hash, the task's name and data fingerprint, the train config, the
 phase and the seeds; the device is not part of it (a unit finished on a GPU is reused on a CPU).
 
+Plans. :func:`protocol_plan` is the protocol as batches of fine-tune units (every sweep setting of
+every sweep at once, then every retrain), each runnable from its record config alone
+(:func:`run_finetune`); :func:`transfer_protocol` runs them here one after another, and
+``expertise.transfer.units`` hands them to an executor (a Ray cluster fans the sweep out).
+
 Divergence. A setting whose loss becomes non-finite is recorded as a finished, *diverged* unit
 with accuracy None: in a sweep it never wins (if every setting diverges, lower the base learning
 rate); a diverged retrain is left out of the median and counted in ``ProtocolResult.diverged``.
@@ -38,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from expertise.store import Unit, UnitResult
+from expertise.store import RecordStore, Unit, UnitResult
 from expertise.data.tasks import Split, Task
 from expertise.errors import ConfigError
 from expertise.runtime import RunContext, derive_seed
@@ -231,11 +236,145 @@ def _finite_or_raise(accs: list[float | None], what: str, cfg: TrainConfig, swee
     return finite
 
 
+@dataclass(frozen=True)
+class FinetuneRequest:
+    """One fine-tune of the protocol as :func:`protocol_plan` asks for it: its record ``kind`` and
+    ``config`` (the unit's identity: member and task by hash, phase, seeds, train settings), its
+    ``key`` in the store, a line that names it, whether its tuned model goes to the keeper
+    (``keep``) and whether it runs although recorded (``redo``: the keeper lacks its model)."""
+
+    kind: str
+    config: dict[str, Any]
+    key: str
+    desc: str
+    keep: bool = False
+    redo: bool = False
+
+
+def train_config(d: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of a unit config's ``train`` (its ``to_json``)."""
+    d = dict(d)
+    if "decay_at" in d:
+        d["decay_at"] = tuple(d["decay_at"])
+    return TrainConfig(**d)
+
+
+def run_finetune(config: dict[str, Any], member: Callable[[], nn.Module], task: Task, device: torch.device,
+                 progress: bool, desc: str, finetune_fn: FinetuneFn = finetune, evaluate_fn: EvaluateFn = accuracy,
+                 keeper: Keeper | None = None, key: str | None = None) -> UnitResult:
+    """Run one fine-tune unit of the protocol from its config alone: a sweep setting trains on the
+    800 and scores on the 200, a retrain trains on all 1,000 and scores on test. A non-finite loss
+    is a finished, diverged unit. With a ``keeper`` the tuned model is kept under ``key``."""
+    cfg, unit_seed = train_config(config["train"]), int(config["unit_seed"])
+    sweep_phase = config["phase"] == "sweep"
+    train, evaluate = (task.train, task.val) if sweep_phase else (task.trainval, task.test)
+    split_name = "val" if sweep_phase else "test"
+    model = member()
+    t0 = time.perf_counter()
+    try:
+        tuned, stats = finetune_fn(model, train, task.num_classes, cfg, unit_seed, device, progress, desc)
+    except FloatingPointError as e:
+        return UnitResult({"accuracy": None, "split": split_name, "diverged": True, "error": str(e)},
+                          images={"finetune": 0, "evaluate": 0},
+                          seconds={"finetune": time.perf_counter() - t0, "evaluate": 0.0})
+    t1 = time.perf_counter()
+    acc = float(evaluate_fn(tuned, evaluate, device))
+    t2 = time.perf_counter()
+    if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
+        raise ConfigError(f"evaluate_fn returned {acc!r}; an accuracy must be a fraction in [0, 1]")
+    if keeper is not None:
+        keeper.save(str(key), tuned, config, acc)
+    metrics = {"accuracy": acc, "split": split_name, "diverged": False,
+               "final_loss": _finite_or_none(stats.get("final_loss")), "steps": int(stats.get("steps", cfg.steps))}
+    return UnitResult(metrics, images={"finetune": int(stats.get("images", 0)), "evaluate": len(evaluate)},
+                      seconds={"finetune": t1 - t0, "evaluate": t2 - t1})
+
+
+ProtocolPlan = Generator[list[FinetuneRequest], list[Unit], ProtocolResult]
+
+
+def protocol_plan(member_name: str, member_hash: str, task: Task, base_cfg: TrainConfig, sweep: SweepConfig,
+                  seed: int, store: RecordStore, log: Callable[[str], None] | None = None,
+                  keeper_wants: Callable[[str], bool] | None = None) -> ProtocolPlan:
+    """The protocol as a plan of fine-tune units: it yields the fine-tunes that can run together
+    (every sweep setting of every sweep, then every retrain with each sweep's chosen setting), is
+    sent their finished :class:`~expertise.store.Unit` in the same order, and returns the
+    :class:`ProtocolResult`. Whoever drives it runs the units (in this process or on a cluster);
+    the plan only reads the store (to see whether a kept retrain must run again: ``keeper_wants``)."""
+    if len(task.train) == 0 or len(task.val) == 0 or len(task.test) == 0:
+        raise ConfigError(f"task {task.name!r} needs non-empty train, val and test splits for the transfer protocol")
+    grid = sweep.grid(base_cfg)
+    ident = {"protocol": PROTOCOL_VERSION, "member": member_name, "member_hash": member_hash, "task": task.name,
+             "task_fingerprint": task.fingerprint(), "seed": int(seed)}
+    say = log or (lambda _line: None)
+
+    def request(kind: str, phase: str, cfg: TrainConfig, unit_seed: int, extra: dict[str, int], desc: str) -> FinetuneRequest:
+        config = {**ident, "phase": phase, **extra, "unit_seed": unit_seed, "train": cfg.to_json()}
+        key = store.key(kind, config)
+        keep = keeper_wants is not None and kind == RETRAIN_KIND and extra == KEPT_RETRAIN
+        prior = store.get(kind, config) if keep and keeper_wants(key) else None  # type: ignore[misc]
+        return FinetuneRequest(kind, config, key, desc, keep, redo=prior is not None and not prior.get("diverged"))
+
+    def told(units: list[Unit], requests: list[FinetuneRequest]) -> None:
+        for done, req in zip(units, requests):
+            acc = done.metrics.get("accuracy")
+            say(f"{'ran' if done.computed else 'kept'} {req.desc}: {done.metrics.get('split')} accuracy "
+                f"{'diverged' if acc is None else f'{acc:.4f}'}")
+
+    sweeps: list[FinetuneRequest] = []
+    if len(grid) > 1:
+        for i in range(sweep.sweeps):
+            sweep_seed = derive_seed(seed, "protocol", "sweep", i)
+            sweeps += [request(SWEEP_KIND, "sweep", point.cfg, sweep_seed, {"sweep": i},
+                               f"sweep {i} lr {point.cfg.lr:g} steps {point.cfg.steps} {member_name} on {task.name}")
+                       for point in grid]
+    swept = (yield sweeps) if sweeps else []
+    told(swept, sweeps)
+    chosen: list[dict[str, Any]] = []
+    choice: list[int] = []
+    for i in range(sweep.sweeps):
+        if len(grid) == 1:  # nothing to choose between: no sweep fine-tunes, straight to the retrains
+            choice.append(0)
+            chosen.append({"sweep": i, **grid[0].to_json(), "val_accuracy": None, "val_accuracies": [None]})
+            continue
+        val_accs = [_finite_or_none(u.metrics.get("accuracy")) for u in swept[i * len(grid):(i + 1) * len(grid)]]
+        finite = _finite_or_raise(val_accs, f"every sweep setting diverged for {member_name} on {task.name} "
+                                  f"(sweep {i})", base_cfg, sweep)
+        best = max(finite)
+        b = next(k for k, a in enumerate(val_accs) if a == best)  # ties: the first grid point
+        choice.append(b)
+        chosen.append({"sweep": i, **grid[b].to_json(), "val_accuracy": best, "val_accuracies": val_accs})
+    retrains = [request(RETRAIN_KIND, "retrain", grid[b].cfg, derive_seed(seed, "protocol", "retrain", i, j),
+                        {"sweep": i, "retrain": j},
+                        f"retrain {i}.{j} lr {grid[b].cfg.lr:g} steps {grid[b].cfg.steps} {member_name} on {task.name}")
+                for i, b in enumerate(choice) for j in range(sweep.retrains)]
+    retrained = yield retrains
+    told(retrained, retrains)
+    units = [*swept, *retrained]
+    phase_seconds = {"sweep": 0.0, "retrain": 0.0}
+    phase_images = {"sweep": 0, "retrain": 0}
+    for done, req in zip(units, [*sweeps, *retrains]):
+        phase = req.config["phase"]
+        phase_seconds[phase] += done.total_seconds
+        phase_images[phase] += done.total_images
+    test_accs = [_finite_or_none(u.metrics.get("accuracy")) for u in retrained]
+    finite_test = _finite_or_raise(test_accs, f"every retrain diverged for {member_name} on {task.name}", base_cfg, sweep)
+    computed = sum(u.computed for u in units)
+    return ProtocolResult(
+        member=member_name, task=task.name, test_accuracy=float(np.median(np.asarray(finite_test, dtype=np.float64))),
+        test_accuracies=tuple(test_accs), chosen=tuple(chosen),
+        seconds=float(sum(phase_seconds.values())), images=int(sum(phase_images.values())),
+        phase_seconds=phase_seconds, phase_images=phase_images,
+        units_computed=computed, units_reused=len(units) - computed, diverged=len(test_accs) - len(finite_test),
+    )
+
+
 def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], member_hash: str, task: Task,
                       base_cfg: TrainConfig, sweep: SweepConfig, ctx: RunContext,
                       finetune_fn: FinetuneFn = finetune, evaluate_fn: EvaluateFn = accuracy,
                       log: Callable[[str], None] | None = None, keeper: Keeper | None = None) -> ProtocolResult:
-    """Run (or resume) the protocol for ``member_name`` on ``task``; see the module docstring.
+    """Run (or resume) the protocol for ``member_name`` on ``task`` in this process, one fine-tune
+    after another: :func:`protocol_plan` driven here; see the module docstring.
 
     ``load_member()`` returns the pool member (called at most once, and only if some unit has to be
     computed); ``member_hash`` identifies its weights (``Library.verified_hash``), so retrained
@@ -245,86 +384,22 @@ def transfer_protocol(member_name: str, load_member: Callable[[], nn.Module], me
     tuned model of the first retrain (:class:`Keeper`); that unit is recomputed when its record
     exists but the keeper lacks its model.
     """
-    store, seed, device, progress = ctx.require_store(), ctx.seed, torch.device(ctx.device), ctx.progress
-    if len(task.train) == 0 or len(task.val) == 0 or len(task.test) == 0:
-        raise ConfigError(f"task {task.name!r} needs non-empty train, val and test splits for the transfer protocol")
+    store, device = ctx.require_store(), torch.device(ctx.device)
     member = _LazyMember(load_member)
-    grid = sweep.grid(base_cfg)
-    ident = {"protocol": PROTOCOL_VERSION, "member": member_name, "member_hash": member_hash, "task": task.name,
-             "task_fingerprint": task.fingerprint(), "seed": int(seed)}
-    counts = {"computed": 0, "reused": 0}
-    phase_seconds = {"sweep": 0.0, "retrain": 0.0}
-    phase_images = {"sweep": 0, "retrain": 0}
-    say = log or (lambda _line: None)
+    plan = protocol_plan(member_name, member_hash, task, base_cfg, sweep, ctx.seed, store, log,
+                         keeper.wants if keeper is not None else None)
 
-    def unit(kind: str, phase: str, cfg: TrainConfig, unit_seed: int, train: Split, evaluate: Split,
-             split_name: str, extra: dict[str, int], desc: str) -> Unit:
-        config = {**ident, "phase": phase, **extra, "unit_seed": unit_seed, "train": cfg.to_json()}
-        key = store.key(kind, config)
-        keep = keeper is not None and kind == RETRAIN_KIND and extra == KEPT_RETRAIN
+    def run(req: FinetuneRequest) -> Unit:
+        return store.run_unit(req.kind, req.config, lambda: run_finetune(
+            req.config, member, task, device, ctx.progress, req.desc, finetune_fn, evaluate_fn,
+            keeper if req.keep else None, req.key), recompute=req.redo)
 
-        def compute() -> UnitResult:
-            model = member()
-            t0 = time.perf_counter()
-            try:
-                tuned, stats = finetune_fn(model, train, task.num_classes, cfg, unit_seed, device, progress, desc)
-            except FloatingPointError as e:
-                return UnitResult({"accuracy": None, "split": split_name, "diverged": True, "error": str(e)},
-                                  images={"finetune": 0, "evaluate": 0},
-                                  seconds={"finetune": time.perf_counter() - t0, "evaluate": 0.0})
-            t1 = time.perf_counter()
-            acc = float(evaluate_fn(tuned, evaluate, device))
-            t2 = time.perf_counter()
-            if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
-                raise ConfigError(f"evaluate_fn returned {acc!r}; an accuracy must be a fraction in [0, 1]")
-            if keep:
-                keeper.save(key, tuned, config, acc)  # type: ignore[union-attr]
-            metrics = {"accuracy": acc, "split": split_name, "diverged": False,
-                       "final_loss": _finite_or_none(stats.get("final_loss")), "steps": int(stats.get("steps", cfg.steps))}
-            return UnitResult(metrics, images={"finetune": int(stats.get("images", 0)), "evaluate": len(evaluate)},
-                              seconds={"finetune": t1 - t0, "evaluate": t2 - t1})
-
-        prior = store.get(kind, config) if keep and keeper.wants(key) else None  # type: ignore[union-attr]
-        done = store.run_unit(kind, config, compute, recompute=prior is not None and not prior.get("diverged"))
-        counts["computed" if done.computed else "reused"] += 1
-        phase_seconds[phase] += done.total_seconds
-        phase_images[phase] += done.total_images
-        acc = done.metrics.get("accuracy")
-        say(f"{'ran' if done.computed else 'kept'} {desc}: {split_name} accuracy "
-            f"{'diverged' if acc is None else f'{acc:.4f}'}")
-        return done
-
-    chosen: list[dict[str, Any]] = []
-    test_accs: list[float | None] = []
-    for i in range(sweep.sweeps):
-        sweep_seed = derive_seed(seed, "protocol", "sweep", i)
-        val_accs: list[float | None] = []
-        if len(grid) == 1:  # nothing to choose between: no sweep fine-tunes, straight to the retrains
-            b = 0
-            chosen.append({"sweep": i, **grid[0].to_json(), "val_accuracy": None, "val_accuracies": [None]})
-        else:
-            for point in grid:
-                done = unit(SWEEP_KIND, "sweep", point.cfg, sweep_seed, task.train, task.val, "val", {"sweep": i},
-                            f"sweep {i} lr {point.cfg.lr:g} steps {point.cfg.steps} {member_name} on {task.name}")
-                val_accs.append(_finite_or_none(done.metrics.get("accuracy")))
-            finite = _finite_or_raise(val_accs, f"every sweep setting diverged for {member_name} on {task.name} "
-                                      f"(sweep {i})", base_cfg, sweep)
-            best = max(finite)
-            b = next(k for k, a in enumerate(val_accs) if a == best)  # ties: the first grid point
-            chosen.append({"sweep": i, **grid[b].to_json(), "val_accuracy": best, "val_accuracies": val_accs})
-        for j in range(sweep.retrains):
-            done = unit(RETRAIN_KIND, "retrain", grid[b].cfg, derive_seed(seed, "protocol", "retrain", i, j),
-                        task.trainval, task.test, "test", {"sweep": i, "retrain": j},
-                        f"retrain {i}.{j} lr {grid[b].cfg.lr:g} steps {grid[b].cfg.steps} {member_name} on {task.name}")
-            test_accs.append(_finite_or_none(done.metrics.get("accuracy")))
-    finite_test = _finite_or_raise(test_accs, f"every retrain diverged for {member_name} on {task.name}", base_cfg, sweep)
-    return ProtocolResult(
-        member=member_name, task=task.name, test_accuracy=float(np.median(np.asarray(finite_test, dtype=np.float64))),
-        test_accuracies=tuple(test_accs), chosen=tuple(chosen),
-        seconds=float(sum(phase_seconds.values())), images=int(sum(phase_images.values())),
-        phase_seconds=phase_seconds, phase_images=phase_images,
-        units_computed=counts["computed"], units_reused=counts["reused"], diverged=len(test_accs) - len(finite_test),
-    )
+    try:
+        requests = next(plan)
+        while True:
+            requests = plan.send([run(r) for r in requests])
+    except StopIteration as stop:
+        return stop.value
 
 
 DEMO_SWEEP = SweepConfig(lr_factors=(1.0,))  # the preset's fine-tune settings, one retrain

@@ -1,0 +1,108 @@
+"""The benchmark as units: the ``embed`` and ``selection`` unit kinds (run by a worker from their
+spec alone) and :func:`bench_plans`, the whole benchmark as plans of units: per task, its embeddings
+then its selection cells; per task and member, the transfer protocol (each fine-tune a unit) and
+its ``protocol`` record, which the coordinator writes from its fine-tunes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from expertise.bench.runner import StrategySpec, _embed_unit, _member_json, _selection_unit
+from expertise.select.embed import EmbeddingCache
+from expertise.transfer.units import protocol_units, unit_task
+from expertise.units.context import library_key
+from expertise.units.plan import Plan, Steps
+from expertise.units.registry import UnitKind, register_kind
+from expertise.units.spec import UnitSpec, task_ref
+
+if TYPE_CHECKING:
+    from expertise.data.tasks import Task
+    from expertise.library import Library
+    from expertise.store import RecordStore, UnitResult
+    from expertise.train import TrainConfig
+    from expertise.transfer.protocol import SweepConfig
+    from expertise.units.context import WorkerContext
+
+
+def _cache(spec: UnitSpec) -> EmbeddingCache:
+    root = spec.inputs.get("cache")
+    return EmbeddingCache(Path(root) if root else None)
+
+
+def _execute_embed(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
+    lib, task = unit_task(spec, ctx)
+    name = spec.config["member"]
+    ctx.check_member(lib, name, spec.config["member_hash"])
+    return _embed_unit(lib, task, _cache(spec), name, int(spec.options.get("batch_size", 500)), ctx.device)
+
+
+def _execute_selection(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
+    c = spec.config
+    lib, task = unit_task(spec, ctx)
+    members = list(spec.inputs.get("members") or c["members"])  # the pool's order: ties go to the earlier member
+    for name in members:
+        ctx.check_member(lib, name, c["members"][name])
+    return _selection_unit(lib, task, StrategySpec(c["strategy"], c["kind"], c["proxy"]), members, _cache(spec),
+                           int(c["seed"]), ctx.device, int(spec.options.get("batch_size", 500)))
+
+
+register_kind(UnitKind("embed", _execute_embed, num_cpus=1.0, num_gpus=0.5,
+                       help="one member embedding one task's 1,000 images (the cold cost; fills the cache)"), replace=True)
+register_kind(UnitKind("selection", _execute_selection, num_cpus=1.0, num_gpus=0.25,
+                       help="one strategy ranking one pool for one task, from the cached features"), replace=True)
+
+
+def _selection_steps(embeds: list[UnitSpec], selections: list[UnitSpec]) -> Steps:
+    yield embeds
+    yield selections
+
+
+def _protocol_steps(inner: Plan, store: RecordStore, config: dict[str, Any]) -> Steps:
+    res = yield from inner.steps
+    store.put("protocol", config, res.to_json(), seconds=dict(res.phase_seconds),
+              images={k: int(v) for k, v in res.phase_images.items()})
+    return res
+
+
+def _nothing() -> Steps:
+    return
+    yield  # a generator that asks for nothing
+
+
+def bench_plans(library: Library, tasks: Sequence[Task], store: RecordStore, cache: EmbeddingCache,
+                finetune: TrainConfig, sweep: SweepConfig, strategies: Sequence[StrategySpec],
+                pool_members: Mapping[str, list[str]], seed: int, batch_size: int) -> list[Plan]:
+    """Every unit of the benchmark as plans (see the module docstring); the records' configs are
+    the ones the benchmark always wrote, so earlier runs (and the demo's folder) resume."""
+    everyone = [n for n in library.names() if any(n in v for v in pool_members.values())]
+    routers = [m.name for m in library.members() if m.kind == "epn"]
+    lib_path = library_key(library.path)
+    cache_root = None if cache.root is None else str(Path(cache.root).resolve())
+    plans = []
+    for task in tasks:
+        ref = task_ref(task, seed)
+        inputs = {"library": lib_path, "task": ref, "cache": cache_root}
+        base = {"task": task.name, "task_fingerprint": task.fingerprint(), "group": task.group}
+        embeds = [UnitSpec("embed", {**base, "member": name, "member_hash": library.verified_hash(name)}, inputs,
+                           {"batch_size": batch_size}) for name in [*everyone, *routers]]
+        selections = []
+        for p, (spec, members) in enumerate(pool_members.items()):
+            for s, strat in enumerate(strategies):
+                # "order" keeps the rows and pools of the report in the order asked for (the first pool is the
+                # main one), read back from the records alone.
+                config = {**base, "pool": spec, "strategy": strat.label, "kind": strat.strategy, "proxy": strat.proxy,
+                          "members": {n: library.verified_hash(n) for n in members}, "seed": seed, "order": [p, s]}
+                selections.append(UnitSpec("selection", config, {**inputs, "members": list(members)},
+                                           {"batch_size": batch_size}))
+        plans.append(Plan(_selection_steps(embeds, selections), len(embeds) + len(selections)))
+        for name in everyone:
+            config = {**base, "member": name, "member_hash": library.verified_hash(name), "finetune": finetune.to_json(),
+                      "sweep": sweep.to_json(), "seed": seed, "info": _member_json(library.info(name))}
+            if store.has("protocol", config):
+                plans.append(Plan(_nothing(), sweep.num_finetunes))
+                continue
+            inner = protocol_units(library, name, task, ref, finetune, sweep, seed, store)
+            plans.append(Plan(_protocol_steps(inner, store, config), inner.size))
+    return plans

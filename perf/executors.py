@@ -1,0 +1,169 @@
+"""The benchmark on the local executor against Ray on the same machine: `make bench-executors`, or
+`.venv/bin/python -m perf.executors [--preset tiny] [--workers 2] [--repeats 1] [--library DIR] [--quick]`.
+
+Runs ``run_bench`` (the preset's fine-tune settings, one retrain per member and task, every default
+strategy and pool: what ``expertise bench --preset tiny`` runs) on the built-in suite into a fresh
+folder each time, once per repeat with the local executor (the process's default threads) and with
+Ray (a local Ray of ``--workers`` CPUs, one unit and one thread per CPU), and reports from the runs'
+own records:
+
+- the wall time of each (the median of the repeats; Ray's start, paid once per run of a command, and
+  its first run, whose workers still import torch, apart);
+- the units run and their summed seconds as the units measured them;
+- the overhead per unit: the time the executor's workers were not running unit code, per unit,
+  ``(workers x wall - summed unit seconds) / units`` (``workers`` is 1 for the local executor): Ray's
+  scheduling and transfer, rebuilding a task and opening the library in each worker, and every wait
+  of a unit on another (a selection on its embeddings, a retrain on its sweep);
+- the cost model ``wall(N) ~ coordinator + (summed unit seconds + units x overhead) / N`` that these
+  numbers give for N workers, as long as the suite has N units ready at once.
+
+The library is ``--library`` or built once (resumable) in ``runs/perf_executors/library`` with the
+preset. Run it on an otherwise idle machine. Writes perf/executors.md and splices it into
+BENCHMARKS.md (``--quick``, a check that the script runs, builds a small library in a temporary
+folder, runs one task once and only prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from expertise.bench.runner import run_bench, suite_tasks
+from expertise.config import get_preset
+from expertise.runtime import RunContext, default_threads
+from expertise.transfer.protocol import SweepConfig
+from perf.timing import splice_section
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- executors:start -->", "<!-- executors:end -->"
+QUICK = {"baseline.steps": "20", "expert.steps": "8", "epn.steps": "10", "num_experts": "2", "adapter.steps": "6",
+         "finetune.steps": "3", "finetune.warmup_steps": "1"}
+EXECUTED = ("embed", "selection", "transfer_sweep", "transfer_retrain")  # a protocol record is the coordinator's sum
+
+
+def library_for(preset, path: Path):
+    from expertise.upstream.build import build_library
+
+    lib, world, _ = build_library(preset, path, RunContext(progress=False, log=lambda *a: None))
+    return lib, world
+
+
+def unit_seconds(out: Path) -> tuple[int, float]:
+    """Units run and their summed seconds, from the run's records."""
+    n, total = 0, 0.0
+    for p in (out / "units").glob("*.json"):
+        rec = json.loads(p.read_text())
+        if rec["kind"] in EXECUTED:
+            n += 1
+            total += float(sum(rec["seconds"].values()))
+    return n, total
+
+
+def one_run(lib, tasks, preset, out: Path, executor) -> tuple[float, int, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    run_bench(lib, tasks, out, preset.finetune, SweepConfig(lr_factors=(1.0,)), ctx=RunContext(progress=False, log=lambda *a: None),
+              batch_size=preset.embed_batch, executor=executor)
+    wall = time.perf_counter() - t0
+    return (wall, *unit_seconds(out))
+
+
+def measure(lib, tasks, preset, scratch: Path, workers: int, repeats: int) -> dict:
+    import ray
+
+    from expertise.units.ray_executor import RayExecutor
+
+    local = [one_run(lib, tasks, preset, scratch / "local", None) for _ in range(repeats)]
+    t0 = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    start = time.perf_counter() - t0
+    try:
+        first = one_run(lib, tasks, preset, scratch / "ray", RayExecutor())
+        warm = [one_run(lib, tasks, preset, scratch / "ray", RayExecutor()) for _ in range(repeats)]
+    finally:
+        ray.shutdown()
+    return {"local": local, "ray_first": first, "ray": warm, "ray_start": start}
+
+
+def _median(runs: list[tuple[float, int, float]]) -> tuple[float, int, float]:
+    return (statistics.median(r[0] for r in runs), runs[0][1], statistics.median(r[2] for r in runs))
+
+
+def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threads: int) -> str:
+    (lw, ln, ls), (rw, rn, rs) = _median(m["local"]), _median(m["ray"])
+    fw = m["ray_first"][0]
+    local_over = (lw - ls) / ln * 1000
+    ray_over = (workers * rw - rs) / rn * 1000
+    runs = "one run" if repeats == 1 else f"the median of {repeats} runs"
+    every = {k: ", ".join(f"{r[0]:.1f}" for r in m[k]) for k in ("local", "ray")}
+    lines = [
+        START, f"## The benchmark on Ray against the local executor (`{preset}`)", "",
+        f"Regenerate with `make bench-executors` (`python -m perf.executors`) on an otherwise idle machine. `run_bench` on "
+        f"{len(tasks)} built-in task{'s' if len(tasks) != 1 else ''} with the `{preset}` preset (one retrain per member and task, every default strategy "
+        f"and pool), into a fresh folder each run: the local executor with {threads} torch thread{'s' if threads != 1 else ''}, and Ray on the same "
+        f"machine with {workers} workers (one unit, one CPU and one thread each); {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}. Each wall time is {runs} (every run in "
+        f"brackets); unit seconds are what the units measured themselves, from the run's records.", "",
+        "| executor | wall (s) | units run | summed unit seconds | overhead per unit (ms) |",
+        "|---|---:|---:|---:|---:|",
+        f"| local, {threads} thread{'s' if threads != 1 else ''} | {lw:.1f} [{every['local']}] | {ln} | {ls:.1f} | {local_over:.0f} |",
+        f"| Ray, {workers} workers | {rw:.1f} [{every['ray']}] | {rn} | {rs:.1f} | {ray_over:.0f} |", "",
+        f"Ray / local wall time: **{rw / lw:.2f}x**. Starting the local Ray took {m['ray_start']:.1f} s and its first run "
+        f"{fw:.1f} s (its workers import torch and open the library once), neither counted above. Overhead per unit is "
+        f"`(workers x wall - summed unit seconds) / units`: time a worker was not running unit code (Ray's scheduling, "
+        "rebuilding the task and library in a worker, waiting for a unit's inputs). On one machine Ray cannot beat the "
+        "local executor by more than the cores the local run leaves idle: both use every core, so the ratio shows what "
+        f"Ray costs, not what it gains. With N workers of their own, the wall time is about "
+        f"`{lw - ls:.1f} s + ({rs:.1f} s + {rn} x {ray_over / 1000:.3f} s) / N` while N units are ready at once (the "
+        "coordinator's planning and report, then the units spread over the workers).", "", END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny", help="preset of the library and of the benchmark's fine-tunes")
+    ap.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray (one unit each)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per executor (the median is reported)")
+    ap.add_argument("--library", type=Path, default=None, help="library to benchmark (default: built in runs/perf_executors)")
+    ap.add_argument("--quick", action="store_true", help="a small library, one task, one run: checks the script, writes nothing")
+    args = ap.parse_args()
+    threads = default_threads()
+    torch.set_num_threads(threads)
+    os.environ.setdefault("EXPERTISE_PROGRESS", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        if args.quick:
+            preset = get_preset("tiny", QUICK)
+            lib, world = library_for(preset, scratch / "library")
+        else:
+            preset = get_preset(args.preset)
+            if args.library is not None:
+                from expertise.library import Library
+                from expertise.upstream.build import world_of_library
+
+                lib = Library.open(args.library)
+                world = world_of_library(lib)
+            else:
+                lib, world = library_for(preset, ROOT / "runs" / "perf_executors" / "library")
+        res = int(lib.info(lib.names()[0]).preprocessing["size"])
+        tasks = suite_tasks("builtin", world, res, 0)[: 1 if args.quick else None]
+        m = measure(lib, tasks, preset, scratch, args.workers, 1 if args.quick else args.repeats)
+    text = section(m, "tiny (quick)" if args.quick else args.preset, tasks, args.workers,
+                   1 if args.quick else args.repeats, threads)
+    print(text)
+    if not args.quick:
+        splice_section(ROOT / "perf" / "executors.md", START, END, text)
+
+
+if __name__ == "__main__":
+    main()
