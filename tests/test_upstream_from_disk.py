@@ -1,0 +1,148 @@
+"""`expertise upstream/experts --data`: a library built from an upstream dataset on disk in each of
+the three layouts, recorded in the library so later commands find the same dataset, and refused
+when another dataset is named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from disk_datasets import CHIHUAHUA, DOG, KIT_FOX, TENCH, make_dataset
+from expertise.cli import app
+from expertise.data.disk_layouts import read_upstream
+from expertise.library import Library
+from expertise.upstream.disk_data import default_holdout, split_rows
+
+runner = CliRunner()
+STEPS = {"baseline": 3, "expert": 2, "epn": 2, "adapter": 2}
+SHORT = ["--preset", "tiny", "-q", "--holdout", "3", "--set", "num_experts=2",
+         *[a for stage, n in STEPS.items() for a in ("--set", f"{stage}.steps={n}", "--set", f"{stage}.warmup_steps=1",
+                                                     "--set", f"{stage}.batch_size=4")]]
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("upstream_data")
+    d = make_dataset(root)
+    # a JFT-like manifest: several labels per image, internal nodes among them, a hierarchy file (a DAG)
+    (root / "hierarchy.txt").write_text("animal,dog\npet,dog\ndog,chihuahua\nanimal,fox\nanimal,fish\nfish,tench\n")
+    names = {DOG: ["dog"], CHIHUAHUA: ["chihuahua", "pet"], KIT_FOX: ["fox"], TENCH: ["tench", "animal"]}
+    lines = [{"path": f"imagenet21k/{w}/{n}", "labels": names[w]} for w, n, _ in d["samples"]]
+    (root / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    d["jsonl"] = root / "train.jsonl"
+    d["hierarchy"] = root / "hierarchy.txt"
+    return d
+
+
+def specs(data: dict) -> dict[str, tuple[list[str], dict]]:
+    """Each layout's options and the arguments that read the same index in Python."""
+    shards = str(data["shards"] / "train-{0000..0001}.tar")
+    return {
+        "folders": ([ "--data", str(data["folders"])], {"spec": data["folders"]}),
+        "manifest": (["--data", str(data["jsonl"]), "--hierarchy", str(data["hierarchy"])],
+                     {"spec": data["jsonl"], "hierarchy": data["hierarchy"]}),
+        "shards": (["--data", shards], {"spec": shards}),
+    }
+
+
+@pytest.mark.parametrize("layout", ["folders", "manifest", "shards"])
+def test_upstream_from_each_layout_builds_a_library_verify_accepts(layout: str, data: dict, tmp_path: Path) -> None:
+    options, read = specs(data)[layout]
+    lib = tmp_path / "lib"
+    code, text = run("upstream", "--library", lib, *options, *SHORT)
+    assert code == 0, text
+    code, text = run("library", "verify", lib)
+    assert code == 0, text
+    index = read_upstream(read.pop("spec"), **read)
+    library = Library.open(lib)
+    meta = library.read_meta("upstream.json")
+    assert meta["data"]["layout"] == index.layout == layout
+    assert meta["data"]["fingerprint"] == index.fingerprint() and meta["data"]["images"] == len(index) == 10
+    assert "world" not in meta
+    assert library.hierarchy.to_json() == index.hierarchy.to_json()
+    base, epn = library.info("bit_xs.baseline"), library.info("bit_xs.epn")
+    assert base.upstream_images == 7 and 0.0 <= base.upstream_accuracy <= 1.0
+    # the expert domains are the nodes with the most images in their subtree, from the labels alone
+    assert epn.extra["nodes"] == index.choose_expert_domains(2)
+    counts = index.node_counts()
+    assert min(counts[n] for n in epn.extra["nodes"]) >= max(c for n, c in counts.items()
+                                                          if n not in epn.extra["nodes"] and n != "root")
+    if layout == "manifest":
+        assert epn.extra["nodes"] == ["animal", "pet"]  # 10 images, then a 5-5 tie with dog: the shallower pet
+    prior = library.label_prior("bit_xs.baseline").numpy()
+    assert prior.shape == (len(index.hierarchy.label_nodes),) and np.all((prior >= 0) & (prior <= 1))
+    assert not list((lib / ".checkpoints").glob("*.safetensors"))  # cleared once each member is stored
+
+
+def test_experts_find_the_recorded_dataset_and_refuse_another(data: dict, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    code, text = run("upstream", "--library", lib, "--data", data["folders"], *SHORT)
+    assert code == 0, text
+    short = [a for a in SHORT if a != "--holdout" and a != "3"]  # the holdout is recorded
+    code, text = run("experts", "--library", lib, "--kind", "both", *short)  # no --data: the recorded dataset
+    assert code == 0, text
+    library = Library.open(lib)
+    index = read_upstream(data["folders"])
+    domains = index.choose_expert_domains(2)
+    kinds = {i.kind: [] for i in library.members()}
+    for i in library.members():
+        kinds[i.kind].append(i.domain)
+    assert kinds["full_expert"] == domains and kinds["adapter_expert"] == domains
+    expert = library.info(f"bit_xs.expert_{domains[1]}")
+    assert expert.upstream_images == int(np.isin(split_rows(10, 3, 0)[0], index.slice(domains[1])).sum())
+    assert run("library", "verify", lib)[0] == 0
+    # another dataset on the same library: one line, nothing trained
+    before = sorted(p.name for p in (lib / "members").iterdir())
+    code, text = run("experts", "--library", lib, "--data", data["jsonl"], "--hierarchy", data["hierarchy"], *short)
+    assert code == 2 and "is not the dataset the library" in text and str(data["folders"]) in text, text
+    assert len(text.strip().splitlines()) <= 2 and "Traceback" not in text  # the tiny preset's warning and the error
+    assert sorted(p.name for p in (lib / "members").iterdir()) == before
+    code, text = run("experts", "--library", lib, "--data", data["folders"], "--holdout", "4", *short)
+    assert code == 2 and "held out 3 upstream images, not 4" in text, text
+
+
+def test_a_changed_dataset_and_a_world_library_are_refused(data: dict, tmp_path: Path) -> None:
+    import shutil
+
+    folders = tmp_path / "in21k"
+    shutil.copytree(data["folders"], folders)
+    lib = tmp_path / "lib"
+    assert run("upstream", "--library", lib, "--data", folders, *SHORT)[0] == 0
+    (folders / DOG / "extra.JPEG").write_bytes((folders / DOG / f"{DOG}_0.JPEG").read_bytes())
+    code, text = run("upstream", "--library", lib, *[a for a in SHORT if a not in ("--holdout", "3")])
+    assert code == 2 and f"the dataset at {folders} changed since the library" in text, text
+    # --data on a library of the embedded world
+    world_lib = tmp_path / "world_lib"
+    code, text = run("upstream", "--library", world_lib, "--preset", "tiny", "--set", "world.upstream_size=64",
+                     "--set", "world.holdout_size=8", "--set", "baseline.steps=1", "--set", "baseline.warmup_steps=0",
+                     "--set", "epn.steps=1", "--set", "epn.warmup_steps=0", "--set", "num_experts=1", "-q")
+    assert code == 0, text
+    code, text = run("experts", "--library", world_lib, "--data", folders, "--preset", "tiny")
+    assert code == 2 and "built on the embedded world, not on data from disk" in text, text
+    # options that describe a dataset need --data
+    code, text = run("upstream", "--library", tmp_path / "new", "--hierarchy", data["hierarchy"], "--preset", "tiny")
+    assert code == 2 and "--hierarchy describes the upstream dataset on disk; give it with --data" in text, text
+
+
+def test_the_holdout_split_is_seeded() -> None:
+    train, hold = split_rows(100, 7, seed=0)
+    assert hold.size == 7 and train.size == 93 and not np.intersect1d(train, hold).size
+    assert np.array_equal(np.sort(np.concatenate([train, hold])), np.arange(100))
+    assert np.array_equal(split_rows(100, 7, seed=0)[1], hold)
+    assert not np.array_equal(split_rows(100, 7, seed=1)[1], hold)
+    assert default_holdout(10) == 1 and default_holdout(5_000) == 100 and default_holdout(10**8) == 10_000
+    from expertise.errors import ConfigError, DataError
+
+    with pytest.raises(ConfigError, match="--holdout must be between 1 and 9"):
+        split_rows(10, 10, 0)
+    with pytest.raises(DataError, match="at least 2 images"):
+        split_rows(1, 1, 0)
