@@ -35,7 +35,7 @@ def data(tmp_path_factory) -> dict:
     d = make_dataset(root)
     # a JFT-like manifest: several labels per image, internal nodes among them, a hierarchy file (a DAG)
     (root / "hierarchy.txt").write_text("animal,dog\npet,dog\ndog,chihuahua\nanimal,fox\nanimal,fish\nfish,tench\n")
-    names = {DOG: ["dog"], CHIHUAHUA: ["chihuahua", "pet"], KIT_FOX: ["fox"], TENCH: ["tench", "animal"]}
+    names = {DOG: ["dog", "pet"], CHIHUAHUA: ["chihuahua", "pet"], KIT_FOX: ["fox", "animal"], TENCH: ["tench", "animal"]}
     lines = [{"path": f"imagenet21k/{w}/{n}", "labels": names[w]} for w, n, _ in d["samples"]]
     (root / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     d["jsonl"] = root / "train.jsonl"
@@ -146,3 +146,40 @@ def test_the_holdout_split_is_seeded() -> None:
         split_rows(10, 10, 0)
     with pytest.raises(DataError, match="at least 2 images"):
         split_rows(1, 1, 0)
+
+
+def test_dat_weights_and_samples_a_dataset_on_disk_by_its_labels(data: dict, tmp_path: Path) -> None:
+    from expertise.dat.classes import upstream_classes
+    from expertise.upstream.disk_data import DiskUpstream
+    from disk_datasets import image_bytes
+
+    index = read_upstream(data["jsonl"], hierarchy=data["hierarchy"])
+    classes = upstream_classes(DiskUpstream(index, np.arange(len(index)), "all"))
+    assert sorted(classes.names) == ["animal", "chihuahua", "dog", "fox", "pet", "tench"]  # every label used directly
+    # each image is weighted by its rarest own label: dog (3 images) before pet (5), fox (4) before animal (5)
+    primary = [classes.names[c] for c in classes.of_image]
+    assert primary == [{DOG: "dog", CHIHUAHUA: "chihuahua", KIT_FOX: "fox", TENCH: "tench"}[w] for w, _, _ in data["samples"]]
+    p_s = dict(zip(classes.names, classes.distribution()))
+    assert p_s["pet"] == p_s["animal"] == 0 and p_s["fox"] == pytest.approx(0.4)
+    assert sorted(n for n, on in zip(classes.names, classes.under("dog")) if on) == ["chihuahua", "dog"]
+    assert classes.under("root").all()
+    # the command: B of a library built from the manifest, DAT re-sampling that manifest's images
+    lib = tmp_path / "lib"
+    code, text = run("upstream", "--library", lib, "--data", data["jsonl"], "--hierarchy", data["hierarchy"], *SHORT)
+    assert code == 0, text
+    task = tmp_path / "task"
+    for c in ("a", "b"):
+        (task / c).mkdir(parents=True)
+        for i in range(6):
+            (task / c / f"{i}.png").write_bytes(image_bytes(100 + i + (50 if c == "b" else 0), "PNG"))
+    out = tmp_path / "dat"
+    code, text = run("dat", "--library", lib, "--task", task, "--size", "4", "--init", "baseline", "--out", out,
+                     "--preset", "tiny", "-q", *[a for k in ("expert", "finetune") for a in
+                                                 ("--set", f"{k}.steps=2", "--set", f"{k}.warmup_steps=1")])
+    assert code == 0, text
+    assert "DAT on task: test accuracy" in text and "the library records manifest" in text
+    record = json.loads(next(out.glob("dat.task.*.json")).read_text())
+    m = record["metrics"]
+    assert m["sampled_size"] == 4 and 1 <= m["labels_selected"] <= 4  # pet and animal label no image alone
+    assert record["config"]["upstream_images"] == 7 and "manifest" in record["config"]["upstream"]
+    assert {t["label"] for t in m["label_summary"]["top"]} <= set(classes.names)
