@@ -37,8 +37,8 @@ CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
     "--checkpoint-every", help="Checkpoint every N steps (default: a tenth of each member's steps, and at least "
     "every 5 minutes).")]
 
-RESUMES = ("finished members are kept in the library and the one in training was checkpointed; "
-           "add --resume to continue it")
+RESUMES = ("finished members are kept in the library and the one in training was checkpointed",
+           "run the same command again with --resume to continue")
 
 
 def data_spec(data: str | None, hierarchy: Path | None, classes: Path | None, holdout: int | None, workers: int,

@@ -43,7 +43,7 @@ def demo(
 
 @app.command()
 @user_errors
-@resumes(RESUMES)
+@resumes(*RESUMES)
 def upstream(library: LibOpt, preset: PresetOpt = "cpu", data: DataOpt = None, hierarchy: HierarchyOpt = None,
              classes: ClassesOpt = None, holdout: HoldoutOpt = None, workers: WorkersOpt = 0, strict: StrictOpt = False,
              resume: ResumeOpt = False, checkpoint_every: CheckpointEveryOpt = None, overrides: SetOpt = None,
@@ -63,7 +63,7 @@ def upstream(library: LibOpt, preset: PresetOpt = "cpu", data: DataOpt = None, h
 
 @app.command()
 @user_errors
-@resumes(RESUMES)
+@resumes(*RESUMES)
 def experts(library: LibOpt, preset: PresetOpt = "cpu",
             kind: Annotated[str, typer.Option("--kind", help="Expert kind: full, adapter, or both.")] = "full",
             num_experts: Annotated[Optional[int], typer.Option("--num-experts", "-k", help="Top-K hierarchy nodes by image count.")] = None,
