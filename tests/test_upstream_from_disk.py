@@ -183,3 +183,67 @@ def test_dat_weights_and_samples_a_dataset_on_disk_by_its_labels(data: dict, tmp
     assert m["sampled_size"] == 4 and 1 <= m["labels_selected"] <= 4  # pet and animal label no image alone
     assert record["config"]["upstream_images"] == 7 and "manifest" in record["config"]["upstream"]
     assert {t["label"] for t in m["label_summary"]["top"]} <= set(classes.names)
+
+
+def _write_docs_files(root: Path) -> None:
+    """The files the commands of docs/upstream_data.md name: a small ImageNet-21k folder (two WordNet
+    subtrees: dogs and fish), a manifest of the same images with a hierarchy file, two shards with
+    integer labels and their class list, two task folders, and the suite file the docs show."""
+    import webdataset as wds
+
+    from disk_datasets import image_bytes
+
+    classes = {DOG: "dog", CHIHUAHUA: "chihuahua", TENCH: "tench", "n01443537": "goldfish"}
+    rows = []
+    for c, wnid in enumerate(classes):
+        (root / "data" / "in21k" / wnid).mkdir(parents=True)
+        for i in range(4):
+            name = f"{wnid}_{i}.{'png' if i % 2 else 'JPEG'}"
+            data = image_bytes(10 * c + i, "PNG" if i % 2 else "JPEG")
+            (root / "data" / "in21k" / wnid / name).write_bytes(data)
+            rows.append((wnid, name, data, c))
+    (root / "data" / "hierarchy.txt").write_text("animal,dog\npet,dog\ndog,chihuahua\nanimal,fish\nfish,tench\nfish,goldfish\n")
+    (root / "data" / "train.jsonl").write_text("".join(
+        json.dumps({"path": f"in21k/{w}/{n}", "labels": [classes[w]] + (["pet"] if w == CHIHUAHUA else [])}) + "\n"
+        for w, n, _, _ in rows))
+    (root / "data" / "classes.txt").write_text("".join(f"{w}\n" for w in classes))
+    (root / "data" / "shards").mkdir()
+    for s in range(2):
+        with wds.TarWriter(str(root / "data" / "shards" / f"train-{s:04d}.tar")) as sink:
+            for i, (w, n, data, c) in enumerate(rows[s::2]):
+                sink.write({"__key__": f"s{s}_{i:04d}", "png" if n.endswith("png") else "jpg": data, "cls": c})
+    from test_bench_suite_file import task_folder
+
+    task_folder(root / "tasks" / "leaves", seed=1)
+    task_folder(root / "tasks" / "bark", seed=2)
+    doc = (Path(__file__).parents[1] / "docs" / "upstream_data.md").read_text()
+    (root / "suite.toml").write_text(doc.split("```toml\n")[1].split("```", 1)[0])
+
+
+@pytest.mark.slow
+def test_the_commands_of_docs_upstream_data_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `expertise` line of the bash blocks of docs/upstream_data.md, in order, at the tiny scale:
+    --preset becomes tiny with a few steps a stage, --workers 0 (nothing else is rewritten)."""
+    import shlex
+
+    _write_docs_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    doc = (Path(__file__).parents[1] / "docs" / "upstream_data.md").read_text()
+    lines = [line.split(" #")[0] for block in doc.split("```bash\n")[1:] for line in block.split("```", 1)[0].splitlines()
+             if line.startswith("expertise ")]
+    assert len(lines) >= 8
+    fast = ["--set", "num_experts=2", *[a for k in ("baseline", "expert", "epn", "adapter", "finetune")
+                                        for a in ("--set", f"{k}.steps=2", "--set", f"{k}.warmup_steps=1",
+                                                  "--set", f"{k}.batch_size=4")]]
+    for line in lines:
+        args = shlex.split(line)[1:]
+        for option, value in (("--preset", "tiny"), ("--workers", "0")):
+            if option in args:
+                args[args.index(option) + 1] = value
+        args += fast if "--preset" in args else []
+        code, text = run(*args, *(["-q"] if "--preset" in args else []))
+        assert code == 0, f"{line}\n{text}"
+    meta = Library.open(tmp_path / "lib_22k").read_meta("upstream.json")["data"]
+    assert meta["layout"] == "shards" and meta["classes"] == str(tmp_path / "data" / "classes.txt")
+    assert {json.loads(r)["config"]["task"] for r in (tmp_path / "runs" / "suite" / "records.jsonl").read_text().splitlines()
+            if json.loads(r)["kind"] == "protocol"} == {"leaves", "bark_texture"}
