@@ -133,6 +133,29 @@ def test_a_changed_dataset_and_a_world_library_are_refused(data: dict, tmp_path:
     assert code == 2 and "--hierarchy describes the upstream dataset on disk; give it with --data" in text, text
 
 
+def test_bad_data_leaves_no_library_behind(data: dict, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    code, text = run("upstream", "--library", lib, "--data", tmp_path / "nowhere", "--preset", "tiny")
+    assert code == 2 and "no dataset at" in text and not lib.exists(), text
+    code, text = run("upstream", "--library", lib, "--data", data["folders"], "--holdout", "10", "--preset", "tiny")
+    assert code == 2 and "--holdout must be between 1 and 9" in text and not lib.exists(), text
+    broken = tmp_path / "broken"
+    (broken / DOG).mkdir(parents=True)
+    for i in range(3):
+        (broken / DOG / f"{i}.jpg").write_bytes(b"not a jpeg")
+    code, text = run("upstream", "--library", lib, "--data", broken, "--holdout", "1", "--preset", "tiny")
+    assert code == 2 and "no image of the upstream holdout" in text and not lib.exists(), text
+    # the embedded world's API (the demo) refuses a library built from data on disk
+    assert run("upstream", "--library", lib, "--data", data["folders"], *SHORT)[0] == 0
+    from expertise.config import get_preset
+    from expertise.errors import LibraryError
+    from expertise.runtime import RunContext
+    from expertise.upstream.build import build_library
+
+    with pytest.raises(LibraryError, match="built from the dataset on disk at .*, not the embedded world"):
+        build_library(get_preset("tiny"), lib, RunContext(progress=False, log=lambda *a: None))
+
+
 def test_the_holdout_split_is_seeded() -> None:
     train, hold = split_rows(100, 7, seed=0)
     assert hold.size == 7 and train.size == 93 and not np.intersect1d(train, hold).size

@@ -20,7 +20,7 @@ from expertise.library.upstream_meta import check_upstream, world_config
 from expertise.models.backbones import BACKBONES
 from expertise.runtime import RunContext
 from expertise.upstream.adapter_bank import build_adapter_experts
-from expertise.upstream.data_spec import DataSpec, resolve
+from expertise.upstream.data_spec import DataSpec, recorded, resolve
 from expertise.upstream.epn import build_epn
 from expertise.upstream.full_experts import build_upstream, expert_domains
 from expertise.upstream.resume import Checkpointing, UpstreamCheckpoints
@@ -69,17 +69,22 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
                   checkpointing: Checkpointing | None = None) -> tuple[Library, World | None, list[str]]:
     """Create (or resume) a library at ``path``: baseline B, the EPN, and the experts of ``kinds``
     ("full", "adapter"; default: full, plus adapter when the preset builds them) for the top-K
-    nodes, on the preset's embedded world, or on the dataset on disk ``data`` (default: the one the
-    library records, if any). With ``checkpointing`` every unit checkpoints as it trains and, when
-    it says ``resume``, continues from its checkpoint. Returns the library, the world (None for a
-    dataset on disk) and the pool members' names."""
+    nodes, on the preset's embedded world (``data`` None: a library built from data on disk is
+    refused), or on a dataset on disk (``data``: its ``spec``, or when that is None the one the
+    library records, else the world). With ``checkpointing`` every unit checkpoints as it trains
+    and, when it says ``resume``, continues from its checkpoint. Returns the library, the world
+    (None for a dataset on disk) and the pool members' names. A dataset is read, split and its
+    holdout decoded before the library is created, so bad data leaves nothing behind."""
     ctx = ctx.with_(seed=preset.seed)  # the preset's seed names every random stream of the build
     log = ctx.log
     kinds = () if upstream_only else (kinds if kinds is not None else ("full", "adapter") if preset.adapter_experts else ("full",))
     common = {"backbone": preset.backbone, "baseline": preset.baseline.to_json(), "expert": preset.expert.to_json(),
               "seed": preset.seed}
     old = upstream_meta_at(path)
-    source = resolve(path, old, data, log=log)
+    if data is None and recorded(old) is not None:
+        raise LibraryError(f"the library at {path} was built from the dataset on disk at {recorded(old)['spec']}, not the "
+                           "embedded world; build on it with 'expertise upstream' or 'expertise experts', or use another library")
+    source = None if data is None else resolve(path, old, data, log=log)
     t0 = time.perf_counter()
     world: World | None = None
     if source is None:
@@ -87,7 +92,11 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
         upstream_cfg = {"world": preset.to_json()["world"], "world_version": WORLD_VERSION, **common}
         meta = {"preset": preset.name, "world": upstream_cfg["world"], "settings": upstream_cfg}
         hierarchy = world.hierarchy
-    else:
+    else:  # read and split before anything is written
+        train = source.train(preset.seed)
+        holdout = source.holdout_split(preset.seed, BACKBONES[preset.backbone].resolution)
+        log(f"upstream data: {len(train):,} train / {len(holdout):,} holdout images (holdout decoded in "
+            f"{time.perf_counter() - t0:.1f}s)")
         upstream_cfg = {"data": source.settings(), **common}
         meta = {"preset": preset.name, "data": source.record(), "settings": upstream_cfg}
         hierarchy = source.index.hierarchy
@@ -101,15 +110,9 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
     else:
         library.write_meta(UPSTREAM_FILE, meta)
     if world is not None:
-        train, holdout = world.upstream("train").materialize(), world.upstream("holdout").materialize()
+        train, holdout = world.upstream("train").materialize(), world.upstream("holdout").materialize()  # type: ignore[assignment]
         log(f"upstream world: {len(train):,} train / {len(holdout):,} holdout images, "
             f"{len(world.hierarchy.leaves)} leaves, rendered in {time.perf_counter() - t0:.1f}s")
-    else:
-        assert source is not None
-        train = source.train(preset.seed)  # type: ignore[assignment]
-        holdout = source.holdout_split(preset.seed, BACKBONES[preset.backbone].resolution)  # type: ignore[assignment]
-        log(f"upstream data: {len(train):,} train / {len(holdout):,} holdout images (holdout decoded in "
-            f"{time.perf_counter() - t0:.1f}s)")
     ckpts = None if checkpointing is None else UpstreamCheckpoints(
         path, {"settings": config_digest(upstream_cfg)}, checkpointing.resume, checkpointing.every_steps, log)
     names = build_upstream(library, train, holdout, preset.backbone, preset.baseline, preset.expert,

@@ -178,6 +178,7 @@ class DiskHoldout(_Split):
             raise DataError(f"{name}: {len(self)} holdout images need uint8 [N, 3, R, R], got {tuple(images.shape)}")
         self._images = images
         self.resolution = int(images.shape[-1])
+        self._classes = index.class_columns()
 
     @classmethod
     def decode(cls, index: DiskIndex, rows: np.ndarray, resolution: int, name: str, workers: int = 0,
@@ -219,7 +220,7 @@ class DiskHoldout(_Split):
     def correct(self, positions: np.ndarray, upstream_logits: torch.Tensor) -> int:
         """How many of those images have their highest-scoring class among their own labels."""
         rows = self.rows[self._positions(positions)]
-        classes = self.index.class_columns()
+        classes = self._classes
         pred = classes[upstream_logits[:, torch.from_numpy(classes)].argmax(1).cpu().numpy()]
         position, cols = csr_gather(self.index.label_indptr, self.index.label_columns, rows)
         hit = np.zeros(rows.size, dtype=bool)
