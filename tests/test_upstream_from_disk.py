@@ -80,7 +80,7 @@ def test_upstream_from_each_layout_builds_a_library_verify_accepts(layout: str, 
         assert epn.extra["nodes"] == ["animal", "pet"]  # 10 images, then a 5-5 tie with dog: the shallower pet
     prior = library.label_prior("bit_xs.baseline").numpy()
     assert prior.shape == (len(index.hierarchy.label_nodes),) and np.all((prior >= 0) & (prior <= 1))
-    assert not list((lib / ".checkpoints").glob("*.safetensors"))  # cleared once each member is stored
+    assert not (lib / ".checkpoints").exists()  # each member's checkpoint is deleted once it is stored
 
 
 def test_experts_find_the_recorded_dataset_and_refuse_another(data: dict, tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def _write_docs_files(root: Path) -> None:
     (root / "data" / "shards").mkdir()
     for s in range(2):
         with wds.TarWriter(str(root / "data" / "shards" / f"train-{s:04d}.tar")) as sink:
-            for i, (w, n, data, c) in enumerate(rows[s::2]):
+            for i, (_, n, data, c) in enumerate(rows[s::2]):
                 sink.write({"__key__": f"s{s}_{i:04d}", "png" if n.endswith("png") else "jpg": data, "cls": c})
     from test_bench_suite_file import task_folder
 

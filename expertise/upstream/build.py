@@ -125,4 +125,6 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
     if nodes and "adapter" in kinds:
         names += build_adapter_experts(library, train, holdout, names[0], nodes, preset.adapter, ctx,
                                        checkpoints=ckpts)
+    if ckpts is not None:
+        ckpts.tidy()
     return library, world, names

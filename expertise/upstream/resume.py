@@ -12,6 +12,7 @@ thrown away. A unit's checkpoint is deleted once the unit is stored in the libra
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,12 @@ class UpstreamCheckpoints:
             raise LibraryError(f"{name} was interrupted at step {_step(path)} (checkpoint {path}); pass --resume to "
                                f"continue it, or delete that file to train it from the start")
         return Checkpoint(path, {"unit": name, "upstream": self.upstream, **identity}, self.every_steps, log=self.log)
+
+
+    def tidy(self) -> None:
+        """Remove the checkpoint folder once the build left nothing in it."""
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # only when empty
 
 
 def unit_checkpoint(checkpoints: UpstreamCheckpoints | None, name: str, **identity: Any) -> Checkpoint | None:
