@@ -1,6 +1,6 @@
 """Streaming throughput from a folder of JPEGs, for `perf/upstream_data.py` (`make bench-data`).
 
-A folder of N JPEGs at 256 px (ImageNet-21k layout, 20 wnids) is written once; then images per
+A folder of N JPEGs at 256 px (`--jpeg-size`) (ImageNet-21k layout, 20 wnids) is written once; then images per
 second through (a) a plain loop that opens, decodes and resizes each file (at full scale, and with
 libjpeg's reduced-scale decoding as streaming uses it), (b) `DiskBatches` with
 0, 1 and 2 worker processes (decode, resize, batch, the model's normalisation, the targets), each
@@ -39,7 +39,8 @@ def write_jpegs(root: Path, n: int, size: int = 256) -> None:
         Image.fromarray(img).save(root / WNIDS[i % len(WNIDS)] / f"{WNIDS[i % len(WNIDS)]}_{i}.JPEG", quality=90)
 
 
-def measure(n: int, backbone: str = "bit_s", batch: int = 64, train_steps: int = 10, threads: int = 1) -> dict:
+def measure(n: int, backbone: str = "bit_s", batch: int = 64, train_steps: int = 10, threads: int = 1,
+            size: int = 256) -> dict:
     from expertise.data.disk_layouts import read_folders
     from expertise.data.loaders import decode_image
     from expertise.data.streaming import DiskBatches
@@ -47,11 +48,11 @@ def measure(n: int, backbone: str = "bit_s", batch: int = 64, train_steps: int =
     from expertise.train import TrainConfig, fit, multilabel_loss
 
     torch.set_num_threads(threads)  # the trainer's threads; the workers are processes of their own
-    out: dict = {"n": n, "backbone": backbone, "batch": batch, "cores": os.cpu_count()}
+    out: dict = {"n": n, "size": size, "backbone": backbone, "batch": batch, "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        write_jpegs(root, n)
+        write_jpegs(root, n, size)
         out["write_s"] = time.perf_counter() - t
         out["mb"] = sum(f.stat().st_size for f in root.rglob("*.JPEG")) / 2**20
         index = read_folders(root)
@@ -92,7 +93,7 @@ def _fit_rate(model, batches, cfg, fit, loss) -> float:
 def lines(r: dict) -> list[str]:
     return [
         "### Streaming JPEGs from disk into training", "",
-        f"{r['n']:,} JPEGs at 256 px ({r['mb']:.0f} MB, ImageNet-21k folder layout), decoded and resized to "
+        f"{r['n']:,} JPEGs at {r.get('size', 256)} px ({r['mb']:.0f} MB, ImageNet-21k folder layout), decoded and resized to "
         f"{r['backbone']}'s input; batches of {r['batch']}; {r['cores']} cores shared with other jobs (load average "
         f"{r['load']:.1f} at the end), torch on {r['threads']} thread(s); one run each. `DiskBatches` includes batching, "
         "normalisation and the multi-hot targets; the trainer rows are `fit` on that model.", "",
@@ -108,8 +109,9 @@ def lines(r: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jpegs", type=int, default=20_000)
+    ap.add_argument("--jpeg-size", type=int, default=256, help="side of the square JPEGs written, in pixels")
     args = ap.parse_args()
-    print("\n".join(lines(measure(args.jpegs))))
+    print("\n".join(lines(measure(args.jpegs, size=args.jpeg_size))))
 
 
 if __name__ == "__main__":

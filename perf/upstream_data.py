@@ -111,7 +111,7 @@ def run_worker(source: str, trace: bool = False) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def section(repeats: int, images: int, jpegs: int) -> str:
+def section(repeats: int, images: int, jpegs: int, jpeg_size: int = 256) -> str:
     from expertise.data.wordnet import SYSTEM_DATA_NOUN
     from perf.streaming import lines as streaming_lines
     from perf.streaming import measure as measure_streaming
@@ -160,7 +160,7 @@ def section(repeats: int, images: int, jpegs: int) -> str:
         f"| top-50 expert domains (`choose_expert_domains`, counts included) | {x['domains_s']:.2f} s |",
         f"| multi-hot targets of a batch of 256 images ([256, {r['nodes']:,}]) | {x['targets_ms']:.0f} ms |",
         f"| the slice of dog (n02084071) | {x['slice_s']:.2f} s |",
-        "", *(streaming_lines(measure_streaming(jpegs)) if jpegs else []), END,
+        "", *(streaming_lines(measure_streaming(jpegs, size=jpeg_size)) if jpegs else []), END,
     ]
     return "\n".join(lines)
 
@@ -176,6 +176,7 @@ def main() -> None:
     ap.add_argument("--trace", action="store_true", help="(worker) measure memory with tracemalloc")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--jpegs", type=int, default=20_000, help="JPEGs of the streaming measurement (0: skip it)")
+    ap.add_argument("--jpeg-size", type=int, default=256, help="side of those JPEGs, in pixels")
     args = ap.parse_args()
     if args.worker == "index":
         print(json.dumps(_index_worker(args.images)))
@@ -183,7 +184,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args.worker, args.trace)))
         return
-    text = section(args.repeats, args.images, args.jpegs)
+    text = section(args.repeats, args.images, args.jpegs, args.jpeg_size)
     print(text)
     splice(text)
 

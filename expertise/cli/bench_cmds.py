@@ -18,7 +18,9 @@ from expertise.runtime import RunContext
 @resumes("finished units of work are recorded in the --out folder")
 def bench(ctx: typer.Context,
           library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder.")] = None,
-          suite: Annotated[str, typer.Option("--suite", help="builtin, natural, specialized, structured, or TASK,TASK,...")] = "builtin",
+          suite: Annotated[str, typer.Option("--suite", help="builtin, natural, specialized, structured, TASK,TASK,..., or a "
+                                             "suite file (.toml or .json: built-in tasks and ImageFolder folders with "
+                                             "their group; docs/benchmark.md).")] = "builtin",
           out_dir: Annotated[Path, typer.Option("--out", help="Output folder: records, summary.md, plots.")] = Path("runs/bench"),
           strategies: Annotated[Optional[list[str]], typer.Option("--strategy", help=BENCH_STRATEGY_HELP)] = None,
           pools: Annotated[Optional[list[str]], typer.Option("--pool", help="Pool specs (repeat), e.g. all, experts, 'params<=5e6'.")] = None,
@@ -39,19 +41,27 @@ def bench(ctx: typer.Context,
     cfg, dev = setup(preset, overrides, device, threads)
     checks.bench_options(strategies, pools, lr_factors, sweeps, retrains, preset, overrides, device)
     checks.executor(executor, ray_address, workers)
+    from expertise.bench import suite_file
     from expertise.transfer.protocol import SweepConfig
     from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
+    from expertise.data.loaders import BUILTIN_TASKS
     from expertise.errors import ConfigError
     from expertise.select.embed import EmbeddingCache
     from expertise.units import open_executor
     from expertise.upstream.build import world_of_library
 
+    entries = suite_file.read(Path(suite)) if suite_file.is_suite_file(suite) else None  # checked whole, before any work
     if library is None:
         raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
     lib = open_library(library)
     world = world_of_library(lib)
-    checks.suite(suite, world.task_names if world is not None else ())
-    tasks = suite_tasks(suite, world, task_resolution(lib), seed)
+    world_tasks = world.task_names if world is not None else ()
+    if entries is not None:
+        suite_file.check_builtins(entries, [*world_tasks, *BUILTIN_TASKS])
+        tasks = suite_file.load(entries, world, task_resolution(lib), seed)
+    else:
+        checks.suite(suite, world_tasks)
+        tasks = suite_tasks(suite, world, task_resolution(lib), seed)
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     log = run_log(out_dir)
     log(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "

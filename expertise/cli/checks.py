@@ -156,8 +156,8 @@ def dat_options(upstream: str, sampler: str, weighting: str, init: str, size: in
     from expertise.dat import INITS, SAMPLERS, WEIGHTINGS
 
     if upstream != "world":
-        raise ConfigError(f"--upstream {upstream!r}: this version re-samples the embedded world a library was built on; "
-                          "use --upstream world")
+        raise ConfigError(f"--upstream {upstream!r}: DAT re-samples the upstream data a library was built on; "
+                          "use --upstream world (and --data for a dataset on disk)")
     choice(sampler, SAMPLERS, "--sampler")
     choice(weighting, WEIGHTINGS, "--weighting")
     choice(init, INITS, "--init")

@@ -153,8 +153,8 @@ def user_errors(fn):
             err.print(f"[bold red]error:[/] {escape(str(disk_error(e)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            kept = getattr(fn, "resumes", None)
-            err.print(f"[yellow]interrupted[/]: {kept}; run the same command again to resume" if kept else
+            kept, rerun = getattr(fn, "resumes", None), getattr(fn, "rerun", "run the same command again to resume")
+            err.print(f"[yellow]interrupted[/]: {kept}; {rerun}" if kept else
                       "[yellow]interrupted[/]: this command does not resume; running it again starts it over")
             raise typer.Exit(130) from None
 
@@ -167,12 +167,13 @@ TINY_WARNING = ("preset tiny: its models are near chance (B's upstream accuracy 
                 "tests and smoke runs. Use --preset cpu (or gpu) for results")
 
 
-def resumes(what: str):
+def resumes(what: str, rerun: str = "run the same command again to resume"):
     """Declare (below ``@user_errors``) what a command keeps when interrupted, so that a rerun
-    resumes; the interrupt line says it. Undeclared commands say that a rerun starts over."""
+    resumes, and how to rerun it; the interrupt line says it. Undeclared commands say that a rerun
+    starts over."""
 
     def deco(fn):
-        fn.resumes = what
+        fn.resumes, fn.rerun = what, rerun
         return fn
 
     return deco

@@ -12,6 +12,7 @@ from expertise.cli import checks
 from expertise.cli.common import (DatSetOpt, DeviceOpt, ExecutorOpt, RayAddressOpt, WorkersOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
                                   StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, resumes, run_log, task_resolution,
                                   setup, app, out, user_errors)
+from expertise.cli.data_opts import ClassesOpt, DataOpt, HierarchyOpt, StrictOpt, WorkersOpt, data_spec
 from expertise.runtime import RunContext
 
 
@@ -150,37 +151,48 @@ def predict(model: Annotated[Path, typer.Option("--model", help="A model folder 
 @app.command()
 @user_errors
 def dat(library: LibOpt, task: TaskOpt,
-        upstream_data: Annotated[str, typer.Option("--upstream", help="Upstream data to re-sample: 'world' (the embedded "
-                                                   "world the library was built on; the only source this version reads).")] = "world",
+        upstream_data: Annotated[str, typer.Option("--upstream", help="Upstream data to re-sample: 'world', the data the "
+                                                   "library was built on (its embedded world, or the dataset on disk it "
+                                                   "records; see --data).")] = "world",
         sampler: Annotated[str, typer.Option("--sampler", help="elastic (without replacement) or same (with replacement).")] = "elastic",
         size: Annotated[Optional[int], typer.Option("--size", help="Pre-training examples to sample (default: a quarter of upstream).")] = None,
         weighting: Annotated[str, typer.Option("--weighting", help="adaptive, uniform or reversed (Table 6 ablation).")] = "adaptive",
         init: Annotated[str, typer.Option("--init", help="scratch (the paper) or baseline (start from B, cheaper).")] = "scratch",
         temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature on B's predictions.")] = 2.0,
         out_dir: Annotated[Path, typer.Option("--out", help="Where the DAT record goes.")] = Path("runs/dat"),
+        data: DataOpt = None, hierarchy: HierarchyOpt = None, classes: ClassesOpt = None, workers: WorkersOpt = 0,
+        strict: StrictOpt = False,
         preset: PresetOpt = "cpu", overrides: DatSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
         quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
     """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
     re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
-    --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's."""
+    --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's. The
+    upstream data is the library's: its embedded world, or the dataset on disk it was built from
+    (recorded in the library; --data must name the same one)."""
     cfg, dev = setup(preset, overrides, device, threads)
     checks.dat_options(upstream_data, sampler, weighting, init, size, temperature, preset, overrides, device)
+    spec = data_spec(data, hierarchy, classes, None, workers, strict)
     import time
 
     from expertise.dat import DATConfig, cost_ratios, dat_record, run_dat
     from expertise.errors import ConfigError, LibraryError
     from expertise.io import atomic_write_json
     from expertise.data.loaders import load_task
-    from expertise.upstream.build import world_of_library
+    from expertise.upstream.build import upstream_meta, world_of_library
+    from expertise.upstream.data_spec import resolve
     from expertise.select.run import run_selection
 
     log = run_log(out_dir)
     lib = open_library(library)
     world = world_of_library(lib)
     if upstream_data != "world":
-        raise ConfigError(f"--upstream {upstream_data!r}: this version re-samples the embedded world a library was built on; use --upstream world")
-    if world is None:
-        raise LibraryError(f"the library at {library} was not built on the embedded world; DAT needs its upstream data")
+        raise ConfigError(f"--upstream {upstream_data!r}: DAT re-samples the upstream data a library was built on; "
+                          "use --upstream world (and --data for a dataset on disk)")
+    meta = upstream_meta(lib)
+    source = resolve(library, meta, spec, log=log) if meta is not None else None
+    if world is None and source is None:
+        raise LibraryError(f"the library at {library} records no upstream data (neither the embedded world nor a dataset "
+                           "on disk); DAT needs the data B was trained on")
     base = next((m.name for m in lib.members() if m.kind == "baseline"), None)
     if base is None:
         raise LibraryError(f"the library at {library} has no baseline B; run 'expertise upstream' first")
@@ -188,7 +200,8 @@ def dat(library: LibOpt, task: TaskOpt,
     t0 = time.perf_counter()
     sel = run_selection(lib, t, "proxy", 1, "knn_loo", ctx=RunContext(dev, seed, not quiet))
     select_s = time.perf_counter() - t0
-    upstream = world.upstream("train").materialize()
+    # the train split the library's B was trained on (a dataset's split is seeded by the library's seed)
+    upstream = world.upstream("train").materialize() if world is not None else source.train(meta["settings"]["seed"])
     pretrain = cfg.baseline if init == "scratch" else cfg.expert
     settings = DATConfig(size or len(upstream) // 4, sampler, temperature, weighting, init)  # type: ignore[arg-type]
     res = run_dat(lib.load(base), upstream, t, settings, pretrain, cfg.finetune, RunContext(dev, seed, not quiet, log))

@@ -10,6 +10,8 @@ import typer
 from expertise.cli import checks
 from expertise.cli.common import (DeviceOpt, ExpertSetOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, ThreadsOpt, resumes, run_log, setup, app,
                                   out, user_errors)
+from expertise.cli.data_opts import (RESUMES, CheckpointEveryOpt, ClassesOpt, DataOpt, HierarchyOpt, HoldoutOpt, ResumeOpt,
+                                     StrictOpt, WorkersOpt, checkpointing, data_spec)
 from expertise.errors import ConfigError
 from expertise.runtime import RunContext
 
@@ -47,37 +49,50 @@ def demo(
 
 @app.command()
 @user_errors
-@resumes("finished members are kept in the library")
-def upstream(library: LibOpt, preset: PresetOpt = "cpu", overrides: SetOpt = None, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
-    """Train the baseline B, and the EPN that routes to the preset's K expert domains, on the preset's
-    embedded upstream world into LIBRARY."""
+@resumes(*RESUMES)
+def upstream(library: LibOpt, preset: PresetOpt = "cpu", data: DataOpt = None, hierarchy: HierarchyOpt = None,
+             classes: ClassesOpt = None, holdout: HoldoutOpt = None, workers: WorkersOpt = 0, strict: StrictOpt = False,
+             resume: ResumeOpt = False, checkpoint_every: CheckpointEveryOpt = None, overrides: SetOpt = None,
+             device: DeviceOpt = "auto", quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
+    """Train the baseline B, and the EPN that routes to the preset's K expert domains, into LIBRARY: on
+    the preset's embedded upstream world, or on an upstream dataset on disk (--data), its expert
+    domains the K nodes with the most images in their subtree. Each member checkpoints as it trains;
+    --resume continues an interrupted one."""
     cfg, dev = setup(preset, overrides, device, threads, data_parallel=True)
     checks.build_options(preset, overrides, device)
     data_parallel_options(cfg, ())
+    spec, ckpt = data_spec(data, hierarchy, classes, holdout, workers, strict), checkpointing(resume, checkpoint_every)
     from expertise.upstream.build import build_library
 
-    build_library(cfg, library, rank_context(dev, cfg.seed, quiet), upstream_only=True)
+    build_library(cfg, library, rank_context(dev, cfg.seed, quiet), upstream_only=True, data=spec,
+                  checkpointing=ckpt)
 
 
 @app.command()
 @user_errors
-@resumes("finished members are kept in the library")
+@resumes(*RESUMES)
 def experts(library: LibOpt, preset: PresetOpt = "cpu",
             kind: Annotated[str, typer.Option("--kind", help="Expert kind: full, adapter, or both.")] = "full",
             num_experts: Annotated[Optional[int], typer.Option("--num-experts", "-k", help="Top-K hierarchy nodes by image count.")] = None,
+            data: DataOpt = None, hierarchy: HierarchyOpt = None, classes: ClassesOpt = None, holdout: HoldoutOpt = None,
+            workers: WorkersOpt = 0, strict: StrictOpt = False, resume: ResumeOpt = False,
+            checkpoint_every: CheckpointEveryOpt = None,
             overrides: ExpertSetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False,
             threads: ThreadsOpt = None) -> None:
     """Train experts for the top-K hierarchy nodes: full (B tuned on each node's slice) or adapter
-    (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing."""
+    (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing.
+    On a library built from a dataset on disk, that dataset (recorded in the library; --data must name
+    the same one)."""
     kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
     items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
     cfg, dev = setup(preset, items, device, threads, data_parallel=True)
     checks.build_options(preset, overrides, device, kind, kinds, num_experts)
     data_parallel_options(cfg, kinds[kind])
+    spec, ckpt = data_spec(data, hierarchy, classes, holdout, workers, strict), checkpointing(resume, checkpoint_every)
     from expertise.upstream.build import build_library
 
-    build_library(cfg, library, rank_context(dev, cfg.seed, quiet), kinds=kinds[kind])
+    build_library(cfg, library, rank_context(dev, cfg.seed, quiet), kinds=kinds[kind], data=spec,
+                  checkpointing=ckpt)
 
 
 def data_parallel_options(cfg: Preset, kinds: tuple[str, ...]) -> None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from expertise.dat.classes import UpstreamClasses, upstream_classes
 from expertise.dat.samplers import SAMPLER_FUNCTIONS, SAMPLERS, Sampler, sampled_label_distribution, unique_examples
-from expertise.dat.weights import (DEFAULT_TEMPERATURE, WEIGHTINGS, Weighting, source_label_distribution,
-                                   target_label_distribution, weights_for)
+from expertise.dat.weights import DEFAULT_TEMPERATURE, WEIGHTINGS, Weighting, target_label_distribution, weights_for
 from expertise.data.hierarchy import ROOT, Hierarchy
 from expertise.data.tasks import Task
 from expertise.data.upstream_data import UpstreamData
@@ -25,7 +25,10 @@ from expertise.records import make_record
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig, fit, multilabel_loss
 from expertise.transfer.finetune import finetune_and_test
-from expertise.upstream.baseline import UpstreamBatches
+from expertise.upstream.baseline import batch_source
+
+if TYPE_CHECKING:
+    from expertise.upstream.disk_data import DiskUpstream
 
 Init = Literal["scratch", "baseline"]
 INITS: tuple[str, ...] = ("scratch", "baseline")
@@ -36,8 +39,9 @@ class DATResult:
     """One DAT run on one task. ``seconds`` and ``images`` are per stage (weights: B's forward
     passes over the target images; sample: the sampler, images = sampled dataset size; pretrain
     and finetune: the training loops). ``model`` is the pre-trained specialist (before the
-    fine-tune); it, ``label_weights`` (float64 [num_leaves]) and the sampled ``indices``
-    (int64 into the upstream data, sorted) are not part of the JSON."""
+    fine-tune); it, ``label_weights`` (float64 [num classes]: the leaves of the embedded world,
+    :mod:`expertise.dat.classes` on a dataset on disk) and the sampled ``indices`` (int64 into the
+    upstream data, sorted) are not part of the JSON."""
 
     task: str
     test_accuracy: float
@@ -83,16 +87,26 @@ def leaf_logits(model: ExpertModel, hierarchy: Hierarchy, images_uint8: torch.Te
     return hierarchy.leaf_logits(logits)
 
 
-def _label_summary(hierarchy: Hierarchy, p_t: np.ndarray, p_s: np.ndarray, w: np.ndarray,
+def class_logits(model: ExpertModel, classes: UpstreamClasses, images_uint8: torch.Tensor,
+                 device: torch.device = torch.device("cpu"), batch_size: int = 500) -> torch.Tensor:
+    """float32 [N, C]: the upstream model's logits for the upstream classes (the world's leaves:
+    :func:`leaf_logits`) on images."""
+    if not getattr(model, "has_upstream_head", False):
+        raise ConfigError("DAT needs the upstream model B with its upstream head (one logit per hierarchy label node)")
+    logits = forward_batches(model, images_uint8, ("upstream_logits",), batch_size, device)["upstream_logits"]
+    return classes.logits(logits)
+
+
+def _label_summary(classes: UpstreamClasses, p_t: np.ndarray, p_s: np.ndarray, w: np.ndarray,
                    sampled: np.ndarray, top: int = 10) -> dict[str, Any]:
     """Per-label and per-domain shares: target p_t, the sampler's aim q = p_s w, source p_s, sampled."""
     q = p_s * w
     q = q / q.sum()
-    leaves = hierarchy.leaves
+    leaves = classes.names
     ranked = np.lexsort((np.arange(len(leaves)), -sampled))[:top]
     domains = {}
-    for dom in hierarchy.children(ROOT):
-        on = hierarchy.leaves_under(dom)
+    for dom in classes.hierarchy.children(ROOT):
+        on = classes.under(dom)
         domains[dom] = {"target": float(p_t[on].sum()), "aim": float(q[on].sum()),
                         "source": float(p_s[on].sum()), "sampled": float(sampled[on].sum())}
     return {
@@ -123,7 +137,7 @@ class DATConfig:
     backbone: str | None = None
 
 
-def run_dat(baseline: ExpertModel, upstream_train: UpstreamData, task: Task, cfg: DATConfig,
+def run_dat(baseline: ExpertModel, upstream_train: UpstreamData | DiskUpstream, task: Task, cfg: DATConfig,
             pretrain_cfg: TrainConfig, finetune_cfg: TrainConfig, ctx: RunContext = RunContext()) -> DATResult:
     """Domain adaptive transfer for one task: weights from B on the task's 1,000 train+val images
     (labels unused), a sampled upstream set of ``cfg.size`` examples, a specialist pre-trained on
@@ -145,14 +159,15 @@ def run_dat(baseline: ExpertModel, upstream_train: UpstreamData, task: Task, cfg
         raise ConfigError(f"init='baseline' starts from B's weights, so the backbone must be B's "
                           f"({baseline.backbone_config.name}), not {backbone!r}; drop --backbone or use init='scratch'")
     hierarchy = upstream_train.hierarchy
+    classes = upstream_classes(upstream_train)
     seconds: dict[str, float] = {}
     images: dict[str, int] = {}
 
     # 1. importance weights: B on the target images, a tempered softmax over the present leaves
     t0 = time.perf_counter()
     target_images = task.trainval.images
-    logits = leaf_logits(baseline, hierarchy, target_images, device).double().numpy()
-    p_s = source_label_distribution(upstream_train)
+    logits = class_logits(baseline, classes, target_images, device).double().numpy()
+    p_s = classes.distribution()
     present = p_s > 0
     p_t = np.zeros_like(p_s)
     p_t[present] = target_label_distribution(logits[:, present], temperature)
@@ -162,7 +177,7 @@ def run_dat(baseline: ExpertModel, upstream_train: UpstreamData, task: Task, cfg
 
     # 2. the pre-training set
     t0 = time.perf_counter()
-    indices = SAMPLER_FUNCTIONS[sampler](upstream_train.leaf_ids, w, size, derive_seed(seed, "dat", "sample"))
+    indices = SAMPLER_FUNCTIONS[sampler](classes.of_image, w, size, derive_seed(seed, "dat", "sample"))
     seconds["sample"] = time.perf_counter() - t0
     images["sample"] = int(indices.size)
 
@@ -176,10 +191,10 @@ def run_dat(baseline: ExpertModel, upstream_train: UpstreamData, task: Task, cfg
         model = ExpertModel(shape, num_outputs=len(hierarchy.label_nodes))
     for p in model.parameters():
         p.requires_grad_(True)
-    batches = UpstreamBatches(upstream_train, indices, pretrain_cfg.batch_size, model.preprocessing,
-                              derive_seed(seed, "dat", "data"))
-    pre = fit(model, batches, pretrain_cfg, multilabel_loss, device=device, desc=f"DAT pre-train {task.name}",
-              show_progress=progress)
+    with batch_source(upstream_train, indices, pretrain_cfg.batch_size, model.preprocessing,
+                      derive_seed(seed, "dat", "data"), pretrain_cfg.steps) as batches:
+        pre = fit(model, batches, pretrain_cfg, multilabel_loss, device=device, desc=f"DAT pre-train {task.name}",
+                  show_progress=progress)
     seconds["pretrain"] = time.perf_counter() - t0
     images["pretrain"] = pre.images
 
@@ -188,7 +203,7 @@ def run_dat(baseline: ExpertModel, upstream_train: UpstreamData, task: Task, cfg
     seconds["finetune"] = ft.train_seconds
     images["finetune"] = ft.images
 
-    sampled = sampled_label_distribution(indices, upstream_train.leaf_ids, len(hierarchy.leaves))
+    sampled = sampled_label_distribution(indices, classes.of_image, len(classes))
     config = {
         "task": task.name, "sampler": sampler, "size": int(size), "temperature": float(temperature),
         "weighting": weighting, "init": init, "top_labels": top_labels,
@@ -198,7 +213,7 @@ def run_dat(baseline: ExpertModel, upstream_train: UpstreamData, task: Task, cfg
     return DATResult(
         task=task.name, test_accuracy=ft.test_accuracy, config=config, sampled_size=int(indices.size),
         unique_examples=unique_examples(indices), labels_selected=int((w > 0).sum()),
-        labels_sampled=int((sampled > 0).sum()), label_summary=_label_summary(hierarchy, p_t, p_s, w, sampled),
+        labels_sampled=int((sampled > 0).sum()), label_summary=_label_summary(classes, p_t, p_s, w, sampled),
         seconds=seconds, images=images, pretrain=pre.to_json(), finetune=ft.to_json(), label_weights=w, indices=indices,
         model=model,
     )

@@ -65,6 +65,16 @@ class Strings:
         return (self[i] for i in range(len(self)))
 
     @property
+    def buffer(self) -> bytes:
+        """The concatenated UTF-8 bytes of every string."""
+        return self._buf
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """int64 [len + 1]: where each string starts and ends in :attr:`buffer`."""
+        return self._offsets
+
+    @property
     def nbytes(self) -> int:
         return len(self._buf) + self._offsets.nbytes
 
@@ -210,26 +220,74 @@ class DiskIndex:
         counts = np.bincount(self.label_columns, minlength=len(self.hierarchy.label_nodes))
         return {self.hierarchy.label_nodes[c]: int(counts[c]) for c in np.flatnonzero(counts)}
 
-    def node_counts(self, chunk: int = 1 << 16) -> dict[str, int]:
-        """Images under each hierarchy node: an image counts once for a node when the node is one of
-        its labels or an ancestor of one (the root counts every image). Single-label images are
-        counted per label column, then spread over the column's ancestors; multi-label images a
-        chunk at a time, their label sets expanded and each node kept once per image."""
+    def column_counts(self, indices: np.ndarray | None = None, chunk: int = 1 << 16) -> np.ndarray:
+        """int64 [num_label_nodes]: images (all, or the given ones; a repeated index counts again)
+        under each label column: an image counts once for a node when the node is one of its labels
+        or an ancestor of one. Single-label images are counted per label column, then spread over
+        the column's ancestors; multi-label images a chunk at a time, their label sets expanded and
+        each node kept once per image."""
         h = self.hierarchy
-        lengths = np.diff(self.label_indptr)
+        idx = self._check(indices)
+        lengths = self.label_indptr[idx + 1] - self.label_indptr[idx]
         single = lengths == 1
-        per_column = np.bincount(self.label_columns[self.label_indptr[:-1][single]], minlength=len(h.label_nodes))
+        per_column = np.bincount(self.label_columns[self.label_indptr[idx[single]]], minlength=len(h.label_nodes))
         used = np.flatnonzero(per_column)
         which, cols = h.closure_entries(used)
         totals = np.zeros(len(h.label_nodes), dtype=np.int64)
         np.add.at(totals, cols, per_column[used][which])
-        multi = np.flatnonzero(~single)
+        multi = idx[~single]
         for start in range(0, multi.size, chunk):  # multi-label images: each node once per image
             _, cols = self.label_entries(multi[start:start + chunk])
             totals += np.bincount(cols, minlength=len(h.label_nodes))
-        out = {ROOT: len(self)}
-        out.update({n: int(totals[i]) for i, n in enumerate(h.label_nodes)})
+        return totals
+
+    def node_counts(self, indices: np.ndarray | None = None) -> dict[str, int]:
+        """Images under each hierarchy node (:meth:`column_counts`), by name; the root counts every
+        image (of ``indices``, when given)."""
+        totals = self.column_counts(indices)
+        out = {ROOT: len(self) if indices is None else int(np.asarray(indices).size)}
+        out.update({n: int(totals[i]) for i, n in enumerate(self.hierarchy.label_nodes)})
         return out
+
+    def label_distribution(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """float64 [num_label_nodes]: the mean multi-hot target over those images (all if None);
+        zeros for none."""
+        n = len(self) if indices is None else int(np.asarray(indices).size)
+        if n == 0:
+            return np.zeros(len(self.hierarchy.label_nodes), dtype=np.float64)
+        return self.column_counts(indices).astype(np.float64) / n
+
+    def class_columns(self) -> np.ndarray:
+        """Sorted int64 label columns that label at least one image directly: the dataset's classes
+        (ImageNet-21k: its class folders; a JFT-like manifest: every label used)."""
+        return sorted_unique(self.label_columns)
+
+    def primary_columns(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """int64 [N]: one own label column per image, the one that labels the fewest images (the
+        most specific; ties to the lower column). For a single-label image, its label."""
+        idx = self._check(indices)
+        counts = np.bincount(self.label_columns, minlength=len(self.hierarchy.label_nodes))
+        position, cols = csr_gather(self.label_indptr, self.label_columns, idx)
+        order = np.lexsort((cols, counts[cols], position))  # per image: rarest first, then lower column
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = position[order][1:] != position[order][:-1]
+        out = np.empty(idx.size, dtype=np.int64)
+        out[position[order][first]] = cols[order][first]
+        return out
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of what a model trained on this index saw: the layout, every image's name
+        (relative to the folder or manifest; a shard sample as ``shard#member``), its own labels
+        and the hierarchy. The same dataset read again gives the same fingerprint."""
+        import hashlib
+        import json
+
+        h = hashlib.sha256(f"expertise-disk-index-1:{self.layout}:{len(self)}".encode())
+        h.update(self.names.buffer)
+        for a in (self.names.offsets, self.label_indptr, self.label_columns.astype(np.int32)):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(json.dumps(self.hierarchy.to_json(), sort_keys=True).encode())
+        return h.hexdigest()
 
     def choose_expert_domains(self, k: int) -> list[str]:
         """The top-``k`` nodes by images in their subtree, root excluded, with the ties of

@@ -21,6 +21,7 @@ import tarfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,7 +33,14 @@ from expertise.errors import ConfigError, DataError
 from expertise.models.backbones import Preprocessing, prepare
 from expertise.train import EpochSampler
 
-Decoded = tuple[int, np.ndarray | None, str]  # (image index, uint8 [3, R, R] or None, why it failed)
+Decoded = tuple[int, np.ndarray | None, str]
+
+
+class StepSampler(Protocol):
+    """What picks a step's images: ``batch(step)`` -> int64 index rows, a pure function of the step."""
+
+    def batch(self, step: int) -> np.ndarray: ...
+  # (image index, uint8 [3, R, R] or None, why it failed)
 
 
 class DecodeImages(Dataset):
@@ -79,7 +87,7 @@ class DecodeImages(Dataset):
 class _StepBatches(Sampler[list[int]]):
     """The sampler's batches for steps ``start``, ``start + 1``, ... ``stop - 1``."""
 
-    def __init__(self, sampler: EpochSampler, start: int, stop: int) -> None:
+    def __init__(self, sampler: StepSampler, start: int, stop: int) -> None:
         self.sampler, self.start, self.stop = sampler, start, stop
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -103,17 +111,20 @@ class DiskBatches:
     [B', 3, S, S] prepared images, float32 [B', T] targets), B' = the batch size less the images
     that could not be read. ``indices`` are the images to sample (all by default; a node's slice
     for an expert); ``steps`` bounds the run; ``workers`` decode in that many processes (0: in this
-    one). Use as a context manager, or call :meth:`close`, to stop the workers and report skipped
-    images."""
+    one). ``sampler`` replaces the sampler over ``indices`` (anything whose ``batch(step)`` is a
+    pure function of the step, e.g. several experts' samplers concatenated). Use as a context
+    manager, or call :meth:`close`, to stop the workers and report skipped images."""
 
     def __init__(self, index: DiskIndex, batch_size: int, prep: Preprocessing, seed: int, steps: int,
                  indices: np.ndarray | None = None, workers: int = 0, strict: bool = False,
-                 targets: Callable[[np.ndarray], torch.Tensor] | None = None, prefetch: int = 2) -> None:
+                 targets: Callable[[np.ndarray], torch.Tensor] | None = None, prefetch: int = 2,
+                 sampler: StepSampler | None = None) -> None:
         if workers < 0 or steps < 1 or batch_size < 1:
             raise ConfigError(f"streaming needs workers >= 0, steps >= 1 and batch_size >= 1; "
                               f"got {workers}, {steps}, {batch_size}")
         self.index, self.prep, self.steps, self.workers, self.strict = index, prep, steps, workers, strict
-        self.sampler = EpochSampler(np.arange(len(index)) if indices is None else np.asarray(indices), batch_size, seed)
+        self.sampler: StepSampler = sampler or EpochSampler(
+            np.arange(len(index)) if indices is None else np.asarray(indices), batch_size, seed)
         self.decode = DecodeImages(index.root, index.names, prep.size)
         self.targets = targets or index.targets
         self.prefetch = prefetch

@@ -3,10 +3,16 @@ its schema before a world is rendered from it (a world of 10^9 test images is re
 
 ``{"preset": name, "world": WorldConfig fields, "settings": {"world": ..., "world_version": int,
 "backbone": name, "baseline": {...}, "expert": {...}, "seed": int}}``
+
+A library built from a dataset on disk (``expertise upstream --data``) has ``"data"`` in place of
+``"world"``: where the dataset is (``spec``, and the ``hierarchy`` and ``classes`` files it was read
+with), its ``layout``, the ``fingerprint`` of its label index, its ``images`` and the ``holdout``
+size (see :mod:`expertise.upstream.data_spec`); ``settings.data`` holds the fingerprint and holdout.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from typing import Any
 
@@ -41,13 +47,38 @@ def world_config(d: Any, where: str) -> WorldConfig:
         raise ConfigError(f"{where}: {e}") from None
 
 
+LAYOUTS = ("folders", "manifest", "shards")
+_PATH_LEN = 4096
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_data(d: Any, where: str) -> dict[str, Any]:
+    """The ``data`` block of a library built from a dataset on disk."""
+    d = schema.obj(d, where)
+    schema.keys(d, where, ("spec", "layout", "fingerprint", "images", "holdout"), ("hierarchy", "classes"))
+    schema.string(d["spec"], f"{where}.spec", _PATH_LEN)
+    schema.string(d["layout"], f"{where}.layout", choices=LAYOUTS)
+    if not isinstance(d["fingerprint"], str) or not _FINGERPRINT.match(d["fingerprint"]):
+        raise ConfigError(f"{where}.fingerprint: expected 64 hexadecimal digits")
+    images = schema.integer(d["images"], f"{where}.images", 2, 1 << 40)
+    schema.integer(d["holdout"], f"{where}.holdout", 1, images - 1)
+    for k in ("hierarchy", "classes"):
+        if d.get(k) is not None:
+            schema.string(d[k], f"{where}.{k}", _PATH_LEN)
+    return dict(d)
+
+
 def check_upstream(meta: Any, where: str) -> dict[str, Any]:
     """The whole file, checked; returns it unchanged."""
     meta = schema.obj(meta, where)
-    schema.keys(meta, where, ("preset", "settings"), ("world",))
+    schema.keys(meta, where, ("preset", "settings"), ("world", "data"))
     schema.token(meta["preset"], f"{where}.preset")
     if meta.get("world"):
         check_world(meta["world"], f"{where}.world")
+    if meta.get("data") is not None:
+        if meta.get("world"):
+            raise ConfigError(f"{where}: a library is built on the embedded world or on data from disk, not both")
+        check_data(meta["data"], f"{where}.data")
     settings = schema.obj(meta["settings"], f"{where}.settings")
     if "world_version" in settings:
         schema.integer(settings["world_version"], f"{where}.settings.world_version", 1, 1_000_000)

@@ -14,11 +14,13 @@ The stem is frozen and shared, so it runs once on the concatenated batch of all 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +34,11 @@ from expertise.models.backbones import ExpertModel, Preprocessing, count_paramet
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
 from expertise.upstream.baseline import leaf_accuracy
+from expertise.upstream.resume import UpstreamCheckpoints, finished, unit_checkpoint
+
+if TYPE_CHECKING:
+    from expertise.checkpoint import Checkpoint
+    from expertise.upstream.baseline import Holdout, Upstream
 
 
 def adapter_expert_name(backbone: str, node: str) -> str:
@@ -66,14 +73,17 @@ class AdapterTrainStats(TrainStats):
         return {**super().to_json(), "expert_final_loss": tail}
 
 
-def train_adapter_bank(baseline: ExpertModel, train: UpstreamData, nodes: Sequence[str], cfg: TrainConfig, seed: int,
+def train_adapter_bank(baseline: ExpertModel, train: Upstream, nodes: Sequence[str], cfg: TrainConfig, seed: int,
                        device: torch.device = torch.device("cpu"), progress: bool = True,
-                       reduction: int = DEFAULT_REDUCTION) -> tuple[AdapterBank, AdapterTrainStats]:
+                       reduction: int = DEFAULT_REDUCTION, checkpoint: Checkpoint | None = None,
+                       ) -> tuple[AdapterBank, AdapterTrainStats]:
     """An :class:`AdapterBank` on a copy of ``baseline`` with one adapter expert per node, trained for
     ``cfg.steps`` steps of ``cfg.batch_size`` images *per expert*; ``baseline`` itself is untouched.
 
     ``cfg.grad_clip`` applies to each expert's own gradient (not to the joint one, which would
-    couple the experts), so the job equals E separate trainings.
+    couple the experts), so the job equals E separate trainings. On a dataset on disk an
+    unreadable image leaves its expert's batch one shorter. A run resumed from ``checkpoint``
+    reports each expert's losses from the resumed step on.
     """
     nodes = list(nodes)
     if not nodes:
@@ -92,29 +102,35 @@ def train_adapter_bank(baseline: ExpertModel, train: UpstreamData, nodes: Sequen
     params = list(bank.adapters.parameters())
     b, e = cfg.batch_size, len(nodes)
     joint = replace(cfg, grad_clip=None)  # clipped per expert by the hooks below instead
-    batches = AdapterBatches(train, nodes, b, bank.preprocessing, seed)
+    if isinstance(train, UpstreamData):
+        source = contextlib.nullcontext(AdapterBatches(train, nodes, b, bank.preprocessing, seed))
+    else:
+        source = train.adapter_batches(nodes, b, bank.preprocessing, seed, cfg.steps)
     losses: dict[str, list[torch.Tensor]] = {n: [] for n in nodes}
 
     hooks, reset_clipping = _clip_each_expert(bank, nodes, cfg.grad_clip) if cfg.grad_clip else ([], lambda: None)
+    with source as batches:
+        def sizes() -> list[int]:  # each expert's images in the step's batch (all b, unless some were unreadable)
+            return getattr(batches, "sizes", [b] * e)
 
-    def forward(model: AdapterBank, x: torch.Tensor) -> torch.Tensor:
-        reset_clipping()  # a fresh count each step, even after an interrupted backward
-        stem = model.stem(x)  # frozen and shared: once for every expert's batch
-        head = model.base.head
-        return torch.cat([head(model.embed_from_stem(s, n)) for s, n in zip(stem.split(b), nodes)])  # type: ignore[misc]
+        def forward(model: AdapterBank, x: torch.Tensor) -> torch.Tensor:
+            reset_clipping()  # a fresh count each step, even after an interrupted backward
+            stem = model.stem(x)  # frozen and shared: once for every expert's batch
+            head = model.base.head
+            return torch.cat([head(model.embed_from_stem(s, n)) for s, n in zip(stem.split(sizes()), nodes)])  # type: ignore[misc]
 
-    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        per_expert = [multilabel_loss(lg, t) for lg, t in zip(logits.split(b), targets.split(b))]
-        for n, loss in zip(nodes, per_expert):
-            losses[n].append(loss.detach())
-        return torch.stack(per_expert).sum()
+        def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            per_expert = [multilabel_loss(lg, t) for lg, t in zip(logits.split(sizes()), targets.split(sizes()))]
+            for n, loss in zip(nodes, per_expert):
+                losses[n].append(loss.detach())
+            return torch.stack(per_expert).sum()
 
-    try:
-        fitted = fit(bank, batches, joint, loss_fn, params=params, forward=forward, device=device,
-                     desc=f"adapter experts ({e})", show_progress=progress)
-    finally:
-        for h in hooks:
-            h.remove()
+        try:
+            fitted = fit(bank, batches, joint, loss_fn, params=params, forward=forward, device=device,
+                         desc=f"adapter experts ({e})", show_progress=progress, checkpoint=checkpoint)
+        finally:
+            for h in hooks:
+                h.remove()
     stats = AdapterTrainStats(fitted.steps, fitted.images, fitted.seconds, fitted.losses,
                               {n: torch.stack(v).float().cpu().tolist() if v else [] for n, v in losses.items()})
     return bank, stats
@@ -146,11 +162,12 @@ def _clip_each_expert(bank: AdapterBank, nodes: Sequence[str], max_norm: float) 
     return handles, reset
 
 
-def build_adapter_experts(library: Library, train: UpstreamData, holdout: UpstreamData, baseline_name: str,
+def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, baseline_name: str,
                           nodes: Sequence[str], cfg: TrainConfig, ctx: RunContext = RunContext(),
-                          bank_name: str = "bank") -> list[str]:
+                          bank_name: str = "bank", checkpoints: UpstreamCheckpoints | None = None) -> list[str]:
     """Train one adapter expert per node on the stored baseline ``baseline_name`` and store them as a
-    bank in ``library``; returns the member names in node order.
+    bank in ``library`` (checkpointing as it trains, with ``checkpoints``); returns the member names
+    in node order.
 
     The bank is one unit of work: when every expert is already stored in bank ``bank_name`` on this
     baseline it is reused (resumption); otherwise the whole bank is trained and replaces the old one.
@@ -185,18 +202,22 @@ def build_adapter_experts(library: Library, train: UpstreamData, holdout: Upstre
             log(f"adapter experts of {baseline_name} already in the library: reusing {len(names)} experts")
             return list(names.values())
         reusable()  # says why a stored bank is trained again
-        return _train_bank(library, train, holdout, baseline_name, nodes, names, backbone, cfg, seed, device,
-                           progress, log, bank_name)
+        ckpt = unit_checkpoint(checkpoints, f"{bank_name}.adapter-bank", train=cfg.to_json(), seed=seed, nodes=nodes,
+                               baseline=baseline_name)
+        out = _train_bank(library, train, holdout, baseline_name, nodes, names, backbone, cfg, seed, device,
+                          progress, log, bank_name, ckpt)
+        finished(ckpt)
+        return out
 
 
-def _train_bank(library: Library, train: UpstreamData, holdout: UpstreamData, baseline_name: str, nodes: list[str],
+def _train_bank(library: Library, train: Upstream, holdout: Holdout, baseline_name: str, nodes: list[str],
                 names: dict[str, str], backbone: str, cfg: TrainConfig, seed: int, device: torch.device,
-                progress: bool, log, bank_name: str) -> list[str]:
+                progress: bool, log, bank_name: str, checkpoint: Checkpoint | None = None) -> list[str]:
     baseline = library.load(baseline_name)
     if not isinstance(baseline, ExpertModel):
         raise LibraryError(f"{baseline_name!r} is a {type(baseline).__name__}; adapter experts need an ExpertModel baseline")
     t0 = time.perf_counter()
-    bank, stats = train_adapter_bank(baseline, train, nodes, cfg, seed, device, progress)
+    bank, stats = train_adapter_bank(baseline, train, nodes, cfg, seed, device, progress, checkpoint=checkpoint)
     log(f"adapter bank: {len(nodes)} experts trained in {stats.seconds:.0f}s, "
         f"{adapter_overhead(bank.backbone_config, bank.reduction):.1%} parameters per expert")
     infos: dict[str, MemberInfo] = {}

@@ -1,11 +1,17 @@
 """The baseline B (paper 000, section 4.2): a ResNet-v2 trained from scratch on all upstream data
 with a sigmoid loss over every hierarchy node, through :func:`expertise.train.fit`; the upstream
-batch source every upstream stage shares, member names, and leaf accuracy on the holdout."""
+batch source every upstream stage shares, member names, and leaf accuracy on the holdout.
+
+Every upstream stage takes its data as an :class:`UpstreamData` (the embedded world, rendered) or
+as the splits of a dataset on disk (:mod:`expertise.upstream.disk_data`: a streamed train split, a
+decoded holdout); :func:`batch_source` and :func:`leaf_accuracy` tell them apart."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +22,13 @@ from expertise.models.backbones import BACKBONES, ExpertModel, Preprocessing, co
 from expertise.models.forward import forward_batches
 from expertise.runtime import derive_seed
 from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
+
+if TYPE_CHECKING:
+    from expertise.checkpoint import Checkpoint
+    from expertise.upstream.disk_data import DiskHoldout, DiskUpstream
+
+    Upstream = UpstreamData | DiskUpstream
+    Holdout = UpstreamData | DiskHoldout
 
 
 def baseline_name(backbone: str) -> str:
@@ -56,9 +69,21 @@ class UpstreamBatches:
         return out
 
 
-def leaf_accuracy(model: ExpertModel, data: UpstreamData, indices: np.ndarray | None = None,
+def batch_source(data: Upstream, indices: np.ndarray, batch_size: int, prep: Preprocessing, seed: int,
+                 steps: int) -> contextlib.AbstractContextManager[Callable[[int], tuple[torch.Tensor, torch.Tensor]]]:
+    """The batch source of a stage over ``indices`` of ``data`` (multi-hot targets), as a context:
+    :class:`UpstreamBatches` for the embedded world, a :class:`~expertise.data.streaming.DiskBatches`
+    for a dataset on disk (closing it stops its workers and reports unreadable images)."""
+    if isinstance(data, UpstreamData):
+        return contextlib.nullcontext(UpstreamBatches(data, indices, batch_size, prep, seed))
+    return data.batches(indices, batch_size, prep, seed, steps)
+
+
+def leaf_accuracy(model: ExpertModel, data: Holdout, indices: np.ndarray | None = None,
                   device: torch.device = torch.device("cpu"), batch_size: int = 1000) -> float:
-    """Top-1 accuracy over leaves: the highest-scoring leaf logit must be the image's leaf."""
+    """Top-1 accuracy over leaves: the highest-scoring leaf logit must be the image's leaf. On a
+    dataset on disk (multi-label), the highest-scoring class must be one of the image's own labels
+    (:meth:`~expertise.upstream.disk_data.DiskHoldout.correct`)."""
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
     if len(idx) == 0:
         return float("nan")
@@ -66,19 +91,25 @@ def leaf_accuracy(model: ExpertModel, data: UpstreamData, indices: np.ndarray | 
     for i in range(0, len(idx), batch_size):  # rendered a chunk at a time, not all at once
         chunk = idx[i:i + batch_size]
         logits = forward_batches(model, data.images(chunk), ("upstream_logits",), batch_size, device)["upstream_logits"]
-        pred = data.hierarchy.leaf_logits(logits).argmax(1).numpy()
-        correct += int((pred == data.leaf_ids[chunk]).sum())
+        if isinstance(data, UpstreamData):
+            pred = data.hierarchy.leaf_logits(logits).argmax(1).numpy()
+            correct += int((pred == data.leaf_ids[chunk]).sum())
+        else:
+            correct += data.correct(chunk, logits)
     return correct / len(idx)
 
 
-def train_baseline(train: UpstreamData, backbone: str, cfg: TrainConfig, seed: int,
-                   device: torch.device = torch.device("cpu"), progress: bool = True) -> tuple[ExpertModel, TrainStats]:
-    """B: a ResNet-v2 trained from scratch with a sigmoid loss over every hierarchy label node."""
+def train_baseline(train: Upstream, backbone: str, cfg: TrainConfig, seed: int,
+                   device: torch.device = torch.device("cpu"), progress: bool = True,
+                   checkpoint: Checkpoint | None = None) -> tuple[ExpertModel, TrainStats]:
+    """B: a ResNet-v2 trained from scratch with a sigmoid loss over every hierarchy label node
+    (resumed from ``checkpoint`` when it holds an earlier part of this run)."""
     torch.manual_seed(derive_seed(seed, "baseline", "init"))
     model = ExpertModel(BACKBONES[backbone], num_outputs=len(train.hierarchy.label_nodes))
-    batches = UpstreamBatches(train, np.arange(len(train)), cfg.batch_size, model.preprocessing,
-                              derive_seed(seed, "baseline", "data"))
-    stats = fit(model, batches, cfg, multilabel_loss, device=device, desc="baseline B", show_progress=progress)
+    with batch_source(train, np.arange(len(train)), cfg.batch_size, model.preprocessing,
+                      derive_seed(seed, "baseline", "data"), cfg.steps) as batches:
+        stats = fit(model, batches, cfg, multilabel_loss, device=device, desc="baseline B", show_progress=progress,
+                    checkpoint=checkpoint)
     return model, stats
 
 

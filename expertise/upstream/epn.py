@@ -11,9 +11,11 @@ both domains), so the EPN is multi-label: one sigmoid per node, trained with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +28,11 @@ from expertise.models.forward import check_images, forward_batches
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig, fit, multilabel_loss
 from expertise.upstream.baseline import UpstreamBatches
+from expertise.upstream.resume import UpstreamCheckpoints, finished, unit_checkpoint
+
+if TYPE_CHECKING:
+    from expertise.checkpoint import Checkpoint
+    from expertise.upstream.baseline import Holdout, Upstream
 
 
 def _check_nodes(hierarchy: Hierarchy, nodes: Sequence[str]) -> tuple[str, ...]:
@@ -50,9 +57,11 @@ def leaf_routes(hierarchy: Hierarchy, nodes: Sequence[str]) -> np.ndarray:
     return np.stack(cols, axis=1).astype(np.float32)
 
 
-def routing_targets(data: UpstreamData, nodes: Sequence[str], indices: np.ndarray | None = None) -> torch.Tensor:
+def routing_targets(data: UpstreamData | Holdout, nodes: Sequence[str], indices: np.ndarray | None = None) -> torch.Tensor:
     """float32 [N, E] (N = all images, or ``len(indices)``): 1 where the image is in node e's slice,
     i.e. ``data.slice(nodes[e])`` contains it. Rows may hold several 1s, since domains overlap."""
+    if not isinstance(data, UpstreamData):  # a dataset on disk: from each image's labels
+        return data.routing_targets(_check_nodes(data.hierarchy, nodes), indices)
     table = leaf_routes(data.hierarchy, nodes)
     if indices is None:
         return torch.from_numpy(table[data.leaf_ids])
@@ -62,8 +71,9 @@ def routing_targets(data: UpstreamData, nodes: Sequence[str], indices: np.ndarra
     return torch.from_numpy(table[data.leaf_ids[idx.astype(np.int64)]])
 
 
-def train_epn(train: UpstreamData, nodes: Sequence[str], backbone: str, cfg: TrainConfig, seed: int,
-              device: torch.device = torch.device("cpu"), progress: bool = True) -> ExpertModel:
+def train_epn(train: Upstream, nodes: Sequence[str], backbone: str, cfg: TrainConfig, seed: int,
+              device: torch.device = torch.device("cpu"), progress: bool = True,
+              checkpoint: Checkpoint | None = None) -> ExpertModel:
     """An EPN: ``ExpertModel(BACKBONES[backbone], num_outputs=E)`` trained from scratch on every
     upstream image with a sigmoid loss on its routing targets (output e = "in ``nodes[e]``'s slice").
 
@@ -75,13 +85,19 @@ def train_epn(train: UpstreamData, nodes: Sequence[str], backbone: str, cfg: Tra
         raise ConfigError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     if len(train) == 0:
         raise DataError(f"{train.name}: no upstream images to train the EPN on")
-    routes = leaf_routes(train.hierarchy, nodes)
+    nodes = _check_nodes(train.hierarchy, nodes)
     torch.manual_seed(derive_seed(seed, "epn", "init"))
-    model = ExpertModel(BACKBONES[backbone], num_outputs=routes.shape[1])
-    batches = UpstreamBatches(train, np.arange(len(train)), cfg.batch_size, model.preprocessing,
-                              derive_seed(seed, "epn", "data"),
-                              targets=lambda idx: torch.from_numpy(routes[train.leaf_ids[idx]]))
-    stats = fit(model, batches, cfg, multilabel_loss, device=device, desc="EPN", show_progress=progress)
+    model = ExpertModel(BACKBONES[backbone], num_outputs=len(nodes))
+    everything, data_seed = np.arange(len(train)), derive_seed(seed, "epn", "data")
+    if isinstance(train, UpstreamData):
+        routes = leaf_routes(train.hierarchy, nodes)
+        source = contextlib.nullcontext(UpstreamBatches(train, everything, cfg.batch_size, model.preprocessing, data_seed,
+                                                        targets=lambda idx: torch.from_numpy(routes[train.leaf_ids[idx]])))
+    else:
+        source = train.batches(everything, cfg.batch_size, model.preprocessing, data_seed, cfg.steps, nodes=nodes)
+    with source as batches:
+        stats = fit(model, batches, cfg, multilabel_loss, device=device, desc="EPN", show_progress=progress,
+                    checkpoint=checkpoint)
     model.epn_nodes = tuple(nodes)  # type: ignore[assignment]
     model.epn_stats = stats  # type: ignore[assignment]
     return model
@@ -101,7 +117,7 @@ def epn_name(backbone: str) -> str:
     return f"{backbone}.epn"
 
 
-def routing_accuracy(model: ExpertModel, data: UpstreamData, nodes: Sequence[str], batch_size: int = 500,
+def routing_accuracy(model: ExpertModel, data: Holdout, nodes: Sequence[str], batch_size: int = 500,
                      device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """How well the EPN reproduces the hard-coded routing on ``data`` (the upstream holdout):
     ``node_accuracy``, the fraction of (image, node) decisions right at probability 0.5, and
@@ -114,12 +130,12 @@ def routing_accuracy(model: ExpertModel, data: UpstreamData, nodes: Sequence[str
     return {"node_accuracy": float(right.mean()), "exact": float(right.all(axis=1).mean())}
 
 
-def build_epn(library, train: UpstreamData, holdout: UpstreamData, nodes: Sequence[str], backbone: str,
-              cfg: TrainConfig, ctx: RunContext = RunContext()) -> str:
+def build_epn(library, train: Upstream, holdout: Holdout, nodes: Sequence[str], backbone: str,
+              cfg: TrainConfig, ctx: RunContext = RunContext(), checkpoints: UpstreamCheckpoints | None = None) -> str:
     """Train the EPN over the expert domains ``nodes`` and store it in ``library`` as kind ``epn``
     (its nodes, in output order, in the entry's ``extra``). An EPN already there is reused when it
     was trained on the same nodes with the same settings, and refused otherwise: selection must
-    never route to experts the EPN does not know."""
+    never route to experts the EPN does not know. With ``checkpoints`` its training checkpoints."""
     seed, device, progress, log = ctx.seed, ctx.device, ctx.progress, ctx.log
     from expertise.library import MemberInfo
     from expertise.errors import LibraryError
@@ -139,7 +155,8 @@ def build_epn(library, train: UpstreamData, holdout: UpstreamData, nodes: Sequen
         if not build:
             return reuse()
         t0 = time.perf_counter()
-        model = train_epn(train, nodes, backbone, cfg, seed, device, progress)
+        ckpt = unit_checkpoint(checkpoints, name, **settings)
+        model = train_epn(train, nodes, backbone, cfg, seed, device, progress, ckpt)
         acc = routing_accuracy(model, holdout, nodes, device=device)
         log(f"EPN {name}: holdout routing decisions {acc['node_accuracy']:.3f} right, every decision right on "
             f"{acc['exact']:.3f} of images ({time.perf_counter() - t0:.0f}s)")
@@ -149,4 +166,5 @@ def build_epn(library, train: UpstreamData, holdout: UpstreamData, nodes: Sequen
             extra={**settings, "stats": model.epn_stats.to_json(), "holdout_routing": acc},
         )
         library.add(info, model)
+        finished(ckpt)
     return name
