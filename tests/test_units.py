@@ -121,7 +121,7 @@ def test_executor_options_are_one_line_before_any_work(tmp_path, monkeypatch):
     assert "give HOST:PORT" in run("--executor", "ray", "--ray-address", "head-node")
     assert "--ray-address is an option of --executor ray" in run("--ray-address", f"127.0.0.1:{port}")
     assert "--executor 'dask': choose one of local, ray" in run("--executor", "dask")
-    assert "--workers must be at least 1" in run("--executor", "ray", "--workers", "0")
+    assert "--ray-cpus must be at least 1" in run("--executor", "ray", "--ray-cpus", "0")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert "pip install 'expertise[ray]'" in run("--executor", "ray")
     assert not (tmp_path / "o").exists()

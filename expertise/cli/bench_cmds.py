@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli import checks
-from expertise.cli.common import (DeviceOpt, ExecutorOpt, RayAddressOpt, WorkersOpt, FinetuneSetOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
+from expertise.cli.common import (DeviceOpt, ExecutorOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
                                   resumes, run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP)
 from expertise.runtime import RunContext
 
@@ -31,7 +31,7 @@ def bench(ctx: typer.Context,
           cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
           preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
           quiet: QuietOpt = False, threads: ThreadsOpt = None, executor: ExecutorOpt = "local",
-          ray_address: RayAddressOpt = None, workers: WorkersOpt = None) -> None:
+          ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
     """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
     a record (a killed run resumes), and DIR/summary.md gets Tables 1-2, regret and compute.
     'expertise bench report DIR' rebuilds the report from the records alone. With --executor ray the

@@ -168,14 +168,14 @@ def dat_options(upstream: str, sampler: str, weighting: str, init: str, size: in
 
 
 def executor(name: str, ray_address: str | None, workers: int | None) -> None:
-    """``--executor``, ``--ray-address`` and ``--workers``: a known executor; the Ray options only with
+    """``--executor``, ``--ray-address`` and ``--ray-cpus``: a known executor; the Ray options only with
     ``ray``; Ray installed; and a cluster address (``--ray-address``, else ``RAY_ADDRESS``) that answers."""
     from expertise.units.executors import EXECUTORS, ray_address as cluster
 
     choice(name, EXECUTORS, "--executor")
-    at_least(workers, 1, "--workers")
+    at_least(workers, 1, "--ray-cpus")
     if name == "local":
-        for option, value in (("--ray-address", ray_address), ("--workers", workers)):
+        for option, value in (("--ray-address", ray_address), ("--ray-cpus", workers)):
             if value is not None:
                 raise ConfigError(f"{option} is an option of --executor ray; add --executor ray or drop {option}")
         return
@@ -185,8 +185,8 @@ def executor(name: str, ray_address: str | None, workers: int | None) -> None:
     address = cluster(ray_address)
     if address is not None:
         if workers is not None:
-            raise ConfigError(f"--workers sizes a local Ray, but the units go to the cluster at {address} (--ray-address "
-                              "or RAY_ADDRESS), which has its own workers; drop --workers or the address")
+            raise ConfigError(f"--ray-cpus sizes a local Ray, but the units go to the cluster at {address} (--ray-address "
+                              "or RAY_ADDRESS), which has its own workers; drop --ray-cpus or the address")
         check_address(address)
 
 

@@ -120,10 +120,10 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU thread
                                                    "other work shares the cores.")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where the units of work run: local (this process, one after "
                                            "another) or ray (Ray tasks on the cluster at --ray-address or RAY_ADDRESS, "
-                                           "else on a local Ray of --workers CPUs); the records are the same.")]
+                                           "else on a local Ray of --ray-cpus CPUs); the records are the same.")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster of --executor ray: HOST:PORT of "
                                                       "its head (default: RAY_ADDRESS; unset: start a local Ray).")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="CPUs of the local Ray that --executor ray starts when "
+RayCpusOpt = Annotated[Optional[int], typer.Option("--ray-cpus", help="CPUs of the local Ray that --executor ray starts when "
                                                    "no cluster is given (default: every core); one unit a CPU.")]
 LibOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name, 'sklearn_digits', or an ImageFolder directory.")]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli import checks
-from expertise.cli.common import (DatSetOpt, DeviceOpt, ExecutorOpt, RayAddressOpt, WorkersOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
+from expertise.cli.common import (DatSetOpt, DeviceOpt, ExecutorOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
                                   StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, resumes, run_log, task_resolution,
                                   setup, app, out, user_errors)
 from expertise.cli.data_opts import ClassesOpt, DataOpt, HierarchyOpt, StrictOpt, WorkersOpt, data_spec
@@ -61,7 +61,7 @@ def transfer(library: LibOpt, task: TaskOpt,
              cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
              preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
              quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None,
-             executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, workers: WorkersOpt = None) -> None:
+             executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy.
     The first retrain of each pick is kept as a model folder (for 'expertise predict'). With

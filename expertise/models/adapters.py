@@ -32,8 +32,7 @@ from torch import nn
 from expertise import schema
 from expertise.errors import ConfigError
 from expertise.models.backbones import (
-    BackboneConfig, ExpertModel, HeadMixin, Preprocessing, count_parameters, create_backbone, head_fields, prepare,
-    register_member_class,
+    BackboneConfig, ExpertModel, HeadMixin, Preprocessing, count_parameters, create_backbone, head_fields, register_member_class,
 )
 from expertise.models.forward import run_batches
 

@@ -8,7 +8,7 @@ only fail again) and comes back as the one line it is. Finished units stream bac
 ``ray.wait`` to the coordinator's one progress bar.
 
 The cluster is ``--ray-address`` (else ``RAY_ADDRESS``), checked to answer before anything starts;
-without one a local Ray is started with ``--workers`` CPUs and shut down at the end. Ray is imported
+without one a local Ray is started with ``--ray-cpus`` CPUs and shut down at the end. Ray is imported
 only here, and only when this executor is used: it is the optional ``ray`` extra.
 """
 
@@ -63,7 +63,7 @@ def check_address(address: str) -> None:
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise ConfigError(f"no Ray cluster answers at {address} ({reason}); start one there ('ray start --head'), "
-                          "fix --ray-address or RAY_ADDRESS, or leave both unset to start a local Ray with --workers N") from None
+                          "fix --ray-address or RAY_ADDRESS, or leave both unset to start a local Ray with --ray-cpus N") from None
 
 
 class RayExecutor:
