@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies bench-threads bench-data clean
+.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-preprocess clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-threads: $(STAMP)
 # Upstream data from disk (issue 12): the WordNet hierarchy of ImageNet-21k; its own section of BENCHMARKS.md.
 bench-data: $(STAMP)
 	$(BIN)/python -m perf.upstream_data
+
+# Per-member preprocessing (issue 15): embedding throughput of a 224-px timm model on the CPU, our path
+# against timm's bare forward; its own section of BENCHMARKS.md. Run it on an otherwise idle machine.
+bench-preprocess: $(STAMP)
+	$(BIN)/python -m perf.preprocess
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

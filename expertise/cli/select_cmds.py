@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from expertise.cli import checks
-from expertise.cli.common import (DeviceOpt, LibOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt, StrategyOpt, TaskOpt, ThreadsOpt,
-                                  open_library, task_resolution, app, out,
+from expertise.cli.common import (DeviceOpt, LibOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt, MaxSideOpt, StrategyOpt, TaskOpt, ThreadsOpt,
+                                  open_library, load_cli_task, app, out,
                                   user_errors)
 from expertise.runtime import RunContext
 
@@ -25,7 +25,7 @@ def select(library: LibOpt, task: TaskOpt,
                                                           "default runs/select.")] = None,
            resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples of the task's images for "
                                                   "each score's 95% interval and the ties with the best (0: none).")] = 1000,
-           seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False,
+           seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512,
            threads: ThreadsOpt = None) -> None:
     """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
     member's score with its 95% interval and whether it is tied with the best or at chance (table,
@@ -35,18 +35,17 @@ def select(library: LibOpt, task: TaskOpt,
     dev = configure(threads, device)
     checks.at_least(resamples, 0, "--resamples")
     checks.select_options(library, strategy, proxy, budget, device)
+    checks.max_side(max_side)
     from expertise.io import atomic_write_json
-    from expertise.data.loaders import load_task
-    from expertise.upstream.build import world_of_library
     from expertise.plots import plot_selection
     from expertise.runtime import configure
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import ranking_table, run_selection
 
     lib = open_library(library)
-    t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
+    t = load_cli_task(lib, task, seed, skip_corrupt, max_side)
     run = run_selection(lib, t, strategy, budget, proxy,
-                        ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")),
+                        ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or lib.path / "cache")),
                         resamples=resamples)
     rows = ranking_table(run, lib)
     score_label = SCORE_LABELS.get(run.proxy or strategy, "score")

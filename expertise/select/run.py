@@ -17,7 +17,7 @@ from expertise.errors import ConfigError
 from expertise.library import Library
 from expertise.models.adapters import embed_images_with_experts
 from expertise.runtime import RunContext, derive_seed
-from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, embed_pool, upstream_head
+from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, cache_key, embed_pool, upstream_head
 from expertise.select.proxies import get_proxy
 from expertise.select.registry import Inputs, get_strategy, source_probabilities
 from expertise.select.strategies import Selection
@@ -118,7 +118,8 @@ def _embed(library: Library, task: Task, cache: EmbeddingCache, names: list[str]
            device: torch.device, progress: bool) -> PoolEmbeddings:
     t0 = time.perf_counter()
     shared = prefill_adapter_banks(library, task, cache, names, batch_size, device)
-    emb = embed_pool(names, library.load, library.verified_hash, task, cache, "trainval", batch_size, device, progress)
+    emb = embed_pool(names, library.load, library.verified_hash, task, cache, "trainval", batch_size, device, progress,
+                     preprocessing=lambda n: library.info(n).preprocessing)
     emb.stats.cached -= shared
     emb.stats.images += shared * len(task.trainval)
     emb.stats.seconds = time.perf_counter() - t0
@@ -135,12 +136,12 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
     Without a cache there is nowhere to hand the features over, so nothing is done."""
     if cache.root is None:
         return 0
-    key = task.fingerprint()
     banks: dict[str, list[str]] = {}
     for n in names:
         info = library.info(n)
         bank = info.extra.get("bank")
-        if info.kind == "adapter_expert" and isinstance(bank, str) and not cache.has(library.verified_hash(n), key, "trainval"):
+        if info.kind == "adapter_expert" and isinstance(bank, str) and \
+                not cache.has(library.verified_hash(n), cache_key(task, info.preprocessing), "trainval"):
             banks.setdefault(bank, []).append(n)
     done = 0
     for bank_path, members in banks.items():
@@ -154,7 +155,7 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
             entry = {"features": feats[node]}
             if head is not None:
                 entry["upstream_logits"] = head.to("cpu")(feats[node]).float()
-            cache.put(library.verified_hash(n), key, "trainval", entry)
+            cache.put(library.verified_hash(n), cache_key(task, library.info(n).preprocessing), "trainval", entry)
             done += 1
     return done
 
