@@ -57,6 +57,16 @@ def at_least(value: float | None, low: float, option: str) -> None:
         raise ConfigError(f"{option} must be at least {low:g}, got {value!r}")
 
 
+def search(value: str, strategy_name: str) -> None:
+    """``--search``: full, or halving with the proxy strategy."""
+    from expertise.select.halving import SEARCHES
+
+    if value not in SEARCHES:
+        raise ConfigError(f"unknown --search {value!r}; choose one of: {', '.join(SEARCHES)}")
+    if value != "full" and strategy_name != "proxy":
+        raise ConfigError(f"--search {value} ranks by a proxy: use it with --strategy proxy, not {strategy_name!r}")
+
+
 def max_side(value: int) -> None:
     """``--max-side``: whole pixels in the loaders' range."""
     from expertise.data.loaders import check_max_side

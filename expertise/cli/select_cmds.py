@@ -28,6 +28,10 @@ def select(task: TaskOpt,
            cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
                                                           "default runs/select.")] = None,
+           search: Annotated[str, typer.Option("--search", help="How a proxy scores the pool: full (every member on "
+                                               "all train+val images) or halving (successive halving: every member on a "
+                                               "sample, the best half on twice as many images, ...; far fewer images "
+                                               "embedded for a large pool).")] = "full",
            resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples of the task's images for "
                                                   "each score's 95% interval and the ties with the best (0: none).")] = 1000,
            seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512,
@@ -40,6 +44,7 @@ def select(task: TaskOpt,
     dev = configure(threads, device)
     checks.at_least(resamples, 0, "--resamples")
     checks.select_options(library, strategy, proxy, budget, device, pool)
+    checks.search(search, strategy)
     checks.max_side(max_side)
     from expertise.io import atomic_write_json
     from expertise.plots import plot_selection
@@ -51,7 +56,7 @@ def select(task: TaskOpt,
     t = load_cli_task(lib, task, seed, skip_corrupt, max_side)
     run = run_selection(lib, t, strategy, budget, proxy,
                         ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or lib.path / "cache")),
-                        resamples=resamples)
+                        resamples=resamples, search=search)
     rows = ranking_table(run, lib)
     score_label = SCORE_LABELS.get(run.proxy or strategy, "score")
     table = Table(title=f"{run.label} on {t.name} ({len(t.trainval)} images): {score_label}")
@@ -79,16 +84,21 @@ def select(task: TaskOpt,
     for line in unc.notes() if unc is not None else []:
         out.print(line)
     folder = out_dir or Path("runs/select")
-    stem = f"{t.name}.{run.label.replace('(', '-').replace(')', '')}"
+    stem = f"{t.name}.{run.label.replace('(', '-').replace(')', '')}" + ("" if run.search is None else ".halving")
     atomic_write_json(folder / f"{stem}.json", run.to_json())
     png = plot_selection(rows, f"{run.label} on {t.name}", score_label, folder / f"{stem}.png")
     s = run.seconds
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in s.items())
     if unc is not None and unc.available:
         stages += f" (and the bootstrap {unc.seconds:.2f}s)"
+    if run.search is not None:
+        out.print(run.search.line())
     out.print(f"picked: {', '.join(run.selection.picks)}")
-    out.print(f"time: {stages}; {len(run.members_embedded)} member(s) x {run.images_per_member} images needed "
-              f"({run.embed.cached} read from the cache)")
+    if run.search is None:
+        out.print(f"time: {stages}; {len(run.members_embedded)} member(s) x {run.images_per_member} images needed "
+                  f"({run.embed.cached} read from the cache)")
+    else:
+        out.print(f"time: {stages}; {run.embed.cached} member(s) read from the cache")
     out.print(f"wrote {folder / (stem + '.json')} and {png}")
 
 
