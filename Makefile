@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-preprocess clean
+.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-preprocess bench-halving clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-data: $(STAMP)
 # against timm's bare forward; its own section of BENCHMARKS.md. Run it on an otherwise idle machine.
 bench-preprocess: $(STAMP)
 	$(BIN)/python -m perf.preprocess
+
+# Full scoring against successive halving on a 12-member heterogeneous pool (issue 15): its own
+# section of BENCHMARKS.md. Run it on an otherwise idle machine.
+bench-halving: $(STAMP)
+	$(BIN)/python -m perf.halving
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
