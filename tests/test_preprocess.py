@@ -227,3 +227,28 @@ def test_the_cache_key_names_the_preprocessing(tmp_path):
     assert not torch.equal(first.features["a"], second.features["b"])
     again = embed_pool(["a"], models.__getitem__, lambda n: "samehash", task, cache, progress=False)
     assert again.stats.cached == 1
+
+
+def test_a_model_tuned_on_source_images_predicts_from_source_images(tmp_path, make_timm_net):
+    """model.json records max_side; predict reads new images at their own size (capped there) and
+    the member's preprocessing resizes them, as in training."""
+    from expertise.data.loaders import decode_source
+    from expertise.transfer.predict import predict
+    from expertise.transfer.saved import load_model, save_model
+
+    model, _ = from_hf_folder(_timm_folder(tmp_path / "m", *TIMM_MEMBERS[0], make_timm_net))
+    model.reset_head(2)
+    files = []
+    for i, (h, w) in enumerate([(300, 200), (90, 700), (64, 64)]):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(_photo(h, w, i).transpose(1, 2, 0)).save(files[-1])
+    save_model(tmp_path / "kept", model, ("a", "b"), 300, "m", "photos", {"kind": "test"}, max_side=256)
+    saved = load_model(tmp_path / "kept")
+    assert saved.max_side == 256 and saved.preprocessing == model.preprocessing
+    got = predict(saved, files, top_k=2, batch_size=2)
+    sources = [decode_source(f, 256) for f in files]
+    assert [s.shape[1:] for s in sources] == [(256, 171), (33, 256), (64, 64)]
+    logits = forward_batches(saved.model, RaggedImages.from_arrays(sources), ("logits",))["logits"]
+    probs = torch.softmax(logits.double(), 1)
+    for p, row in zip(got, probs):
+        assert p.top[0][1] == pytest.approx(float(row.max()), abs=1e-6)

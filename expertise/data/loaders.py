@@ -34,7 +34,7 @@ DEFAULT_TEST_FRACTION = 0.2  # share of a small folder kept for test when it can
 # aspect ratio): above the input of common pre-trained models (224-384 px, with their resize before
 # the crop), and ~0.8 MB per image in memory at most
 DEFAULT_MAX_SIDE = 512
-MIN_SIDE, MAX_SIDE = 8, 4096
+MIN_SIDE, MAX_SIDE = 8, 2048  # at most the largest input size a member may have
 DIGITS_RESOLUTION = 32  # scikit-learn's digits without a resolution: the world's and our experts' size
 
 

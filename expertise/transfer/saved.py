@@ -146,7 +146,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
                 "classes": tuple(classes), "files": dict(files),
                 "input_resolution": schema.integer(data["input_resolution"], f"{where}.input_resolution", 1, MAX_INPUT_SIZE),
                 "preprocessing": Preprocessing.from_json(data["preprocessing"], f"{where}.preprocessing"),
-                "max_side": None if data.get("max_side") is None else schema.integer(data["max_side"], f"{where}.max_side", 8, 4096)}
+                "max_side": None if data.get("max_side") is None else schema.integer(data["max_side"], f"{where}.max_side", 8, MAX_INPUT_SIZE)}
     except ConfigError as e:
         raise _fail(folder, f"malformed {MANIFEST} ({e}); fine-tune again") from None
 
