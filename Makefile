@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-ddp bench-executors clean
+.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-ddp bench-executors bench-preprocess bench-halving clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ bench-ddp: $(STAMP)
 # section of BENCHMARKS.md; builds runs/perf_executors/library once; run it on an otherwise idle machine.
 bench-executors: $(STAMP)
 	$(BIN)/python -m perf.executors
+
+# Per-member preprocessing (issue 15): embedding throughput of a 224-px timm model on the CPU, our path
+# against timm's bare forward; its own section of BENCHMARKS.md. Run it on an otherwise idle machine.
+bench-preprocess: $(STAMP)
+	$(BIN)/python -m perf.preprocess
+
+# Full scoring against successive halving on a 12-member heterogeneous pool (issue 15): its own
+# section of BENCHMARKS.md. Run it on an otherwise idle machine.
+bench-halving: $(STAMP)
+	$(BIN)/python -m perf.halving
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

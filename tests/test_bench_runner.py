@@ -123,7 +123,7 @@ def test_cli_dat_reports_accuracy_and_cost_beside_knn(bench, tmp_path):
 
 def test_embed_units_measure_the_cold_cost_even_from_a_warm_cache(bench, tmp_path, monkeypatch):
     from expertise.bench.runner import _embed_unit
-    from expertise.select.embed import EmbeddingCache
+    from expertise.select.embed import EmbeddingCache, cache_key
 
     lib, tasks, out, _ = bench
     name, task = lib.names()[0], tasks[0]
@@ -132,7 +132,8 @@ def test_embed_units_measure_the_cold_cost_even_from_a_warm_cache(bench, tmp_pat
     monkeypatch.setattr(lib, "load", lambda n, **kw: loads.append(n) or real_load(n, **kw))
     cache = EmbeddingCache(tmp_path)
     _embed_unit(lib, task, cache, name, 500, torch.device("cpu"))
-    assert cache.get(lib.member_hash(name), task.fingerprint(), "trainval") is not None  # fills an empty cache
+    key = cache_key(task, lib.info(name).preprocessing)
+    assert cache.get(lib.member_hash(name), key, "trainval") is not None  # fills an empty cache
     unit = _embed_unit(lib, task, cache, name, 500, torch.device("cpu"))  # now the cache is warm
     assert loads == [name, name]  # the member ran again: the cost is the cold one
     assert unit.images == {"embed": len(task.trainval)} and unit.seconds["embed"] > 0.0

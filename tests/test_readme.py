@@ -221,6 +221,7 @@ def test_rewrite_keeps_the_meaning_and_changes_the_scale():
 def test_every_readme_command_runs(tmp_path, monkeypatch):
     """The README, in order, at the tiny scale: each command exits 0, each snippet runs."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EXPERTISE_CACHE", str(tmp_path / "cache"))  # select --pool's libraries stay in tmp_path
     runner = CliRunner()
     libraries: list[str] = []
     for kind, step in readme_steps(README.read_text()):

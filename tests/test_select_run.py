@@ -14,7 +14,7 @@ from expertise.cli import app
 from expertise.errors import ConfigError, LibraryError
 from expertise.runtime import RunContext
 from expertise.upstream.build import build_library
-from expertise.select.embed import EmbeddingCache
+from expertise.select.embed import EmbeddingCache, cache_key
 from expertise.select.proxies import knn_loo, leep
 from expertise.select.run import pool_names, ranking_table, run_selection, source_probabilities
 from expertise.select.registry import STRATEGIES
@@ -73,7 +73,7 @@ def test_proxy_scores_equal_the_proxy_on_cached_features(built, tmp_path):
     assert run.embed.images == len(names) * len(task.trainval)
     labels = task.trainval.labels.numpy()
     for n, score in run.selection.ranking:
-        feats = cache.get(lib.member_hash(n), task.fingerprint(), "trainval")["features"]
+        feats = cache.get(lib.member_hash(n), cache_key(task, lib.info(n).preprocessing), "trainval")["features"]
         assert score == pytest.approx(knn_loo(feats.numpy(), labels))
     again = run_selection(lib, task, "proxy", 1, "knn_loo", ctx=RunContext(progress=False, cache=cache))
     assert again.embed.images == 0 and again.embed.cached == len(names)
@@ -86,7 +86,7 @@ def test_leep_uses_the_softmax_over_leaf_logits(built, tmp_path):
     run = run_selection(lib, task, "proxy", 1, "leep", ctx=RunContext(progress=False, cache=cache))
     leaves = [lib.hierarchy.label_index[leaf] for leaf in lib.hierarchy.leaves]
     for n, score in run.selection.ranking:
-        logits = cache.get(lib.member_hash(n), task.fingerprint(), "trainval")["upstream_logits"].double()
+        logits = cache.get(lib.member_hash(n), cache_key(task, lib.info(n).preprocessing), "trainval")["upstream_logits"].double()
         assert logits.shape[1] == len(lib.hierarchy.label_nodes)
         probs = torch.softmax(logits[:, leaves], 1).numpy()
         np.testing.assert_allclose(source_probabilities(lib, logits.float()), probs, rtol=1e-5, atol=1e-9)
@@ -98,7 +98,7 @@ def test_label_matching_is_kl_from_the_baselines_predictions_to_each_prior(built
     cache = EmbeddingCache(tmp_path)
     run = run_selection(lib, task, "label_matching", 1, ctx=RunContext(progress=False, cache=cache))
     assert run.members_embedded == [names[0]]  # only B looks at the task
-    logits = cache.get(lib.member_hash(names[0]), task.fingerprint(), "trainval")["upstream_logits"].double()
+    logits = cache.get(lib.member_hash(names[0]), cache_key(task, lib.info(names[0]).preprocessing), "trainval")["upstream_logits"].double()
     p = torch.sigmoid(logits).mean(0).numpy() + 1e-6
     p /= p.sum()
     for n, score in run.selection.ranking:
@@ -113,7 +113,7 @@ def test_domain_prediction_scores_experts_by_the_epn_and_puts_b_last(built, tmp_
     run = run_selection(lib, task, "domain_prediction", 3, ctx=RunContext(progress=False, cache=cache))
     epn = next(m for m in lib.members() if m.kind == "epn")
     assert run.members_embedded == [epn.name]
-    probs = torch.sigmoid(cache.get(lib.member_hash(epn.name), task.fingerprint(), "trainval")["upstream_logits"].double())
+    probs = torch.sigmoid(cache.get(lib.member_hash(epn.name), cache_key(task, lib.info(epn.name).preprocessing), "trainval")["upstream_logits"].double())
     scores = run.selection.scores()
     for col, node in enumerate(epn.extra["nodes"]):
         members = [n for n in names if lib.info(n).domain == node]
@@ -178,7 +178,7 @@ def test_adapter_experts_embed_through_the_shared_stem_like_alone(built, tmp_pat
     from expertise.select.embed import embed_images
 
     for n in adapters:
-        entry = cache.get(lib.member_hash(n), task.fingerprint(), "trainval")
+        entry = cache.get(lib.member_hash(n), cache_key(task, lib.info(n).preprocessing), "trainval")
         alone, logits = embed_images(lib.load(n), task.trainval.images, with_logits=True)
         torch.testing.assert_close(entry["features"], alone, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(entry["upstream_logits"], logits, rtol=1e-4, atol=1e-4)

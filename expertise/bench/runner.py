@@ -36,7 +36,7 @@ from expertise.data.tasks import GROUPS, Task
 from expertise.errors import ConfigError, DataError, ExpertiseError
 from expertise.io import atomic_write_text
 from expertise.library import Library, MemberInfo
-from expertise.select.embed import EmbeddingCache, embed_pool
+from expertise.select.embed import EmbeddingCache, cache_key, embed_pool
 from expertise.runtime import RunContext
 from expertise.select.proxies import get_proxy
 from expertise.select.registry import STRATEGIES, default_rows
@@ -133,8 +133,8 @@ def _embed_unit(library: Library, task: Task, cache: EmbeddingCache, name: str, 
     without the cache even when an earlier run filled it, so compute accounting never counts a
     cache hit as the price of selection; the features then fill the cache if it lacks them."""
     emb = embed_pool([name], library.load, library.verified_hash, task, EmbeddingCache(None), "trainval", batch_size,
-                     device, False)
-    key = task.fingerprint()
+                     device, False, preprocessing=lambda n: library.info(n).preprocessing)
+    key = cache_key(task, library.info(name).preprocessing)
     if not cache.has(library.verified_hash(name), key, "trainval"):
         entry = {"features": emb.features[name]}
         if name in emb.upstream_logits:
@@ -415,17 +415,20 @@ def group_of(task: Task) -> str:
     return task.group
 
 
-def suite_tasks(spec: str, world, resolution: int, seed: int = 0) -> list[Task]:
+def suite_tasks(spec: str, world, resolution: int, seed: int = 0, max_side: int | None = None) -> list[Task]:
     """The tasks of a suite: ``builtin`` (every world task and scikit-learn's digits), a group name
     (``natural``, ``specialized``, ``structured``: the built-in tasks of that group), or a
-    comma-separated list of task specs (built-in names, ``sklearn_digits``, ImageFolder paths)."""
-    from expertise.data.loaders import load_task
+    comma-separated list of task specs (built-in names, ``sklearn_digits``, ImageFolder paths).
+    Built-in tasks are rendered at ``resolution``; ImageFolder tasks are kept at their source
+    resolution (the longer side capped at ``max_side``, default the loaders')."""
+    from expertise.data.loaders import DEFAULT_MAX_SIDE, load_task
 
+    kw = {"builtin_resolution": resolution, "max_side": max_side or DEFAULT_MAX_SIDE, "seed": seed, "world": world}
     builtin = [*(world.task_names if world is not None else ()), "sklearn_digits"]
     if spec == "builtin":
         names = builtin
     elif spec in GROUPS:
-        tasks = [load_task(n, resolution=resolution, seed=seed, world=world) for n in builtin]
+        tasks = [load_task(n, **kw) for n in builtin]
         chosen = [t for t in tasks if t.group == spec]
         if not chosen:
             raise ConfigError(f"suite {spec!r}: no built-in task of that group; is the library built on the embedded world?")
@@ -434,4 +437,4 @@ def suite_tasks(spec: str, world, resolution: int, seed: int = 0) -> list[Task]:
         names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise ConfigError(f"suite {spec!r} names no task; use builtin, natural, specialized, structured or TASK,TASK,...")
-    return [load_task(n, resolution=resolution, seed=seed, world=world) for n in names]
+    return [load_task(n, **kw) for n in names]

@@ -129,9 +129,11 @@ def check_builtins(entries: Sequence[SuiteEntry], known: Sequence[str]) -> None:
                               "or give an ImageFolder task as path and group")
 
 
-def load(entries: Sequence[SuiteEntry], world, resolution: int, seed: int = 0) -> list[Task]:
-    """The suite's tasks, in file order, at ``resolution``."""
-    from expertise.data.loaders import load_image_folder, load_task
+def load(entries: Sequence[SuiteEntry], world, resolution: int, seed: int = 0, max_side: int | None = None) -> list[Task]:
+    """The suite's tasks, in file order: built-in tasks rendered at ``resolution``, folders kept at
+    their source resolution with the longer side capped at ``max_side`` (default the loaders')."""
+    from expertise.data.loaders import DEFAULT_MAX_SIDE, load_image_folder, load_task
 
-    return [load_task(e.name, resolution=resolution, seed=seed, world=world) if e.path is None else
-            load_image_folder(e.path, resolution, seed, group=e.group or "natural", name=e.name) for e in entries]
+    side = max_side or DEFAULT_MAX_SIDE
+    return [load_task(e.name, seed=seed, world=world, builtin_resolution=resolution) if e.path is None else
+            load_image_folder(e.path, None, seed, group=e.group or "natural", name=e.name, max_side=side) for e in entries]

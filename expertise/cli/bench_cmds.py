@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli import checks
-from expertise.cli.common import (DeviceOpt, ExecutorOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
+from expertise.cli.common import (DeviceOpt, ExecutorOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, MaxSideOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
                                   resumes, run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP)
 from expertise.runtime import RunContext
 
@@ -30,7 +30,7 @@ def bench(ctx: typer.Context,
           retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
           cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
           preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-          quiet: QuietOpt = False, threads: ThreadsOpt = None, executor: ExecutorOpt = "local",
+          quiet: QuietOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None, executor: ExecutorOpt = "local",
           ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
     """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
     a record (a killed run resumes), and DIR/summary.md gets Tables 1-2, regret and compute.
@@ -41,6 +41,7 @@ def bench(ctx: typer.Context,
     cfg, dev = setup(preset, overrides, device, threads)
     checks.bench_options(strategies, pools, lr_factors, sweeps, retrains, preset, overrides, device)
     checks.executor(executor, ray_address, workers)
+    checks.max_side(max_side)
     from expertise.bench import suite_file
     from expertise.transfer.protocol import SweepConfig
     from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
@@ -58,10 +59,10 @@ def bench(ctx: typer.Context,
     world_tasks = world.task_names if world is not None else ()
     if entries is not None:
         suite_file.check_builtins(entries, [*world_tasks, *BUILTIN_TASKS])
-        tasks = suite_file.load(entries, world, task_resolution(lib), seed)
+        tasks = suite_file.load(entries, world, task_resolution(lib, world), seed, max_side)
     else:
         checks.suite(suite, world_tasks)
-        tasks = suite_tasks(suite, world, task_resolution(lib), seed)
+        tasks = suite_tasks(suite, world, task_resolution(lib, world), seed, max_side)
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     log = run_log(out_dir)
     log(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "

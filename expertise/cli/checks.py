@@ -57,6 +57,23 @@ def at_least(value: float | None, low: float, option: str) -> None:
         raise ConfigError(f"{option} must be at least {low:g}, got {value!r}")
 
 
+def search(value: str, strategy_name: str) -> None:
+    """``--search``: full, or halving with the proxy strategy."""
+    from expertise.select.halving import SEARCHES
+
+    if value not in SEARCHES:
+        raise ConfigError(f"unknown --search {value!r}; choose one of: {', '.join(SEARCHES)}")
+    if value != "full" and strategy_name != "proxy":
+        raise ConfigError(f"--search {value} ranks by a proxy: use it with --strategy proxy, not {strategy_name!r}")
+
+
+def max_side(value: int) -> None:
+    """``--max-side``: whole pixels in the loaders' range."""
+    from expertise.data.loaders import check_max_side
+
+    check_max_side(value)
+
+
 def positive(value: float | None, option: str) -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{option} must be a positive number, got {value!r}")
@@ -124,12 +141,26 @@ def build_options(preset_name: str, overrides: Sequence[str] | None, device_name
     device(device_name)
 
 
-def select_options(library: Path, strategy_name: str, proxy: str, budget_value: int, device_name: str) -> None:
-    """``select``: the strategy, its proxy, the device, then the budget against the library's pool."""
+def select_options(library: Path | None, strategy_name: str, proxy: str, budget_value: int, device_name: str,
+                   pool: Path | None = None) -> None:
+    """``select``: the strategy, its proxy, the device, then the budget against the library's pool
+    (or, with ``pool``, a pool file instead of a library: read and checked whole, the budget
+    against its members)."""
     from expertise.library import Library
 
     strategy(strategy_name, proxy)
     device(device_name)
+    if (library is None) == (pool is None):
+        raise ConfigError("give --library LIB (a library) or --pool FILE (a pool file: its library is made in a cache "
+                          "folder), not both" if library is not None else
+                          "give --library LIB (a library) or --pool FILE (a pool file, docs/pools.md)")
+    if pool is not None:
+        from expertise.pool_file import read
+
+        size = len(read(pool))
+        if not 1 <= budget_value <= size:
+            raise ConfigError(f"--budget must be between 1 and the pool size {size}, got {budget_value}")
+        return
     budget(budget_value, Library.open(library))
 
 

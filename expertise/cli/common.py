@@ -130,6 +130,9 @@ TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name, 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when there is a GPU, else the CPU), cpu, cuda or cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress (bars on a terminal, plain lines elsewhere).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-corrupt", help="Skip unreadable images of an ImageFolder task (with a warning).")]
+MaxSideOpt = Annotated[int, typer.Option("--max-side", help="Longer side (pixels) an ImageFolder task's images are kept at; "
+                                         "larger ones are shrunk. Each member resizes and crops them by its own "
+                                         "preprocessing.")]
 
 
 def user_errors(fn):
@@ -271,14 +274,29 @@ def open_library(path: Path):
     return Library.open(path)
 
 
-def task_resolution(lib) -> int:
-    """Tasks are loaded at the input size of the library's first member."""
+def task_resolution(lib, world=None) -> int:
+    """The resolution built-in tasks (scikit-learn's digits) are rendered at: the library's world's
+    (our experts' input size), else the largest input size of its members. ImageFolder tasks are
+    kept at their source resolution instead, and each member resizes them itself."""
     names = lib.names()
     if not names:
         from expertise.errors import LibraryError
 
         raise LibraryError(f"the library at {lib.path} has no members; run 'expertise upstream --library {lib.path}' first")
-    return int(lib.info(names[0]).preprocessing["size"])
+    if world is not None:
+        return int(world.cfg.resolution)
+    return max(int(lib.info(n).preprocessing["size"]) for n in names)
+
+
+def load_cli_task(lib, task: str, seed: int, skip_corrupt: bool, max_side: int, world=None):
+    """TASK of a command: a world task of the library's world, scikit-learn's digits at
+    :func:`task_resolution`, or an ImageFolder at its source resolution capped at ``max_side``."""
+    from expertise.data.loaders import load_task
+    from expertise.upstream.build import world_of_library
+
+    world = world if world is not None else world_of_library(lib)
+    return load_task(task, seed=seed, world=world, skip_corrupt=skip_corrupt, max_side=max_side,
+                     builtin_resolution=task_resolution(lib, world))
 
 
 def parse_floats(text: str, what: str) -> tuple[float, ...]:

@@ -9,45 +9,54 @@ import typer
 from rich.table import Table
 
 from expertise.cli import checks
-from expertise.cli.common import (DeviceOpt, LibOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt, StrategyOpt, TaskOpt, ThreadsOpt,
-                                  open_library, task_resolution, app, out,
+from expertise.cli.common import (DeviceOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt, MaxSideOpt, StrategyOpt, TaskOpt, ThreadsOpt,
+                                  open_library, load_cli_task, app, out,
                                   user_errors)
 from expertise.runtime import RunContext
 
 
 @app.command()
 @user_errors
-def select(library: LibOpt, task: TaskOpt,
+def select(task: TaskOpt,
+           library: Annotated[Optional[Path], typer.Option("--library", "-l", help="Library folder.")] = None,
+           pool: Annotated[Optional[Path], typer.Option("--pool", help="A pool file (TOML, docs/pools.md) instead of a "
+                                                        "library: its members are added to a library in a cache folder "
+                                                        "(EXPERTISE_CACHE, else ~/.cache/expertise), made once per pool "
+                                                        "file.")] = None,
            strategy: StrategyOpt = "proxy", proxy: ProxyOpt = "knn_loo",
            budget: Annotated[int, typer.Option("--budget", "-b", help="How many members to pick.")] = 1,
            cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the ranking (JSON) and bar chart (PNG); "
                                                           "default runs/select.")] = None,
+           search: Annotated[str, typer.Option("--search", help="How a proxy scores the pool: full (every member on "
+                                               "all train+val images) or halving (successive halving: every member on a "
+                                               "sample, the best half on twice as many images, ...; far fewer images "
+                                               "embedded for a large pool).")] = "full",
            resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples of the task's images for "
                                                   "each score's 95% interval and the ties with the best (0: none).")] = 1000,
-           seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False,
+           seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512,
            threads: ThreadsOpt = None) -> None:
-    """Rank every pool member of LIBRARY for TASK with a strategy; print and save the picks, each
-    member's score with its 95% interval and whether it is tied with the best or at chance (table,
-    JSON and a bar chart) and the time each stage took."""
+    """Rank every pool member of LIBRARY (or of a pool file) for TASK with a strategy; print and save
+    the picks, each member's score with its 95% interval and whether it is tied with the best or at
+    chance (table, JSON and a bar chart) and the time each stage took."""
     from expertise.runtime import configure
 
     dev = configure(threads, device)
     checks.at_least(resamples, 0, "--resamples")
-    checks.select_options(library, strategy, proxy, budget, device)
+    checks.select_options(library, strategy, proxy, budget, device, pool)
+    checks.search(search, strategy)
+    checks.max_side(max_side)
     from expertise.io import atomic_write_json
-    from expertise.data.loaders import load_task
-    from expertise.upstream.build import world_of_library
     from expertise.plots import plot_selection
     from expertise.runtime import configure
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import ranking_table, run_selection
 
-    lib = open_library(library)
-    t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
+    lib = open_library(library) if pool is None else _pool_library(pool)
+    t = load_cli_task(lib, task, seed, skip_corrupt, max_side)
     run = run_selection(lib, t, strategy, budget, proxy,
-                        ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")),
-                        resamples=resamples)
+                        ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or lib.path / "cache")),
+                        resamples=resamples, search=search)
     rows = ranking_table(run, lib)
     score_label = SCORE_LABELS.get(run.proxy or strategy, "score")
     table = Table(title=f"{run.label} on {t.name} ({len(t.trainval)} images): {score_label}")
@@ -75,17 +84,35 @@ def select(library: LibOpt, task: TaskOpt,
     for line in unc.notes() if unc is not None else []:
         out.print(line)
     folder = out_dir or Path("runs/select")
-    stem = f"{t.name}.{run.label.replace('(', '-').replace(')', '')}"
+    stem = f"{t.name}.{run.label.replace('(', '-').replace(')', '')}" + ("" if run.search is None else ".halving")
     atomic_write_json(folder / f"{stem}.json", run.to_json())
     png = plot_selection(rows, f"{run.label} on {t.name}", score_label, folder / f"{stem}.png")
     s = run.seconds
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in s.items())
     if unc is not None and unc.available:
         stages += f" (and the bootstrap {unc.seconds:.2f}s)"
+    if run.search is not None:
+        out.print(run.search.line())
     out.print(f"picked: {', '.join(run.selection.picks)}")
-    out.print(f"time: {stages}; {len(run.members_embedded)} member(s) x {run.images_per_member} images needed "
-              f"({run.embed.cached} read from the cache)")
+    if run.search is None:
+        out.print(f"time: {stages}; {len(run.members_embedded)} member(s) x {run.images_per_member} images needed "
+                  f"({run.embed.cached} read from the cache)")
+    else:
+        out.print(f"time: {stages}; {run.embed.cached} member(s) read from the cache")
     out.print(f"wrote {folder / (stem + '.json')} and {png}")
+
+
+def _pool_library(pool: Path):
+    """The cached library of a pool file's members, reporting each member added to it."""
+    from expertise.pool_cache import pool_library
+
+    def report(o) -> None:
+        if o.added:
+            out.print(f"added {o.info.name} to the pool's library", highlight=False)
+
+    lib = pool_library(pool, report=report)
+    out.print(f"pool {pool}: {len(lib.names())} member(s), library {lib.path}", highlight=False)
+    return lib
 
 
 SCORE_LABELS = {

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli import checks
-from expertise.cli.common import (DatSetOpt, DeviceOpt, ExecutorOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
-                                  StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, resumes, run_log, task_resolution,
+from expertise.cli.common import (DatSetOpt, DeviceOpt, ExecutorOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, MaxSideOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
+                                  StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, resumes, run_log, load_cli_task,
                                   setup, app, out, user_errors)
 from expertise.cli.data_opts import ClassesOpt, DataOpt, HierarchyOpt, StrictOpt, WorkersOpt, data_spec
 from expertise.runtime import RunContext
@@ -23,19 +23,18 @@ def finetune(library: LibOpt, task: TaskOpt, member: Annotated[str, typer.Option
              out_dir: Annotated[Optional[Path], typer.Option("--out", help="Model folder to keep the fine-tuned model in "
                                                              "(default runs/finetune/TASK.MEMBER); checkpoints go there too.")] = None,
              preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
+             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None) -> None:
     """Fine-tune MEMBER on TASK's 1,000 train+val images with a new head; report test accuracy and
     keep the model in --out (for 'expertise predict'). An interrupted run resumes from its last
     checkpoint when run again; a finished one is reused."""
     cfg, dev = setup(preset, overrides, device, threads)
     checks.finetune_options(library, member, preset, overrides, device)
-    from expertise.data.loaders import load_task
-    from expertise.upstream.build import world_of_library
+    checks.max_side(max_side)
     from expertise.transfer.keep import finetune_to_folder, folder_name
 
     lib = open_library(library)
     lib.info(member)  # an unknown member fails before the task is loaded
-    t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
+    t = load_cli_task(lib, task, seed, skip_corrupt, max_side)
     folder = out_dir or Path("runs/finetune") / folder_name(t.name, member)
     kept = finetune_to_folder(member, lambda: lib.load(member), lib.verified_hash(member), t, cfg.finetune, folder,
                               RunContext(dev, seed, not quiet, out.print), {"preset": cfg.name, "library": str(library)})
@@ -60,7 +59,7 @@ def transfer(library: LibOpt, task: TaskOpt,
              retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
              cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
              preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None,
+             quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None,
              executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy.
@@ -69,19 +68,18 @@ def transfer(library: LibOpt, task: TaskOpt,
     cfg, dev = setup(preset, overrides, device, threads)
     checks.transfer_options(library, strategy, proxy, budget, lr_factors, sweeps, retrains, preset, overrides, device)
     checks.executor(executor, ray_address, workers)
+    checks.max_side(max_side)
     from expertise.transfer.protocol import SweepConfig
     from expertise.transfer.keep import folder_name
     from expertise.transfer.units import protocol_units
     from expertise.store import RecordStore
-    from expertise.data.loaders import load_task
     from expertise.units import WorkerContext, drive, open_executor, task_ref
-    from expertise.upstream.build import world_of_library
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import run_selection
 
     run_log(out_dir)  # messages and progress lines go to OUT/log.txt too
     lib = open_library(library)
-    t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world_of_library(lib), skip_corrupt=skip_corrupt)
+    t = load_cli_task(lib, task, seed, skip_corrupt, max_side)
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     run = run_selection(lib, t, strategy, budget, proxy, ctx=RunContext(dev, seed, not quiet, cache=EmbeddingCache(cache or library / "cache")))
     out.print(f"{run.label} picked {', '.join(run.selection.picks)} in {run.seconds['total']:.1f}s")
@@ -163,7 +161,7 @@ def dat(library: LibOpt, task: TaskOpt,
         data: DataOpt = None, hierarchy: HierarchyOpt = None, classes: ClassesOpt = None, workers: WorkersOpt = 0,
         strict: StrictOpt = False,
         preset: PresetOpt = "cpu", overrides: DatSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-        quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, threads: ThreadsOpt = None) -> None:
+        quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None) -> None:
     """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
     re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's. The
@@ -172,12 +170,12 @@ def dat(library: LibOpt, task: TaskOpt,
     cfg, dev = setup(preset, overrides, device, threads)
     checks.dat_options(upstream_data, sampler, weighting, init, size, temperature, preset, overrides, device)
     spec = data_spec(data, hierarchy, classes, None, workers, strict)
+    checks.max_side(max_side)
     import time
 
     from expertise.dat import DATConfig, cost_ratios, dat_record, run_dat
     from expertise.errors import ConfigError, LibraryError
     from expertise.io import atomic_write_json
-    from expertise.data.loaders import load_task
     from expertise.upstream.build import upstream_meta, world_of_library
     from expertise.upstream.data_spec import resolve
     from expertise.select.run import run_selection
@@ -196,7 +194,7 @@ def dat(library: LibOpt, task: TaskOpt,
     base = next((m.name for m in lib.members() if m.kind == "baseline"), None)
     if base is None:
         raise LibraryError(f"the library at {library} has no baseline B; run 'expertise upstream' first")
-    t = load_task(task, resolution=task_resolution(lib), seed=seed, world=world, skip_corrupt=skip_corrupt)
+    t = load_cli_task(lib, task, seed, skip_corrupt, max_side, world)
     t0 = time.perf_counter()
     sel = run_selection(lib, t, "proxy", 1, "knn_loo", ctx=RunContext(dev, seed, not quiet))
     select_s = time.perf_counter() - t0

@@ -1,8 +1,10 @@
 """Task loaders beyond the embedded world: scikit-learn's bundled digits and any ImageFolder.
 
-Every loader returns a :class:`~expertise.data.tasks.Task` with uint8 RGB images [N, 3, R, R]
-and a seeded, stratified VTAB-1k style split (800 train / 200 val / the rest test), so the same
-files and seed always give the same task. Bad input raises :class:`DataError` with a one-line
+Every loader returns a :class:`~expertise.data.tasks.Task` with uint8 RGB images and a seeded,
+stratified VTAB-1k style split (800 train / 200 val / the rest test), so the same files and seed
+always give the same task. A folder's images are kept at their source resolution, the longer side
+capped at ``max_side`` (default :data:`DEFAULT_MAX_SIDE`), so each pool member resizes and crops
+them by its own preprocessing; with ``resolution`` they are all resized to R x R instead. Bad input raises :class:`DataError` with a one-line
 message that says what to do.
 """
 
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from expertise.data.ragged import Images, stack_images, take
 from expertise.data.tasks import TRAIN_SIZE, VAL_SIZE, GROUPS, Split, Task
 from expertise.errors import ConfigError, DataError
 
@@ -27,6 +30,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 BUILTIN_TASKS = ("sklearn_digits",)
 TRAINVAL_SIZE = TRAIN_SIZE + VAL_SIZE
 DEFAULT_TEST_FRACTION = 0.2  # share of a small folder kept for test when it cannot fill VTAB-1k
+# Longer side, in pixels, that a folder's images are kept at (larger ones are shrunk, keeping their
+# aspect ratio): above the input of common pre-trained models (224-384 px, with their resize before
+# the crop), and ~0.8 MB per image in memory at most
+DEFAULT_MAX_SIDE = 512
+MIN_SIDE, MAX_SIDE = 8, 2048  # at most the largest input size a member may have
+DIGITS_RESOLUTION = 32  # scikit-learn's digits without a resolution: the world's and our experts' size
 
 
 # -- splitting ---------------------------------------------------------------------------------
@@ -96,14 +105,20 @@ def load_sklearn_digits(resolution: int = 32, seed: int = 0) -> Task:
     return Task("sklearn_digits", "natural", tuple(str(c) for c in range(10)), train, val, test, source="sklearn")
 
 
-def _subset(images: torch.Tensor, labels: np.ndarray, idx: np.ndarray) -> Split:
-    t = torch.from_numpy(idx)
-    return Split(images[t].contiguous(), torch.from_numpy(labels[idx]).to(torch.int64))
+def _subset(images: Images, labels: np.ndarray, idx: np.ndarray) -> Split:
+    return Split(take(images, torch.from_numpy(idx)), torch.from_numpy(labels[idx]).to(torch.int64))
 
 
 def _check_resolution(resolution: int) -> None:
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ConfigError(f"resolution must be a positive integer number of pixels, got {resolution!r}")
+
+
+def check_max_side(max_side: int) -> int:
+    """The cap on a source image's longer side, checked ([8, 4096] pixels)."""
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or not MIN_SIDE <= max_side <= MAX_SIDE:
+        raise ConfigError(f"--max-side must be a whole number of pixels between {MIN_SIDE} and {MAX_SIDE}, got {max_side!r}")
+    return max_side
 
 
 # -- reading images ----------------------------------------------------------------------------
@@ -145,10 +160,26 @@ def decode_image(source: Path | BinaryIO, resolution: int, draft: bool = False) 
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def read_image(path: Path, resolution: int) -> np.ndarray:
-    """:func:`decode_image` of one file; raises DataError naming the file if unreadable."""
+def decode_source(source: Path | BinaryIO, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """One image -> uint8 [3, h, w] at its own size: EXIF orientation applied, converted to RGB,
+    and, when its longer side exceeds ``max_side``, shrunk to it keeping the aspect ratio (Pillow's
+    antialiased bicubic; the shorter side at least 1 pixel). Raises one of ``UNREADABLE``."""
+    with Image.open(source) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
+        w, h = rgb.size
+        if max(w, h) > max_side:
+            scale = max_side / max(w, h)
+            rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def read_image(path: Path, resolution: int | None, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """:func:`decode_image` of one file at ``resolution``, or :func:`decode_source` (its own size,
+    capped at ``max_side``) when ``resolution`` is None; raises DataError naming the file if unreadable."""
     try:
-        return decode_image(path, resolution)
+        return decode_source(path, max_side) if resolution is None else decode_image(path, resolution)
     except UNREADABLE as e:
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace the file, or skip unreadable files (--skip-corrupt; skip_corrupt=True in Python)") from None
 
@@ -199,17 +230,18 @@ def _check_class_sizes(root: Path, files: dict[str, list[Path]]) -> None:
             )
 
 
-def _read_all(files: dict[str, list[Path]], classes: Sequence[str], resolution: int,
-              skip_corrupt: bool) -> tuple[torch.Tensor, np.ndarray, dict[str, list[Path]]]:
-    """uint8 [N, 3, R, R] images and int64 [N] labels (index into ``classes``), plus the readable
-    files per class. Corrupt files raise, or with ``skip_corrupt`` are dropped with one warning."""
+def _read_all(files: dict[str, list[Path]], classes: Sequence[str], resolution: int | None,
+              skip_corrupt: bool, max_side: int = DEFAULT_MAX_SIDE) -> tuple[Images, np.ndarray, dict[str, list[Path]]]:
+    """uint8 images (at ``resolution``, else at their source sizes) and int64 [N] labels (index
+    into ``classes``), plus the readable files per class. Corrupt files raise, or with
+    ``skip_corrupt`` are dropped with one warning."""
     index = {c: i for i, c in enumerate(classes)}
     arrays, labels, kept, bad = [], [], {}, []
     for cls, fs in files.items():
         kept[cls] = []
         for f in fs:
             try:
-                arrays.append(read_image(f, resolution))
+                arrays.append(read_image(f, resolution, max_side))
             except DataError:
                 if not skip_corrupt:
                     raise
@@ -222,8 +254,7 @@ def _read_all(files: dict[str, list[Path]], classes: Sequence[str], resolution: 
         warnings.warn(f"skipped {len(bad)} unreadable image file(s): {shown}", stacklevel=4)
     if not arrays:
         raise DataError(f"none of the image files could be read (e.g. {bad[0] if bad else '?'}); check that they are images")
-    images = torch.from_numpy(np.stack(arrays))
-    return images, np.asarray(labels, dtype=np.int64), kept
+    return stack_images(arrays), np.asarray(labels, dtype=np.int64), kept
 
 
 # -- ImageFolder -------------------------------------------------------------------------------
@@ -231,14 +262,16 @@ def _split_layout(path: Path) -> bool:
     return (path / "train").is_dir() and (path / "test").is_dir()
 
 
-def load_image_folder(path: Path, resolution: int = 32, seed: int = 0, group: str = "natural",
+def load_image_folder(path: Path, resolution: int | None = None, seed: int = 0, group: str = "natural",
                       test_fraction: float | None = None, name: str | None = None,
-                      skip_corrupt: bool = False) -> Task:
+                      skip_corrupt: bool = False, max_side: int = DEFAULT_MAX_SIDE) -> Task:
     """A task from an ImageFolder directory: ``path/<class_name>/<images>``.
 
     Class names are the sorted folder names; images (.png .jpg .jpeg .bmp .gif .webp .tif .tiff,
-    any case, searched recursively; hidden and other files ignored) of any mode and size become
-    uint8 RGB [N, 3, R, R], transparency composited over white, the whole image resized.
+    any case, searched recursively; hidden and other files ignored) of any mode become uint8 RGB,
+    transparency composited over white: at their source size, the longer side capped at
+    ``max_side`` (one tensor [N, 3, H, W] when they share a size, else ragged), or with
+    ``resolution`` each whole image resized to R x R.
 
     Splits are seeded and stratified. With ``path/train/<class>/`` and ``path/test/<class>/``,
     test is the test folder and train/val (800/200, or 80/20 of fewer) come from the train
@@ -251,7 +284,9 @@ def load_image_folder(path: Path, resolution: int = 32, seed: int = 0, group: st
     warning listing them.
     """
     path = Path(path)
-    _check_resolution(resolution)
+    if resolution is not None:
+        _check_resolution(resolution)
+    check_max_side(max_side)
     if group not in GROUPS:
         raise ConfigError(f"group must be one of {GROUPS}, got {group!r}")
     if test_fraction is not None and not 0.0 < test_fraction < 1.0:
@@ -262,17 +297,19 @@ def load_image_folder(path: Path, resolution: int = 32, seed: int = 0, group: st
         raise DataError(f"{path} is a file, not a folder; pass an ImageFolder directory (one sub-folder of images per class)")
     name = name or path.resolve().name
     if _split_layout(path):
-        train, val, test, classes = _load_split_layout(path, resolution, seed, skip_corrupt, name)
+        train, val, test, classes = _load_split_layout(path, resolution, seed, skip_corrupt, name, max_side)
     else:
-        train, val, test, classes = _load_single_layout(path, resolution, seed, test_fraction, skip_corrupt, name)
-    return Task(name, group, tuple(classes), train, val, test, source=str(path))  # type: ignore[arg-type]
+        train, val, test, classes = _load_single_layout(path, resolution, seed, test_fraction, skip_corrupt, name,
+                                                        max_side)
+    return Task(name, group, tuple(classes), train, val, test, source=str(path),  # type: ignore[arg-type]
+                max_side=max_side if resolution is None else None)
 
 
-def _load_single_layout(path: Path, resolution: int, seed: int, test_fraction: float | None,
-                        skip_corrupt: bool, name: str) -> tuple[Split, Split, Split, list[str]]:
+def _load_single_layout(path: Path, resolution: int | None, seed: int, test_fraction: float | None,
+                        skip_corrupt: bool, name: str, max_side: int) -> tuple[Split, Split, Split, list[str]]:
     files = _scan(path, require_two=True)
     classes = list(files)
-    images, labels, kept = _read_all(files, classes, resolution, skip_corrupt)
+    images, labels, kept = _read_all(files, classes, resolution, skip_corrupt, max_side)
     _check_class_sizes(path, kept)  # skipping corrupt files may have emptied a class
     n = len(labels)
     n_test = max(1, math.ceil((test_fraction or DEFAULT_TEST_FRACTION) * n))
@@ -286,8 +323,8 @@ def _load_single_layout(path: Path, resolution: int, seed: int, test_fraction: f
     return train, val, test, classes
 
 
-def _load_split_layout(path: Path, resolution: int, seed: int, skip_corrupt: bool,
-                       name: str) -> tuple[Split, Split, Split, list[str]]:
+def _load_split_layout(path: Path, resolution: int | None, seed: int, skip_corrupt: bool,
+                       name: str, max_side: int) -> tuple[Split, Split, Split, list[str]]:
     if (path / "val").is_dir() or (path / "validation").is_dir():
         warnings.warn(f"{path}: the val folder is ignored; as in VTAB-1k, val is drawn from the train folder", stacklevel=3)
     train_files = _scan(path / "train", require_two=True)
@@ -296,27 +333,29 @@ def _load_split_layout(path: Path, resolution: int, seed: int, skip_corrupt: boo
     unknown = sorted(set(test_files) - set(classes))
     if unknown:
         raise DataError(f"{path / 'test'} has class folders {unknown} that {path / 'train'} lacks; the two must name the same classes")
-    images, labels, kept = _read_all(train_files, classes, resolution, skip_corrupt)
+    images, labels, kept = _read_all(train_files, classes, resolution, skip_corrupt, max_side)
     _check_class_sizes(path / "train", kept)
     n_train, n_val = _train_val_sizes(len(labels))
     _warn_small(name, n_train, n_val)
     train_idx, val_idx = _split_by_sizes(labels, (n_train, n_val), seed)
-    test_images, test_labels, _ = _read_all(test_files, classes, resolution, skip_corrupt)
+    test_images, test_labels, _ = _read_all(test_files, classes, resolution, skip_corrupt, max_side)
     test = Split(test_images, torch.from_numpy(test_labels))
     return _subset(images, labels, train_idx), _subset(images, labels, val_idx), test, classes
 
 
 # -- dispatch ----------------------------------------------------------------------------------
-def load_task(spec: str, resolution: int = 32, seed: int = 0, world: Any = None, skip_corrupt: bool = False) -> Task:
-    """A task by name or path: a built-in name ("sklearn_digits"), an existing ImageFolder
-    directory (``skip_corrupt`` drops unreadable images there), or a task of ``world`` (anything
-    with ``task_names`` and ``task(name)``)."""
+def load_task(spec: str, resolution: int | None = None, seed: int = 0, world: Any = None, skip_corrupt: bool = False,
+              max_side: int = DEFAULT_MAX_SIDE, builtin_resolution: int = DIGITS_RESOLUTION) -> Task:
+    """A task by name or path: a built-in name ("sklearn_digits", rendered at ``resolution``, else
+    at ``builtin_resolution``), an existing ImageFolder directory (at its source resolution capped
+    at ``max_side``, or every image resized to ``resolution``; ``skip_corrupt`` drops unreadable
+    images there), or a task of ``world`` (anything with ``task_names`` and ``task(name)``)."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"a task must be named: a built-in task ({', '.join(BUILTIN_TASKS)}) or an ImageFolder directory")
     if spec == "sklearn_digits":
-        return load_sklearn_digits(resolution, seed)
+        return load_sklearn_digits(resolution or builtin_resolution, seed)
     if Path(spec).is_dir():
-        return load_image_folder(Path(spec), resolution, seed, skip_corrupt=skip_corrupt)
+        return load_image_folder(Path(spec), resolution, seed, skip_corrupt=skip_corrupt, max_side=max_side)
     world_names = list(getattr(world, "task_names", ())) if world is not None else []
     if spec in world_names:
         return world.task(spec)

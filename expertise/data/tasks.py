@@ -1,7 +1,8 @@
 """Downstream tasks in the VTAB-1k layout: 800 train, 200 val, and a test split.
 
-Images are kept as uint8 tensors [N, 3, H, W] (RGB); each model's preprocessing turns them into
-its own input. Built-in tasks come from the embedded world (``expertise.data.world``) and from
+Images are kept as uint8 tensors [N, 3, H, W] (RGB), or at their source sizes as
+:class:`~expertise.data.ragged.RaggedImages` when they differ; each model's preprocessing turns them
+into its own input. Built-in tasks come from the embedded world (``expertise.data.world``) and from
 scikit-learn's bundled handwritten digits; any ImageFolder directory loads as a task too
 (the readers live in ``expertise.data.loaders``).
 """
@@ -14,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from expertise.data.ragged import Images, RaggedImages, cat_images, image_bytes
 from expertise.errors import DataError
 
 Group = Literal["natural", "specialized", "structured"]
@@ -23,28 +25,33 @@ TRAIN_SIZE, VAL_SIZE = 800, 200
 
 @dataclass(frozen=True)
 class Split:
-    """Images uint8 [N, 3, H, W] and integer labels int64 [N] in [0, num_classes)."""
+    """Images uint8 [N, 3, H, W] (or ragged, at their source sizes) and integer labels int64 [N]
+    in [0, num_classes)."""
 
-    images: torch.Tensor
+    images: Images
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+        if not isinstance(self.images, RaggedImages) and (
+                self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3):
             raise DataError(f"split images must be uint8 [N, 3, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise DataError(f"split labels must be int64 [{self.images.shape[0]}], got {self.labels.dtype} {tuple(self.labels.shape)}")
+        n = len(self.images)
+        if self.labels.dtype != torch.int64 or self.labels.shape != (n,):
+            raise DataError(f"split labels must be int64 [{n}], got {self.labels.dtype} {tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     @staticmethod
     def concat(*splits: Split) -> Split:
-        return Split(torch.cat([s.images for s in splits]), torch.cat([s.labels for s in splits]))
+        return Split(cat_images([s.images for s in splits]), torch.cat([s.labels for s in splits]))
 
 
 @dataclass(frozen=True)
 class Task:
-    """A downstream classification task: VTAB-1k splits, a group and class names."""
+    """A downstream classification task: VTAB-1k splits, a group and class names. ``max_side`` is
+    set when the images were read at their source resolution with the longer side capped there (an
+    ImageFolder), so new images (``expertise predict``) are read the same way."""
 
     name: str
     group: Group
@@ -53,6 +60,7 @@ class Task:
     val: Split
     test: Split
     source: str = "world"
+    max_side: int | None = None
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
@@ -75,7 +83,13 @@ class Task:
 
     @property
     def resolution(self) -> int:
-        return int(self.train.images.shape[-1])
+        """The side of its square images; for images of several sizes, the largest side."""
+        return max(int(s) for s in self.train.images.shape[-2:])
+
+    @property
+    def source_sizes(self) -> bool:
+        """Whether the images are kept at several source sizes (ragged) rather than one."""
+        return any(isinstance(s.images, RaggedImages) for s in (self.train, self.val, self.test))
 
     def fingerprint(self) -> str:
         """sha256 over every split's images and labels: the task's key in the embedding cache
@@ -85,7 +99,8 @@ class Task:
             return cached
         h = hashlib.sha256(self.name.encode())
         for s in (self.train, self.val, self.test):
-            h.update(s.images.contiguous().numpy().tobytes())
+            for part in image_bytes(s.images):
+                h.update(part)
             h.update(s.labels.contiguous().numpy().tobytes())
         self.__dict__["_fingerprint"] = h.hexdigest()[:16]
         return self.__dict__["_fingerprint"]

@@ -8,7 +8,8 @@ A pool member is an ``nn.Module`` with
 * ``preprocessing``: input size, mean and std, kept with the weights,
 * ``member_config() -> dict``: JSON that rebuilds the module (``model_from_config``).
 
-``x`` is always a float tensor [N, 3, S, S] already prepared with :func:`prepare`.
+``x`` is always a float tensor [N, 3, S, S] already prepared with :func:`prepare`
+(:mod:`expertise.models.preprocess`, re-exported here).
 """
 
 from __future__ import annotations
@@ -18,50 +19,20 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.layers import GroupNormAct, StdConv2d
 from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
 from expertise import schema
 from expertise.errors import ConfigError
+from expertise.models.preprocess import MAX_INPUT_SIZE, Preprocessing, prepare
+
+__all__ = ["MAX_INPUT_SIZE", "Preprocessing", "prepare"]  # re-exported: the member contract's preprocessing
 
 # Bounds on what a member config may ask for, checked before anything is allocated (a library may
 # come from someone else): BiT-L R152x4 has 8,192 channels and ImageNet-21k about 23k label nodes.
-MAX_WIDTH, MAX_INPUT_SIZE, MAX_OUTPUTS = 8192, 2048, 1 << 20
+MAX_WIDTH, MAX_OUTPUTS = 8192, 1 << 20
 HEAD_KINDS = ("upstream", "task")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How uint8 RGB images become a model's input: resize to ``size``, scale to [0, 1], normalise."""
-
-    size: int
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any], where: str = "preprocessing") -> Preprocessing:
-        """Checked: ``size`` an integer in [8, 2048], ``mean`` and ``std`` three finite numbers each
-        (``std`` positive), nothing else."""
-        d = schema.obj(d, where)
-        schema.keys(d, where, ("size", "mean", "std"))
-        return cls(schema.integer(d["size"], f"{where}.size", 8, MAX_INPUT_SIZE),
-                   schema.number_list(d["mean"], f"{where}.mean", -10.0, 10.0, 3),  # type: ignore[arg-type]
-                   schema.number_list(d["std"], f"{where}.std", 0.0, 10.0, 3, lo_open=True))  # type: ignore[arg-type]
-
-
-def prepare(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> float32 [N, 3, size, size], normalised. Resizes with antialiasing."""
-    x = images.float().div_(255.0)
-    if x.shape[-1] != prep.size or x.shape[-2] != prep.size:
-        x = F.interpolate(x, size=(prep.size, prep.size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(prep.mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,11 @@ benchmark treat it like any other member:
 * ``embed(x)`` is timm's pre-logits representation, ``forward_head(forward_features(x), pre_logits=True)``;
 * the model's own linear classifier, when it has one, becomes its upstream head (LEEP and NCE read
   a softmax over it); a model without one (or with a non-linear classifier) has no upstream head;
-* ``preprocessing`` comes from timm's data config of the weights (input size, mean, std), the size
-  overridable: a 224-px ImageNet model sees a 32-px task resized to 224, as in the papers.
+* ``preprocessing`` comes from timm's data config of the weights, as timm's own eval transform
+  applies it (input size, the resize to input size / crop_pct, interpolation, the centre crop,
+  mean, std: :func:`expertise.models.preprocess.timm_preprocessing`), the size overridable: each
+  member resizes the task's source images itself, so a 224-px and a 299-px model in one pool each
+  see what their weights expect.
 
 Weights are only ever read from safetensors: a checkpoint or a Hub repository that has only pickled
 weights (``.bin``, ``.pth``) is refused with an error, never unpickled. A member config or a Hugging
@@ -35,6 +38,7 @@ from torch import nn
 from expertise import schema
 from expertise.errors import ConfigError
 from expertise.models.backbones import HeadMixin, Preprocessing, head_fields, register_member_class
+from expertise.models.preprocess import timm_preprocessing
 
 HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"
 _PICKLED = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".tar")
@@ -228,11 +232,8 @@ def _classifier_outputs(architecture: str, shapes: dict[str, tuple[int, ...]]) -
 
 
 def _preprocessing(net: nn.Module, size: int | None) -> Preprocessing:
-    data = timm.data.resolve_data_config(model=net)
-    input_size = int(size or data["input_size"][-1])
-    if input_size < 8:
-        raise ConfigError(f"input size must be at least 8 pixels, got {input_size}")
-    return Preprocessing(input_size, tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
+    """timm's eval data config of ``net`` (``resolve_data_config(model=net)``) as its Preprocessing."""
+    return timm_preprocessing(timm.data.resolve_data_config(model=net), size)
 
 
 def from_checkpoint(architecture: str, checkpoint: Path, size: int | None = None) -> tuple[ExternalModel, ExternalSource]:

@@ -3,8 +3,10 @@
 Everything that runs a model over images without training it (embedding a task for selection, the
 EPN's probabilities, upstream leaf accuracy, DAT's target logits, an adapter bank's shared-stem
 embedding, test accuracy after fine-tuning) goes through :func:`run_batches`. It validates the
-images, prepares them with the model's own preprocessing one batch at a time (the float copy of a
-large split never sits in memory), and runs under ``torch.inference_mode``. On CUDA the inputs are
+images (one uint8 tensor, or ragged at their source sizes), moves each batch of uint8 images to
+the device and prepares it there with the model's own preprocessing (resize, crop, normalise:
+:mod:`expertise.models.preprocess`; the float copy of a large split never sits in memory), and
+runs under ``torch.inference_mode``. On CUDA the inputs are
 channels-last and the forward runs under bf16 autocast; on CPU neither, so CPU results are plain
 float32 and do not depend on which caller asked.
 """
@@ -16,8 +18,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from expertise.errors import ConfigError, DataError
-from expertise.models.backbones import Preprocessing, prepare
+from expertise.data.ragged import Images
+from expertise.data.ragged import check_images as _check
+from expertise.errors import ConfigError
+from expertise.models.preprocess import Preprocessing, prepare
 from expertise.runtime import autocast
 
 # features: pre-logits ``embed(x)`` [N, D]; upstream_logits: the upstream head on those features
@@ -41,21 +45,18 @@ def upstream_head(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def check_images(images: torch.Tensor) -> torch.Tensor:
-    """``images`` as a uint8 tensor [N, 3, H, W], or a DataError that says what was given."""
-    x = torch.as_tensor(images)
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
-        raise DataError(f"a forward pass takes uint8 images [N, 3, H, W] (prepared inside, with the model's own "
-                        f"preprocessing), got {x.dtype} {tuple(x.shape)}")
-    return x
+def check_images(images: Images) -> Images:
+    """``images`` as a uint8 tensor [N, 3, H, W] (or ragged), or a DataError that says what was given."""
+    return _check(images, "a forward pass")
 
 
 @torch.inference_mode()
-def run_batches(model: nn.Module, images: torch.Tensor, step: Step, batch_size: int = 500,
+def run_batches(model: nn.Module, images: Images, step: Step, batch_size: int = 500,
                 device: torch.device = torch.device("cpu"), preprocessing: Preprocessing | None = None
                 ) -> dict[str, torch.Tensor]:
-    """``step`` on every batch of uint8 images [N, 3, H, W], prepared with ``preprocessing``
-    (default: ``model.preprocessing``): each output float32 on the CPU, concatenated over batches.
+    """``step`` on every batch of uint8 images [N, 3, H, W] (or ragged), prepared on ``device`` with
+    ``preprocessing`` (default: ``model.preprocessing``): each output float32 on the CPU,
+    concatenated over batches.
     Empty ``images`` still run one empty batch, so every output has its shape [0, ...]."""
     x = check_images(images)
     if batch_size < 1:
@@ -63,8 +64,8 @@ def run_batches(model: nn.Module, images: torch.Tensor, step: Step, batch_size: 
     prep: Preprocessing = preprocessing or model.preprocessing  # type: ignore[assignment]
     model.to(device).eval()
     parts: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, max(x.shape[0], 1), batch_size):
-        batch = prepare(x[i:i + batch_size], prep).to(device)
+    for i in range(0, max(len(x), 1), batch_size):
+        batch = prepare(x[i:i + batch_size], prep, device)
         if device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(device):
@@ -74,7 +75,7 @@ def run_batches(model: nn.Module, images: torch.Tensor, step: Step, batch_size: 
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def forward_batches(model: nn.Module, images: torch.Tensor, outputs: Sequence[str] = ("features",),
+def forward_batches(model: nn.Module, images: Images, outputs: Sequence[str] = ("features",),
                     batch_size: int = 500, device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
     """The ``outputs`` (names from ``OUTPUTS``) of a pool member on uint8 images [N, 3, H, W], each
     float32 [N, ...] on the CPU. Features and upstream logits come from one ``embed`` per batch;

@@ -12,8 +12,9 @@ unchecked (see docs/security.md):
   the config class knows but that is not allowed is refused when it differs from the class default
   (the model would be built differently from what the folder describes), except output and
   segmentation settings that do not change the base model (:data:`IGNORED_KEYS`);
-* the image processor's resize, crop, rescale and normalisation are read into the member's
-  :class:`~expertise.models.backbones.Preprocessing` (rescaling folded into mean and std) and a
+* the image processor's resize, crop, interpolation, rescale and normalisation are read into the
+  member's :class:`~expertise.models.preprocess.Preprocessing` (recipe ``transformers``; rescaling
+  folded into mean and std; PIL's lanczos, box and hamming filters approximated by bicubic) and a
   ``processor`` summary; a processor key this module does not know is refused, since its effect
   could not be reproduced.
 
@@ -30,6 +31,7 @@ from typing import Any
 from expertise import schema
 from expertise.errors import ConfigError
 from expertise.models.backbones import MAX_INPUT_SIZE, MAX_OUTPUTS, MAX_WIDTH, Preprocessing
+from expertise.models.preprocess import APPROXIMATED
 
 CONFIG, PROCESSOR = "config.json", "preprocessor_config.json"
 
@@ -87,6 +89,10 @@ SHORTER_SIDE_PROCESSORS = ("CLIP", "Bit", "ConvNext")
 SHORTER_SIDE_FAMILIES = frozenset({"clip", "dinov2", "convnext", "convnextv2", "resnet"})
 # PIL's resampling filters by number, as image processors store them
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+# ... and the torchvision interpolation transformers' image processors use for each (nearest is
+# torchvision's nearest-exact there; lanczos, box and hamming, which its tensor resize lacks on the
+# accelerators, approximated by bicubic, as transformers itself does for lanczos on a GPU)
+TORCH_RESAMPLE = {k: "nearest-exact" if v == "nearest" else APPROXIMATED[v] for k, v in RESAMPLE.items()}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -254,7 +260,8 @@ def read_processor(d: Mapping[str, Any], where: str, size: int | None = None,
         schema.integer(size, "size", 8, MAX_INPUT_SIZE)
         h, crop = round(h * size / final), (size if crop else 0)
         final = size
-    prep = Preprocessing(final, tuple(m / scale for m in mean), tuple(s / scale for s in std))  # type: ignore[arg-type]
+    prep = Preprocessing(final, tuple(m / scale for m in mean), tuple(s / scale for s in std),  # type: ignore[arg-type]
+                         h, "square" if mode == "square" else "shortest", TORCH_RESAMPLE[resample], "transformers")
     Preprocessing.from_json(prep.to_json(), where)  # the same bounds as any stored member
     return prep, {"resize": h, "resize_mode": mode, "crop": crop, "interpolation": RESAMPLE[resample]}
 

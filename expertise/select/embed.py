@@ -1,11 +1,11 @@
 """Embedding a pool: pre-logits features (and upstream logits) of every member on a task's images,
 through the one forward path (``expertise.models.forward``), cached on disk by (member hash, task
-fingerprint)."""
+fingerprint, the member's preprocessing)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +13,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from expertise.data.ragged import Images
 from expertise.data.tasks import Split, Task
 from expertise.io import atomic_save_safetensors
 from expertise.models.forward import forward_batches, upstream_head
+from expertise.models.preprocess import Preprocessing
 from expertise.progress import progress_bar
 
 
-def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+def embed_images(model: nn.Module, images: Images, batch_size: int = 500,
                  device: torch.device = torch.device("cpu"), with_logits: bool = False
                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 [N, 3, H, W] -> float32 [N, D] pre-logits features, through the one forward path.
@@ -40,12 +42,21 @@ class EmbedStats:
     cached: int = 0
 
 
-class EmbeddingCache:
-    """Features on disk: ``DIR/<member hash>/<task fingerprint>.<split>.v2.safetensors``, holding
-    ``features`` and, for members with an upstream head, ``upstream_logits``. A member's hash
-    changes whenever any of its weight files does, so a stale entry is never read."""
+def cache_key(task: Task, preprocessing: Preprocessing | Mapping) -> str:
+    """The task half of a cache entry's key: the task's fingerprint (its name, every split's pixels
+    and labels) and what the member's preprocessing (resize, crop, interpolation, mean, std) makes
+    of those pixels."""
+    prep = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_json(dict(preprocessing))
+    return f"{task.fingerprint()}.{prep.key()}"
 
-    VERSION = "v2"  # v1 files held features only; they are ignored, not misread
+
+class EmbeddingCache:
+    """Features on disk: ``DIR/<member hash>/<task fingerprint>.<preprocessing>.<split>.v3.safetensors``
+    (the task key from :func:`cache_key`), holding ``features`` and, for members with an upstream
+    head, ``upstream_logits``. A member's hash changes whenever any of its weight files does, so a
+    stale entry is never read."""
+
+    VERSION = "v3"  # v1 files held features only, v2 keys lacked the preprocessing; both are ignored, not misread
 
     def __init__(self, root: Path | None) -> None:
         self.root = Path(root) if root is not None else None
@@ -89,22 +100,26 @@ class PoolEmbeddings:
 
 def embed_pool(names: Sequence[str], load: Callable[[str], nn.Module], member_hash: Callable[[str], str],
                task: Task, cache: EmbeddingCache, split: str = "trainval", batch_size: int = 500,
-               device: torch.device = torch.device("cpu"), progress: bool = True) -> PoolEmbeddings:
+               device: torch.device = torch.device("cpu"), progress: bool = True,
+               preprocessing: Callable[[str], Preprocessing | Mapping] | None = None) -> PoolEmbeddings:
     """Embed one split of ``task`` with every named member (and keep its upstream logits); members
-    are loaded one at a time so only one sits in memory, and each result is cached on disk."""
+    are loaded one at a time so only one sits in memory, and each result is cached on disk, keyed
+    by the member's hash and its ``preprocessing`` (from the library's manifest; without it, from
+    the loaded member)."""
     images = task_split(task, split).images
-    key = task.fingerprint()
     out = PoolEmbeddings({}, {}, EmbedStats())
     t0 = time.perf_counter()
     with progress_bar(f"embed {task.name}", total=len(names), enabled=progress) as advance:
         for name in names:
             h = member_hash(name)
+            model = None if preprocessing is not None else load(name)
+            key = cache_key(task, preprocessing(name) if preprocessing is not None else model.preprocessing)  # type: ignore[union-attr]
             entry = cache.get(h, key, split)
             if entry is None:
-                feats, logits = embed_images(load(name), images, batch_size, device, with_logits=True)
+                feats, logits = embed_images(model or load(name), images, batch_size, device, with_logits=True)
                 entry = {"features": feats} if logits is None else {"features": feats, "upstream_logits": logits}
                 cache.put(h, key, split, entry)
-                out.stats.images += images.shape[0]
+                out.stats.images += len(images)
             else:
                 out.stats.cached += 1
             out.features[name] = entry["features"]

@@ -17,7 +17,8 @@ from expertise.errors import ConfigError
 from expertise.library import Library
 from expertise.models.adapters import embed_images_with_experts
 from expertise.runtime import RunContext, derive_seed
-from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, embed_pool, upstream_head
+from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, cache_key, embed_pool, upstream_head
+from expertise.select.halving import SEARCHES, HalvingReport, halving_selection
 from expertise.select.proxies import get_proxy
 from expertise.select.registry import Inputs, get_strategy, source_probabilities
 from expertise.select.strategies import Selection
@@ -44,6 +45,7 @@ class SelectionRun:
     members_embedded: list[str] = field(default_factory=list)
     images_per_member: int = 0
     uncertainty: Uncertainty | None = None
+    search: HalvingReport | None = None  # --search halving: its rounds and cost against full scoring
 
     @property
     def seconds(self) -> dict[str, float]:
@@ -69,6 +71,7 @@ class SelectionRun:
             "images_needed": self.images_per_member * len(self.members_embedded),
             "embedded_now": self.embed.images, "cached_members": self.embed.cached,
             "uncertainty": None if self.uncertainty is None else self.uncertainty.to_json(),
+            "search": "full" if self.search is None else self.search.to_json(),
         }
 
 
@@ -81,7 +84,7 @@ def _check_budget(budget: int, pool: list[str]) -> None:
 
 def run_selection(library: Library, task: Task, strategy: str = "proxy", budget: int = 1, proxy: str = "knn_loo",
                   names: list[str] | None = None, ctx: RunContext = RunContext(), batch_size: int = 500,
-                  resamples: int = DEFAULT_RESAMPLES) -> SelectionRun:
+                  resamples: int = DEFAULT_RESAMPLES, search: str = "full") -> SelectionRun:
     """Rank the pool (``names``, default :func:`pool_names`) for ``task`` with ``strategy`` and
     pick ``budget`` members. ``proxy`` is the task-aware score of the strategies that read features
     (``proxy`` and ``hybrid``). ``ctx`` gives the embedding cache (none: embed in memory), the
@@ -96,6 +99,8 @@ def run_selection(library: Library, task: Task, strategy: str = "proxy", budget:
     for n in pool:
         library.info(n)  # unknown names fail with a did-you-mean
     _check_budget(budget, pool)
+    if search != "full":
+        return _halving(library, task, spec.name, proxy, budget, pool, ctx, batch_size, search)
     embedded = spec.members_to_embed(library, pool)
     cache = ctx.cache or EmbeddingCache(None)
     emb = _embed(library, task, cache, embedded, batch_size, ctx.device, ctx.progress) if embedded else None
@@ -114,11 +119,24 @@ def run_selection(library: Library, task: Task, strategy: str = "proxy", budget:
     return SelectionRun(sel, task.name, used_proxy, emb.stats, list(embedded), n_images, unc)
 
 
+def _halving(library: Library, task: Task, strategy: str, proxy: str, budget: int, pool: list[str], ctx: RunContext,
+             batch_size: int, search: str) -> SelectionRun:
+    """``search="halving"``: the proxy strategy's ranking by successive halving (:mod:`.halving`);
+    no bootstrap, since the members' scores come from samples of different sizes."""
+    if search not in SEARCHES:
+        raise ConfigError(f"unknown search {search!r}; choose one of: {', '.join(SEARCHES)}")
+    if strategy != "proxy":
+        raise ConfigError(f"--search {search} ranks by a proxy: use it with --strategy proxy, not {strategy!r}")
+    sel, report, stats = halving_selection(library, task, proxy, budget, pool, ctx, batch_size)
+    return SelectionRun(sel, task.name, proxy, stats, list(pool), len(task.trainval), None, report)
+
+
 def _embed(library: Library, task: Task, cache: EmbeddingCache, names: list[str], batch_size: int,
            device: torch.device, progress: bool) -> PoolEmbeddings:
     t0 = time.perf_counter()
     shared = prefill_adapter_banks(library, task, cache, names, batch_size, device)
-    emb = embed_pool(names, library.load, library.verified_hash, task, cache, "trainval", batch_size, device, progress)
+    emb = embed_pool(names, library.load, library.verified_hash, task, cache, "trainval", batch_size, device, progress,
+                     preprocessing=lambda n: library.info(n).preprocessing)
     emb.stats.cached -= shared
     emb.stats.images += shared * len(task.trainval)
     emb.stats.seconds = time.perf_counter() - t0
@@ -135,12 +153,12 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
     Without a cache there is nowhere to hand the features over, so nothing is done."""
     if cache.root is None:
         return 0
-    key = task.fingerprint()
     banks: dict[str, list[str]] = {}
     for n in names:
         info = library.info(n)
         bank = info.extra.get("bank")
-        if info.kind == "adapter_expert" and isinstance(bank, str) and not cache.has(library.verified_hash(n), key, "trainval"):
+        if info.kind == "adapter_expert" and isinstance(bank, str) and \
+                not cache.has(library.verified_hash(n), cache_key(task, info.preprocessing), "trainval"):
             banks.setdefault(bank, []).append(n)
     done = 0
     for bank_path, members in banks.items():
@@ -154,7 +172,7 @@ def prefill_adapter_banks(library: Library, task: Task, cache: EmbeddingCache, n
             entry = {"features": feats[node]}
             if head is not None:
                 entry["upstream_logits"] = head.to("cpu")(feats[node]).float()
-            cache.put(library.verified_hash(n), key, "trainval", entry)
+            cache.put(library.verified_hash(n), cache_key(task, library.info(n).preprocessing), "trainval", entry)
             done += 1
     return done
 

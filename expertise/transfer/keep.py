@@ -111,7 +111,7 @@ def finetune_to_folder(member: str, load_member: Callable[[], nn.Module], member
                "resumed_from_step": ckpt.resumed_from}
     record = make_record(FINETUNE_KIND, {**identity, **(settings or {})}, metrics,
                          {"finetune": stats["seconds"], "test": test_s}, {"finetune": stats["images"], "test": len(task.test)})
-    save_model(out, model, task.classes, task.resolution, member, task.name, record)
+    save_model(out, model, task.classes, task.resolution, member, task.name, record, task.max_side)
     ckpt.clear()
     return KeptFinetune(out, record, reused=False, resumed_from=ckpt.resumed_from)
 
@@ -141,4 +141,5 @@ class FolderKeeper:
         correct = int(round(accuracy * n))
         record = make_record("transfer_model", {**config, "unit_key": key, **self.settings}, test_metrics(correct, n),
                              images={"test": n})
-        save_model(self.folder, model, self.task.classes, self.task.resolution, str(config["member"]), self.task.name, record)
+        save_model(self.folder, model, self.task.classes, self.task.resolution, str(config["member"]), self.task.name, record,
+                   self.task.max_side)

@@ -1,9 +1,10 @@
 """Classify new images with a kept fine-tuned model (``expertise predict``).
 
 Images are read exactly as the task's images were for training: any Pillow mode converted to RGB
-(transparency over white, 16-bit gray scaled), EXIF orientation applied, the whole image resized
-to the model folder's ``input_resolution`` (:func:`expertise.data.loaders.read_image`); the model's
-own preprocessing then runs inside the one forward path (:func:`expertise.models.forward.forward_batches`).
+(transparency over white, 16-bit gray scaled), EXIF orientation applied, then kept at its own size
+with the longer side capped at the folder's ``max_side`` (a model tuned on an ImageFolder task), or
+the whole image resized to the folder's ``input_resolution`` (:func:`expertise.data.loaders.read_image`); the model's
+own preprocessing (resize, crop, normalise) then runs inside the one forward path (:func:`expertise.models.forward.forward_batches`).
 Probabilities are the softmax of the task head's logits, in float64.
 """
 
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from expertise.data.loaders import IMAGE_EXTENSIONS, _image_files, read_image
+from expertise.data.ragged import stack_images
 from expertise.errors import ConfigError, DataError
 from expertise.io import atomic_write_text
 from expertise.models.forward import forward_batches
@@ -81,7 +82,7 @@ def predict(saved: SavedModel, files: Sequence[Path], top_k: int = 1, device: to
         chunk, arrays = [], []
         for f in files[i:i + batch_size]:
             try:
-                arrays.append(read_image(f, saved.input_resolution))
+                arrays.append(read_image(f, None if saved.max_side else saved.input_resolution, saved.max_side or 0))
             except DataError:
                 if not skip_corrupt:
                     raise
@@ -90,7 +91,7 @@ def predict(saved: SavedModel, files: Sequence[Path], top_k: int = 1, device: to
             chunk.append(f)
         if not arrays:
             continue
-        images = torch.from_numpy(np.stack(arrays))
+        images = stack_images(arrays)
         logits = forward_batches(saved.model, images, ("logits",), batch_size, device)["logits"]
         probs = torch.softmax(logits.to(torch.float64), dim=1)
         values, indices = probs.topk(top_k, dim=1)

@@ -11,8 +11,9 @@ Layout of a model folder (format 1)::
       result.json         the run's record (records.py): test accuracy, its 95% Wilson interval,
                           the test-set size, the member, the task, the settings, the time
       model.json          written last: format, member, task, class names (in head order), the
-                          resolution images were read at and the model's preprocessing, and the
-                          sha256 of each of the three files above
+                          resolution images were read at (or ``max_side``: read at their source
+                          size, the longer side capped there) and the model's preprocessing, and
+                          the sha256 of each of the three files above
       checkpoint.safetensors   only while a fine-tune into DIR is unfinished (expertise/checkpoint.py)
 
 Reading checks everything before a tensor is allocated: the format, each field of ``model.json``
@@ -61,6 +62,7 @@ class SavedModel:
     member: str
     task: str
     weights_sha256: str
+    max_side: int | None = None  # images read at their source size, the longer side capped here
 
     def result(self) -> dict[str, Any]:
         """The run's record (``result.json``), verified with the rest of the folder."""
@@ -68,9 +70,10 @@ class SavedModel:
 
 
 def save_model(folder: Path, model: nn.Module, classes: tuple[str, ...] | list[str], input_resolution: int,
-               member: str, task: str, record: dict[str, Any]) -> str:
+               member: str, task: str, record: dict[str, Any], max_side: int | None = None) -> str:
     """Write ``model`` (a member after ``reset_head``, tuned) and its ``record`` into ``folder`` and
-    return the weights' sha256. Each file is written atomically and ``model.json`` last (and removed
+    return the weights' sha256. ``max_side``: the task's images were read at their source size,
+    capped there (new images are read the same way), rather than at ``input_resolution``. Each file is written atomically and ``model.json`` last (and removed
     first), so an interrupted save leaves a folder that reads as incomplete, never a mix."""
     folder = Path(folder)
     config = model.member_config()  # type: ignore[operator]
@@ -86,7 +89,7 @@ def save_model(folder: Path, model: nn.Module, classes: tuple[str, ...] | list[s
     atomic_write_json(folder / MANIFEST, {
         "format": FORMAT, "kind": KIND, "member": member, "task": task, "classes": list(classes),
         "input_resolution": int(input_resolution), "preprocessing": model.preprocessing.to_json(),  # type: ignore[operator]
-        "files": files,
+        "files": files, **({} if max_side is None else {"max_side": int(max_side)}),
     })
     return files[WEIGHTS]
 
@@ -125,7 +128,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
                             "use the version that wrote it, or fine-tune again")
     where = f"{f}"
     try:
-        schema.keys(data, where, ("format", "kind", "member", "task", "classes", "input_resolution", "preprocessing", "files"))
+        schema.keys(data, where, ("format", "kind", "member", "task", "classes", "input_resolution", "preprocessing", "files"),
+                    ("max_side",))
         classes = data["classes"]
         if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_OUTPUTS:
             raise ConfigError(f"{where}.classes: expected a list of at least 2 class names, got {str(classes)[:60]!r}")
@@ -141,7 +145,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         return {"member": schema.string(data["member"], f"{where}.member"), "task": schema.string(data["task"], f"{where}.task"),
                 "classes": tuple(classes), "files": dict(files),
                 "input_resolution": schema.integer(data["input_resolution"], f"{where}.input_resolution", 1, MAX_INPUT_SIZE),
-                "preprocessing": Preprocessing.from_json(data["preprocessing"], f"{where}.preprocessing")}
+                "preprocessing": Preprocessing.from_json(data["preprocessing"], f"{where}.preprocessing"),
+                "max_side": None if data.get("max_side") is None else schema.integer(data["max_side"], f"{where}.max_side", 8, MAX_INPUT_SIZE)}
     except ConfigError as e:
         raise _fail(folder, f"malformed {MANIFEST} ({e}); fine-tune again") from None
 
@@ -182,4 +187,4 @@ def load_model(folder: Path) -> SavedModel:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise _fail(folder, f"not a usable model ({first}); fine-tune again") from None
     return SavedModel(folder, model.eval(), man["classes"], man["input_resolution"], man["preprocessing"],
-                      man["member"], man["task"], man["files"][WEIGHTS])
+                      man["member"], man["task"], man["files"][WEIGHTS], man["max_side"])

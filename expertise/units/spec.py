@@ -85,8 +85,9 @@ class UnitSpec:
 def task_ref(task: Task, seed: int, skip_corrupt: bool = False) -> dict[str, Any]:
     """How a worker rebuilds ``task`` (loaded with ``seed``): its source, name, resolution and seed,
     and its fingerprint, which the rebuilt task must match."""
-    return {"source": task.source, "name": task.name, "resolution": task.resolution, "seed": int(seed),
-            "skip_corrupt": bool(skip_corrupt), "fingerprint": task.fingerprint()}
+    return {"source": task.source, "name": task.name, "group": task.group, "resolution": task.resolution,
+            "max_side": task.max_side, "seed": int(seed), "skip_corrupt": bool(skip_corrupt),
+            "fingerprint": task.fingerprint()}
 
 
 def load_task_ref(ref: Mapping[str, Any], world: Any) -> Task:
@@ -105,7 +106,11 @@ def load_task_ref(ref: Mapping[str, Any], world: Any) -> Task:
     else:
         from pathlib import Path
 
-        task = load_image_folder(Path(source), resolution, seed, skip_corrupt=bool(ref.get("skip_corrupt", False)))
+        max_side = ref.get("max_side")  # set: read at the source resolution, capped; else resized to resolution
+        task = load_image_folder(Path(source), None if max_side is not None else resolution, seed,
+                                 group=str(ref.get("group", "natural")), name=name,
+                                 skip_corrupt=bool(ref.get("skip_corrupt", False)),
+                                 **({"max_side": int(max_side)} if max_side is not None else {}))
     if task.fingerprint() != fingerprint:
         raise ConfigError(f"task {name!r} rebuilt on this worker is not the coordinator's (its images or labels differ); "
                           f"every worker must see the same task files and library")
