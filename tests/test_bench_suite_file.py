@@ -41,7 +41,10 @@ def test_a_suite_file_in_toml_and_json(tmp_path: Path) -> None:
     suite_file.check_builtins(entries, ["sklearn_digits"])
     tasks = suite_file.load(entries, None, 16)
     assert [t.name for t in tasks] == ["sklearn_digits", "flowers"] and tasks[1].group == "structured"
-    assert {t.resolution for t in tasks} == {16}
+    # built-in tasks at the library's resolution; a folder at its images' own size (12 px here), capped
+    # by max_side, as every member then resizes it itself (issue 15)
+    assert (tasks[0].resolution, tasks[1].resolution, tasks[1].max_side) == (16, 12, 512)
+    assert suite_file.load(entries, None, 16, max_side=8)[1].resolution == 8
     assert suite_file.is_suite_file("suite.TOML") and not suite_file.is_suite_file("count,sklearn_digits")
 
 

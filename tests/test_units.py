@@ -125,3 +125,26 @@ def test_executor_options_are_one_line_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert "pip install 'expertise[ray]'" in run("--executor", "ray")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_task_reference_rebuilds_a_folder_task_at_its_source_sizes(tmp_path):
+    """A worker rebuilds a folder task from its reference exactly: source sizes kept (capped at the
+    coordinator's max_side), the suite's name and group, the same fingerprint."""
+    import numpy as np
+    from PIL import Image
+
+    from expertise.data.loaders import load_image_folder
+    from expertise.units import task_ref
+    from expertise.units.spec import load_task_ref
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i, (h, w) in enumerate([(40, 60), (50, 30), (64, 64), (20, 90), (33, 47)] * 2):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "d" / cls / f"{i}.png")
+    task = load_image_folder(tmp_path / "d", None, seed=3, group="specialized", name="mine", max_side=48)
+    assert task.source_sizes and task.max_side == 48
+    ref = json.loads(json.dumps(task_ref(task, 3)))
+    again = load_task_ref(ref, world=None)
+    assert (again.name, again.group, again.max_side) == ("mine", "specialized", 48)
+    assert again.fingerprint() == task.fingerprint()
