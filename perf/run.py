@@ -162,21 +162,13 @@ def main() -> None:
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in pool_rows], "",
     ]
     lines += adapters_section().splitlines() + [""]
-    scale = ROOT / "perf" / "proxies_scale.md"  # written by `make bench-proxies` (perf/proxies_scale.py)
-    if scale.exists():
-        lines += scale.read_text().splitlines() + [""]
-    threads = ROOT / "perf" / "threads.md"  # written by `make bench-threads` (perf/threads.py)
-    if threads.exists():
-        lines += threads.read_text().splitlines() + [""]
-    executors = ROOT / "perf" / "executors.md"  # written by `make bench-executors` (perf/executors.py)
-    if executors.exists():
-        lines += executors.read_text().splitlines() + [""]
-    data = ROOT / "perf" / "upstream_data.md"  # written by `make bench-data` (perf/upstream_data.py)
-    if data.exists():
-        lines += data.read_text().splitlines() + [""]
-    ddp = ROOT / "perf" / "ddp.md"  # written by `make bench-ddp` (perf/ddp.py)
-    if ddp.exists():
-        lines += ddp.read_text().splitlines() + [""]
+    # Sections written by their own commands (each splices its part into BENCHMARKS.md too), kept here in
+    # this order: proxies_scale (make bench-proxies), threads, executors, upstream_data (make bench-data),
+    # ddp, preprocess, halving.
+    for name in ("proxies_scale", "threads", "executors", "upstream_data", "ddp", "preprocess", "halving"):
+        part = ROOT / "perf" / f"{name}.md"
+        if part.exists():
+            lines += part.read_text().splitlines() + [""]
     lines += benchmark_sections()
     if demo.exists():
         rec = json.loads(demo.read_text())
