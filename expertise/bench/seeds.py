@@ -29,7 +29,7 @@ from expertise.errors import ConfigError
 
 INTERVALS: dict[str, str] = {"tasks": "over tasks", "runs": "over repeated runs within each task",
                              "both": "over tasks and runs"}
-PerTaskSeed = dict[str, dict[int, float]]  # task -> training seed -> value
+PerTaskSeed = dict[str, dict[int | None, float]]  # task -> training seed (None: records without one) -> value
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -57,7 +57,6 @@ class Across:
     def __init__(self, by_seed: Mapping[int | None, SeedData]) -> None:
         self.by_seed = dict(by_seed)
         self.seeds: list[int | None] = list(self.by_seed)
-        first = next(iter(self.by_seed.values()))
         self.groups: dict[str, str] = {}
         self.member_kind: dict[str, str] = {}
         self.member_domain: dict[str, str | None] = {}
@@ -71,7 +70,6 @@ class Across:
             strategies.update(dict.fromkeys(d.strategies))
         self.pools, self.strategies = list(pools), list(strategies)
         self.tasks = group_order(self.groups)
-        self.first = first
 
     @property
     def multi(self) -> bool:
@@ -87,7 +85,7 @@ class Across:
             for s, d in self.by_seed.items():
                 v = fn(d, t)
                 if v is not None:
-                    out.setdefault(t, {})[s] = float(v)  # type: ignore[index]
+                    out.setdefault(t, {})[s] = float(v)
         return out
 
     def value(self, pool: str, strategy: str, budget: int = 1) -> PerTaskSeed:
