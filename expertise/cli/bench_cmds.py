@@ -50,11 +50,9 @@ def bench(ctx: typer.Context,
     checks.executor(executor, ray_address, workers)
     checks.max_side(max_side)
     from expertise.bench import suite_file
-    from expertise.bench.seeds import parse_seeds
-
-    training_seeds = parse_seeds(seeds) if seeds is not None else (seed,)
-    from expertise.transfer.protocol import SweepConfig
     from expertise.bench.folder import task_domains
+    from expertise.bench.seeds import parse_seeds
+    from expertise.transfer.protocol import SweepConfig
     from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
     from expertise.data.loaders import BUILTIN_TASKS
     from expertise.errors import ConfigError
@@ -62,6 +60,7 @@ def bench(ctx: typer.Context,
     from expertise.units import open_executor
     from expertise.upstream.build import world_of_library
 
+    training_seeds = parse_seeds(seeds) if seeds is not None else (seed,)
     entries = suite_file.read(Path(suite)) if suite_file.is_suite_file(suite) else None  # checked whole, before any work
     if library is None:
         raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
