@@ -27,8 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 START, END = "<!-- proxies_scale:start -->", "<!-- proxies_scale:end -->"
-# Members scored at once on the CPU (score_pool's workers). 1 by default: on the shared two-core
-# machine another job holds one core, and two workers measured slower than one (GIL-bound lbfgs).
+# Members scored at once on the CPU (score_pool's workers); the table's other row uses the other of
+# 1 and 2. (The 2-worker row once measured 3x slower than 1 worker: score_pool's thread limits
+# missed scikit-learn's OpenMP runtime and scipy's OpenBLAS, which loaded after them, so without
+# OMP_NUM_THREADS each worker's probe ran one OpenMP thread per core; fixed in score_pool.)
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 FEATURE_PROXIES = ("knn_loo", "knn_val", "linear_probe", "ridge_loo", "logme", "hscore", "regularized_hscore")
 

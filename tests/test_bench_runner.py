@@ -137,3 +137,15 @@ def test_embed_units_measure_the_cold_cost_even_from_a_warm_cache(bench, tmp_pat
     unit = _embed_unit(lib, task, cache, name, 500, torch.device("cpu"))  # now the cache is warm
     assert loads == [name, name]  # the member ran again: the cost is the cold one
     assert unit.images == {"embed": len(task.trainval)} and unit.seconds["embed"] > 0.0
+
+
+def test_seeds_of_one_is_the_run_without_seeds(bench):
+    lib, tasks, out, summary = bench
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
+    first = summary.read_text()
+    again = run_bench(lib, tasks, out, FT, SweepConfig(lr_factors=(1.0,)), STRATEGIES, ("all", "experts", "baseline"),
+                      RunContext(progress=False, log=lambda *a: None), seeds=(0,))
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()} == before  # the same records
+    assert again.read_text() == first and first.count("## Table 1 layout") == 1 and "median over seeds" not in first
+    with pytest.raises(ConfigError, match="distinct"):
+        run_bench(lib, tasks, out, FT, seeds=(1, 1))

@@ -10,7 +10,7 @@ import pytest
 
 from expertise.runtime import RunContext
 from expertise.config import get_preset
-from expertise.demo import DEMO_STRATEGIES, run_demo
+from expertise.demo import DEMO_STRATEGIES, run_demo, takeaway
 from expertise.store import RecordStore
 from expertise.library import Library
 from expertise.select.run import pool_names
@@ -66,6 +66,26 @@ def test_demo_writes_library_results_and_plots(demo_run):
     assert "## Table 2 layout" not in md
     base = next(n for n in pool if n.endswith(".baseline"))
     assert len(RecordStore(out).all()) == len({(r["task"], m) for r in rows for m in (base, r["selected"])})
+
+
+def test_demo_ends_with_its_takeaway_from_what_it_measured(demo_run):
+    preset, out, result = demo_run
+    rows = result["metrics"]["tasks"]
+    sentence = result["metrics"]["takeaway"]
+    natural = [r for r in rows if r["group"] == "natural"]
+    gain = 100 * sum(r["test_selected"] - r["test_baseline"] for r in natural) / len(natural)
+    assert sentence.startswith(f"Choosing by kNN gave {gain:+.1f} points over B on the {len(natural)} natural tasks")
+    assert sentence in (out / "results.md").read_text()
+
+
+def test_takeaway_by_hand():
+    rows = [{"group": "natural", "test_selected": 0.80, "test_baseline": 0.75, "selected": "e"},
+            {"group": "natural", "test_selected": 0.60, "test_baseline": 0.60, "selected": "B"},
+            {"group": "structured", "test_selected": 0.10, "test_baseline": 0.90, "selected": "e"}]
+    text = takeaway(rows, "B")
+    assert text.startswith("Choosing by kNN gave +2.5 points over B on the 2 natural tasks (mean test accuracy 70.0% "
+                           "against 67.5%; kNN chose B itself on 1 of them).")
+    assert takeaway(rows[2:], "B").startswith("Choosing by kNN gave -80.0 points over B on all 1 tasks")
 
 
 def test_demo_rerun_reuses_everything(demo_run):

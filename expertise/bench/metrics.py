@@ -245,7 +245,7 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[..., objec
 
 def group_means(per_task: Mapping[str, float | Sequence[float]], groups: Mapping[str, str],
                 n_resamples: int = 10_000, level: float = 0.95, seed: int = 0,
-                resample: Literal["auto", "runs", "tasks"] = "auto",
+                resample: Literal["auto", "runs", "tasks", "both"] = "auto",
                 per_task_stat: Callable[..., object] = np.median) -> dict[str, CI]:
     """Mean over the tasks of each VTAB group and over all tasks, each with a bootstrap CI
     (paper 000, Tables 1-2). Returns ``{"natural", "specialized", "structured", "all"} -> CI``;
@@ -261,6 +261,9 @@ def group_means(per_task: Mapping[str, float | Sequence[float]], groups: Mapping
       fixed. This is the variability of paper 000's intervals (fine-tuning and sweep randomness).
     * ``"tasks"``: the tasks of each group (their per-task values), with replacement: the
       variability of the task sample.
+    * ``"both"``: the tasks of each group with replacement, then the runs of each drawn task with
+      replacement (a task drawn twice gets two independent resamples of its runs): the two-level
+      bootstrap of task sample and run-to-run variability together.
     * ``"auto"`` (default): ``"runs"`` when some task has more than one run, else ``"tasks"``.
 
     ``groups`` maps task -> group; every task of ``per_task`` needs one. Deterministic under
@@ -282,8 +285,8 @@ def group_means(per_task: Mapping[str, float | Sequence[float]], groups: Mapping
             raise DataError(f"task {t!r} needs at least one finite value, got {per_task[t]!r}")
     if resample == "auto":
         resample = "runs" if any(r.size > 1 for r in runs.values()) else "tasks"
-    if resample not in ("runs", "tasks"):
-        raise ConfigError(f"resample must be 'auto', 'runs' or 'tasks', got {resample!r}")
+    if resample not in ("runs", "tasks", "both"):
+        raise ConfigError(f"resample must be 'auto', 'runs', 'tasks' or 'both', got {resample!r}")
     point = {t: float(np.asarray(per_task_stat(r), dtype=np.float64)) for t, r in runs.items()}
     members = {g: [t for t in tasks if groups[t] == g] for g in GROUPS}
     members[ALL] = tasks
@@ -298,6 +301,16 @@ def group_means(per_task: Mapping[str, float | Sequence[float]], groups: Mapping
                 continue
             lo, hi = _percentiles(np.mean([boot[t] for t in ts], axis=0), float(level))
             out[key] = CI(float(np.mean([point[t] for t in ts])), lo, hi)
+    elif resample == "both":
+        for key in SUMMARY_KEYS:
+            ts = members[key]
+            if not ts:
+                out[key] = CI(float("nan"), float("nan"), float("nan"))
+                continue
+            rng = np.random.default_rng(derive_seed(seed, "group_means", "both", key))
+            boot = _two_level([runs[t] for t in ts], per_task_stat, int(n_resamples), rng)
+            lo, hi = _percentiles(boot, float(level))
+            out[key] = CI(float(np.mean([point[t] for t in ts])), lo, hi)
     else:
         for key in SUMMARY_KEYS:
             ts = members[key]
@@ -306,3 +319,18 @@ def group_means(per_task: Mapping[str, float | Sequence[float]], groups: Mapping
                 continue
             out[key] = bootstrap_ci([point[t] for t in ts], np.mean, n_resamples, level, derive_seed(seed, "group_means", key))
     return out
+
+
+def _two_level(runs: Sequence[np.ndarray], stat: Callable[..., object], n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Mean over ``len(runs)`` tasks drawn with replacement of ``stat`` of each drawn task's runs
+    drawn with replacement, for ``n_resamples`` resamples: [n_resamples]."""
+    n = len(runs)
+    drawn = rng.integers(0, n, size=(n_resamples, n))
+    values = np.empty((n_resamples, n), dtype=np.float64)
+    for slot in range(n):
+        for t in range(n):
+            hit = drawn[:, slot] == t
+            count = int(hit.sum())
+            if count:
+                values[hit, slot] = _resample_stat(runs[t], stat, count, rng)
+    return values.mean(axis=1)

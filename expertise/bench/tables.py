@@ -3,6 +3,8 @@
 - :func:`group_table`: paper 000's Table 1 / Table 2 layout: one row per strategy (or model
   family), columns natural / specialized / structured / all, cells ``mean [lo, hi]`` in percent;
 - :func:`regret_table`: regret per pool, strategy and budget (paper 002, section 5);
+- :func:`paired_table`: paired differences of two strategies per group, ``+mean [lo, hi]`` in
+  points, marked where the interval lies above (or below) zero;
 - :func:`cost_table`: what selection costs against one fine-tune and against the oracle (which
   fine-tunes the whole pool), with the ratio oracle / selection.
 
@@ -85,6 +87,29 @@ def regret_table(regrets: Mapping[str, Mapping[str, Mapping[int, Sequence[float]
             body.append([pool, strategy, *(fmt_ci(cells.get(b), digits, scale) for b in budgets)])
     header = ["pool", "strategy", *(f"B={b}" for b in budgets)]
     return f"{what}\n\n" + markdown_table(header, body, ["l", "l"] + ["r"] * len(budgets))
+
+
+def fmt_signed_ci(cell: Sequence[float] | None, digits: int = 1, scale: float = 100.0) -> str:
+    """``+mean [lo, hi]`` of a difference, each signed; ``>0`` after it when the whole interval lies
+    above zero, ``<0`` when below."""
+    if cell is None or _bad(cell[0]):
+        return DASH
+    mean, lo, hi = (float(v) for v in cell)
+    text = f"{mean * scale:+.{digits}f}"
+    if _bad(lo) or _bad(hi):
+        return text
+    mark = " >0" if lo > 1e-9 else (" <0" if hi < -1e-9 else "")  # float rounding of equal accuracies is no difference
+    return f"{text} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]{mark}"
+
+
+def paired_table(rows: Mapping[str, Mapping[str, Sequence[float]]], digits: int = 1, scale: float = 100.0) -> str:
+    """One row per comparison ``a - b`` -> ``{"natural", ..., "all"} -> (mean, lo, hi)`` of the
+    paired difference (:mod:`expertise.bench.paired`), in points."""
+    if not rows:
+        raise DataError("paired_table needs at least one comparison")
+    cols = [*GROUPS, "all"]
+    body = [[name, *(fmt_signed_ci(summary.get(c), digits, scale) for c in cols)] for name, summary in rows.items()]
+    return markdown_table(["a - b", "natural", "specialized", "structured", "all"], body)
 
 
 @dataclass(frozen=True)

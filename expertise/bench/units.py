@@ -1,7 +1,7 @@
 """The benchmark as units: the ``embed`` and ``selection`` unit kinds (run by a worker from their
-spec alone) and :func:`bench_plans`, the whole benchmark as plans of units: per task, its embeddings
-then its selection cells; per task and member, the transfer protocol (each fine-tune a unit) and
-its ``protocol`` record, which the coordinator writes from its fine-tunes."""
+spec alone) and :func:`bench_plans`, the benchmark of one training seed as plans of units: per task,
+its embeddings then its selection cells; per task and member, the transfer protocol (each fine-tune
+a unit) and its ``protocol`` record, which the coordinator writes from its fine-tunes."""
 
 from __future__ import annotations
 
@@ -73,16 +73,19 @@ def _nothing() -> Steps:
 
 def bench_plans(library: Library, tasks: Sequence[Task], store: RecordStore, cache: EmbeddingCache,
                 finetune: TrainConfig, sweep: SweepConfig, strategies: Sequence[StrategySpec],
-                pool_members: Mapping[str, list[str]], seed: int, batch_size: int) -> list[Plan]:
-    """Every unit of the benchmark as plans (see the module docstring); the records' configs are
-    the ones the benchmark always wrote, so earlier runs (and the demo's folder) resume."""
+                pool_members: Mapping[str, list[str]], seed: int, batch_size: int,
+                split_seed: int | None = None) -> list[Plan]:
+    """Every unit of the benchmark at training seed ``seed`` as plans (see the module docstring);
+    the tasks were loaded with ``split_seed`` (default ``seed``), which is how a worker rebuilds them.
+    The records' configs are the ones the benchmark always wrote, so earlier runs (and the demo's
+    folder) resume; ``embed`` units name no seed, so every seed shares them."""
     everyone = [n for n in library.names() if any(n in v for v in pool_members.values())]
     routers = [m.name for m in library.members() if m.kind == "epn"]
     lib_path = library_key(library.path)
     cache_root = None if cache.root is None else str(Path(cache.root).resolve())
     plans = []
     for task in tasks:
-        ref = task_ref(task, seed)
+        ref = task_ref(task, seed if split_seed is None else split_seed)
         inputs = {"library": lib_path, "task": ref, "cache": cache_root}
         base = {"task": task.name, "task_fingerprint": task.fingerprint(), "group": task.group}
         embeds = [UnitSpec("embed", {**base, "member": name, "member_hash": library.verified_hash(name)}, inputs,

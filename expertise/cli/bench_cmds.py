@@ -29,20 +29,29 @@ def bench(ctx: typer.Context,
           sweeps: Annotated[int, typer.Option("--sweeps", help="Independent sweeps (paper: 10).")] = 1,
           retrains: Annotated[int, typer.Option("--retrains", help="Retrains per sweep (paper: 3).")] = 1,
           cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
+          seeds: Annotated[Optional[str], typer.Option("--seeds", help="Training seeds, e.g. 0,1,2: the benchmark once per "
+                                                       "seed (fine-tunes, random selection) on the task splits of --seed, "
+                                                       "into one folder; the report takes each task's median over seeds and "
+                                                       "gives intervals over tasks, over the runs within each task, and "
+                                                       "both. Default: --seed alone.")] = None,
           preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
           quiet: QuietOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None, executor: ExecutorOpt = "local",
           ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
     """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
     a record (a killed run resumes), and DIR/summary.md gets Tables 1-2, regret and compute.
     'expertise bench report DIR' rebuilds the report from the records alone. With --executor ray the
-    units (embeddings, selection cells, each fine-tune) run as Ray tasks, with the same records."""
+    units (embeddings, selection cells, each fine-tune) run as Ray tasks, with the same records. With
+    --seeds 0,1,2 every cell runs once per training seed, and the report compares strategies by paired
+    differences over tasks and seeds ("Does choosing pay?")."""
     if ctx.invoked_subcommand is not None:
         return
     cfg, dev = setup(preset, overrides, device, threads)
-    checks.bench_options(strategies, pools, lr_factors, sweeps, retrains, preset, overrides, device)
+    checks.bench_options(strategies, pools, lr_factors, sweeps, retrains, preset, overrides, device, seeds)
     checks.executor(executor, ray_address, workers)
     checks.max_side(max_side)
     from expertise.bench import suite_file
+    from expertise.bench.folder import task_domains
+    from expertise.bench.seeds import parse_seeds
     from expertise.transfer.protocol import SweepConfig
     from expertise.bench.runner import DEFAULT_POOLS, parse_strategies, run_bench, suite_tasks
     from expertise.data.loaders import BUILTIN_TASKS
@@ -51,6 +60,7 @@ def bench(ctx: typer.Context,
     from expertise.units import open_executor
     from expertise.upstream.build import world_of_library
 
+    training_seeds = parse_seeds(seeds) if seeds is not None else (seed,)
     entries = suite_file.read(Path(suite)) if suite_file.is_suite_file(suite) else None  # checked whole, before any work
     if library is None:
         raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
@@ -66,12 +76,13 @@ def bench(ctx: typer.Context,
     sweep = SweepConfig(lr_factors=parse_floats(lr_factors, "--lr-factors"), sweeps=sweeps, retrains=retrains)
     log = run_log(out_dir)
     log(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
-              f"member and task, writing to {out_dir}")
+        f"member and task" + (f", training seeds {', '.join(map(str, training_seeds))}" if seeds is not None else "")
+        + f", writing to {out_dir}")
     with open_executor(executor, ray_address, workers) as units_on:
         summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies),
                             tuple(pools or DEFAULT_POOLS),
                             RunContext(dev, seed, not quiet, log, cache=EmbeddingCache(cache or library / "cache")),
-                            cfg.embed_batch, units_on)
+                            cfg.embed_batch, units_on, training_seeds, task_domains(tasks, world))
     out.print(summary.read_text(), markup=False, highlight=False)
 
 

@@ -222,13 +222,17 @@ def executor(name: str, ray_address: str | None, workers: int | None) -> None:
 
 
 def bench_options(strategies: Sequence[str] | None, pools: Sequence[str] | None, lr_factors: str, sweeps: int,
-                  retrains: int, preset_name: str, overrides: Sequence[str] | None, device_name: str) -> None:
+                  retrains: int, preset_name: str, overrides: Sequence[str] | None, device_name: str,
+                  seeds: str | None = None) -> None:
     """``bench``, before the library is read (the suite is checked against the library's world
     with :func:`suite`, before any task is rendered)."""
     from expertise.bench.pools import parse_pool
     from expertise.bench.runner import parse_strategies
+    from expertise.bench.seeds import parse_seeds
 
     parse_strategies(strategies)
+    if seeds is not None:
+        parse_seeds(seeds)
     for spec in pools or ():
         parse_pool(spec)
     factors(lr_factors)

@@ -43,8 +43,9 @@ def demo(
             shutil.rmtree(library, ignore_errors=True)
     log = run_log(out_dir)
     log(f"[bold]expertise demo[/]: preset [cyan]{cfg.name}[/] on {dev}, writing to {out_dir}")
-    run_demo(cfg, out_dir, library, dev, progress=not quiet, log=log)
+    result = run_demo(cfg, out_dir, library, dev, progress=not quiet, log=log)
     out.print((out_dir / "results.md").read_text(), markup=False, highlight=False)
+    out.print(result["metrics"]["takeaway"], markup=False, highlight=False)  # the last line: what to take away
 
 
 @app.command()

@@ -8,12 +8,12 @@ in torch float64 on the features' device. ridge_loo, logme, hscore and regulariz
 one spectral decomposition of the member's features (:mod:`expertise.select.spectral`), kNN from
 one matrix product (:mod:`expertise.select.knn`); :func:`expertise.select.scoring.score_pool`
 computes that decomposition once per member for all of them. linear_probe is scikit-learn's
-logistic regression on the CPU; LEEP and NCE read upstream predictions.
+lbfgs logistic regression on the CPU (:mod:`expertise.select.probe`, which calls its optimiser
+directly); LEEP and NCE read upstream predictions.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from expertise.errors import ConfigError, DataError
-from expertise.select import knn
+from expertise.select import knn, probe
 from expertise.select.source_proxies import PROB_SUM_TOL, hard_source_labels, leep, nce, nce_from_probs  # noqa: F401  (public here)
 from expertise.select.validation import _tensors, validate_features
 from expertise.select.spectral import Spectrum, compute_spectrum
@@ -190,25 +190,8 @@ class LinearProbeResult:
     accuracies: dict[float, float]
 
 
-def _standardise(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both parts scaled by the train part's per-dimension mean and (population) standard
-    deviation; constant dimensions keep scale 1 (as scikit-learn's StandardScaler)."""
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return (train - mean) / std, (val - mean) / std
-
-
-@functools.cache
-def _threadpools() -> Any:
-    """One threadpoolctl controller for the process (it scans the loaded BLAS/OpenMP libraries once)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-# lbfgs at scikit-learn's tolerance; enough steps for 800 standardised rows of a few thousand dims.
-_PROBE_MAX_ITER = 1000
-_PROBE_TOL = 1e-4
+# One threadpoolctl controller for the process (see :func:`expertise.select.probe.threadpools`).
+_threadpools = probe.threadpools
 
 
 @overload
@@ -226,11 +209,16 @@ def linear_probe(
     ``features`` float [N, D], ``labels`` int [N]; rows [:n_train] train, rows [n_train:]
     validate. Features are standardised with the train part's statistics; for each C in
     ``C_grid`` a multinomial logistic regression with intercept minimises
-    ``C * sum_i -log softmax(W x_i + b)[y_i] + ||W||^2 / 2`` (scikit-learn, lbfgs: deterministic;
-    with 2 classes scikit-learn fits the equivalent sigmoid model, one weight vector) on the train
-    part. Returns the best validation accuracy (or a :class:`LinearProbeResult`).
-    Paper 002 trains the same head by SGD over two learning rates; a converged, regularised fit
-    is its deterministic counterpart.
+    ``C * sum_i -log softmax(W x_i + b)[y_i] + ||W||^2 / 2`` on the train part, by scikit-learn's
+    lbfgs procedure (deterministic): L-BFGS-B to scikit-learn's tolerance (1e-4 on the gradient of
+    the objective divided by C n), each C started from the previous fit, as
+    ``LogisticRegression(warm_start=True)`` refitted along the ascending grid; with 2 classes the
+    equivalent sigmoid model, one weight vector. :mod:`expertise.select.probe` runs that procedure
+    without scikit-learn's overhead, with the same iterates. At C >= 1 the tolerance stops short
+    of the minimiser (from the previous C's fit often after one step), so those accuracies are of
+    a nearly converged, early-stopped fit. Returns the best validation accuracy (or a
+    :class:`LinearProbeResult`). Paper 002 trains the same head by SGD over two learning rates; a
+    regularised fit is its deterministic counterpart.
     """
     correct = linear_probe_correct(features, labels, n_train, C_grid, name)
     grid = _check_grid(C_grid, "C_grid", name)
@@ -245,34 +233,23 @@ def linear_probe_correct(features: Any, labels: Any, n_train: int = DEFAULT_N_TR
     """Per C of ``C_grid`` (ascending), bool [N - n_train]: whether the probe fitted at that C
     (see :func:`linear_probe`) classifies each validation row right. Its per-image terms: the
     probe's accuracy at C is the mean of ``correct[C]``, its score the best over C."""
-    from sklearn.exceptions import ConvergenceWarning  # sklearn is slow to import: only when used
-    from sklearn.linear_model import LogisticRegression
-
     x, y = validate_features(features, labels, name)
     n_train = _check_n_train(n_train, x.shape[0], name)
     grid = _check_grid(C_grid, "C_grid", name)
-    if np.unique(y[:n_train]).size < 2:
+    classes, codes = np.unique(y[:n_train], return_inverse=True)
+    if classes.size < 2:
         raise DataError(f"{name}: the first n_train = {n_train} rows hold a single class; the probe needs 2 to train")
-    train, val = _standardise(x[:n_train], x[n_train:])
-    correct: dict[float, np.ndarray] = {}
+    train, val = probe.standardise(x[:n_train], x[n_train:])
     # One model refitted along the grid from the previous solution (ascending C: each fit starts
-    # from a more regularised optimum nearby), so the weakly regularised fits, which take lbfgs
-    # hundreds of steps from zero, take tens. Each fit still converges to the same tolerance.
-    # Single-threaded BLAS/OpenMP: on these small problems thread start-up and contention with
-    # torch's threads cost ten times the arithmetic (measured: 0.14 s against 1.5 s per member).
-    # The BLAS limit is entered once per probe through one cached controller: threadpoolctl's
-    # plain threadpool_limits rescans the loaded libraries on every entry (~20 ms, measured), more
-    # than a whole fit on 256-d features.
-    model = LogisticRegression(max_iter=_PROBE_MAX_ITER, tol=_PROBE_TOL, warm_start=True)
-    with warnings.catch_warnings(), _threadpools().limit(limits=1):
-        # lbfgs stops at scikit-learn's tolerance within tens of steps on standardised features;
-        # should a C hit max_iter, the nearly converged fit is still a fair probe, and one
-        # warning per member and C would flood a selection run.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for c in sorted(grid):
-            model.set_params(C=c)
-            model.fit(train, y[:n_train])
-            correct[c] = model.predict(val) == y[n_train:]
+    # from a more regularised optimum nearby), as scikit-learn's warm_start does, so the weakly
+    # regularised fits, which take lbfgs hundreds of steps from zero, take tens.
+    # Single-threaded BLAS: on these small problems thread start-up and contention with torch's
+    # threads cost ten times the arithmetic (measured: 0.14 s against 1.5 s per member). The
+    # limit is entered once per probe through the one cached controller.
+    correct: dict[float, np.ndarray] = {}
+    with _threadpools().limit(limits=1):
+        for fit in probe.fit_path(train, codes.reshape(-1), classes.size, sorted(grid)):
+            correct[fit.C] = classes[probe.predict(fit.weights, val, classes.size)] == y[n_train:]
     return correct
 
 

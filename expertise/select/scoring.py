@@ -92,11 +92,13 @@ def score_pool(
 
     One spectrum per member serves all spectral proxies and its Gram matrix the kNN ones.
     ``device``: where to compute (default: where each member's tensor is). ``batch``: members per
-    batched decomposition (default :func:`default_batch`). linear_probe runs scikit-learn on the CPU.
+    batched decomposition (default :func:`default_batch`). linear_probe runs on the CPU
+    (:mod:`expertise.select.probe`).
     ``workers`` > 1 (on the CPU): that many members at once in threads, each single-threaded (BLAS
-    and torch limited to 1 thread for the call): on a few cores, parallel members beat parallel
-    BLAS, whose threads spin and contend on small matrices (measured: 2-thread eigendecompositions
-    of 1,000 x 1,000 took 10x longer than 1-thread ones on a busy two-core machine). Same results.
+    and torch limited to 1 thread for the call, OpenMP in each worker thread, every library the
+    scorers load included): on a few cores, parallel members beat parallel BLAS, whose threads spin
+    and contend on small matrices (measured: 2-thread eigendecompositions of 1,000 x 1,000 took 10x
+    longer than 1-thread ones on a busy two-core machine). Same results.
     ``seconds``: when given, the wall time of each stage is added to it (``validate``, the shared
     ``spectrum``, ``duplicates`` for kNN, and each proxy; summed over workers), synchronising an
     accelerator per stage. ``per_image``: when given, ``per_image[proxy][member]`` receives the
@@ -124,12 +126,17 @@ def score_pool(
     else:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        def score_in_worker(name: str) -> list[tuple[str, dict[str, tuple[float, PerImage | None]]]]:
+            # OpenMP's thread count is per thread: limit it in this worker too (BLAS's is global).
+            with P._threadpools().limit(limits=1):
+                return score([name], 1)
+
         try:
             with P._threadpools().limit(limits=1), ThreadPoolExecutor(workers) as pool:
                 # Members one by one, at most 2 per worker in flight: memory stays per member.
                 results, pending = [], []
                 for name in names:
-                    pending.append(pool.submit(score, [name], 1))
+                    pending.append(pool.submit(score_in_worker, name))
                     if len(pending) >= 2 * workers:
                         results += pending.pop(0).result()
                 for f in pending:

@@ -58,7 +58,9 @@ def gram_matrix(f: torch.Tensor) -> torch.Tensor:
 
 def _eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (ascending) and eigenvectors of symmetric ``a``. On the CPU numpy's LAPACK
-    (measured ~20% faster than torch's for N = 1,000 on one thread), elsewhere torch's."""
+    (divide and conquer, syevd), elsewhere torch's. Measured for N = 1,000, one thread, best of 3:
+    scipy's ``eigh`` with driver evd takes the same time, evr 1.35x, ev 6.9x and torch's (MKL)
+    1.3x; eigenvalues alone would take 0.4x, but ridge_loo needs every eigenvector."""
     if a.device.type == "cpu":
         lam, u = np.linalg.eigh(a.numpy())
         return torch.from_numpy(lam), torch.from_numpy(u)
