@@ -123,22 +123,22 @@ def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def all_sum(values: list[float]) -> list[float]:
-    """Each value summed over the ranks (float64; the values themselves in one process)."""
+def _all_reduce(values: list[float], op: dist.ReduceOp.RedOpType) -> list[float]:
     if world() == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return t.cpu().tolist()
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Each value summed over the ranks (float64; the values themselves in one process)."""
+    return _all_reduce(values, dist.ReduceOp.SUM)
 
 
 def all_max(values: list[float]) -> list[float]:
     """Each value's maximum over the ranks."""
-    if world() == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.cpu().tolist()
+    return _all_reduce(values, dist.ReduceOp.MAX)
 
 
 def broadcast_int(value: int) -> int:
