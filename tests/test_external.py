@@ -43,6 +43,26 @@ def test_a_checkpoint_member_embeds_and_classifies_as_timm_does(timm_checkpoint)
     assert default.preprocessing.size == net.pretrained_cfg["input_size"][-1]
 
 
+def test_a_head_with_its_own_layers_keeps_the_classifier_width():
+    """MobileNetV3's pre-logits are its 1,024-wide conv head, not the 288 channels before it (timm's
+    ``head_hidden_size`` against ``num_features``): the member's width, its embedding and its upstream
+    head are the classifier's, and the logits are timm's."""
+    import timm
+
+    from expertise.models.preprocess import timm_preprocessing
+
+    torch.manual_seed(0)
+    net = timm.create_model("mobilenetv3_small_050", num_classes=5).eval()
+    x = prepare(_images(2, 64), timm_preprocessing(timm.data.resolve_data_config(model=net), 64))
+    with torch.no_grad():
+        want = net(x)
+        model = ExternalModel.wrap(net, "mobilenetv3_small_050",
+                                   timm_preprocessing(timm.data.resolve_data_config(model=net), 64)).eval()
+        assert net.num_features != net.head_hidden_size == model.num_features == 1024
+        assert model.embed(x).shape == (2, 1024)
+        assert torch.allclose(model.upstream_logits(x), want, atol=1e-5)
+
+
 def test_a_library_stores_and_reloads_an_external_member(timm_checkpoint, tmp_path):
     net, path = timm_checkpoint
     lib = Library.create(tmp_path / "lib", None)

@@ -123,7 +123,9 @@ class ExternalModel(HeadMixin, nn.Module):
         self.model_args = check_model_args(architecture, model_args or {}, "ExternalModel")
         self.preprocessing = preprocessing
         self.net = net if net is not None else _create(architecture, num_classes=0, **self.model_args)
-        self.num_features = int(self.net.num_features)
+        # The pre-logits width: timm's ``head_hidden_size`` where the head has its own layers before the
+        # classifier (MobileNetV3: 576 channels, then a 1,024-wide conv head), else ``num_features``.
+        self.num_features = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
         self.head_kind = head_kind
         self.head: nn.Linear | None = nn.Linear(self.num_features, num_outputs) if num_outputs else None
 
