@@ -70,14 +70,15 @@ def _worker(kind: str, members: int, n: int, d: int, device: str, workers: int) 
     baseline_mb = _status_mb("VmRSS")
     limits = threadpool_limits(torch.get_num_threads())
     t0 = time.perf_counter()
-    if kind == "new":
+    if kind in ("new", "probe"):
 
         def lazy_on_device() -> Mapping[str, torch.Tensor | np.ndarray]:
             if device == "cpu":
                 return pool
             return {k: torch.from_numpy(pool[k]).to(device) for k in pool}  # noqa: the device path holds them there
 
-        score_pool(lazy_on_device(), pool.labels, FEATURE_PROXIES, seconds=seconds, workers=workers if device == "cpu" else 1)
+        proxies = FEATURE_PROXIES if kind == "new" else ("linear_probe",)
+        score_pool(lazy_on_device(), pool.labels, proxies, seconds=seconds, workers=workers if device == "cpu" else 1)
     elif kind == "old":
         import tests.numpy_reference_proxies as ref
 
@@ -204,17 +205,30 @@ def demo_pool_lines(device: str, embed_s: float, quick: bool) -> list[str]:
     members = 5 if quick else 17
     r = run_worker("new", members, 1000, 256, device)
     old = run_worker("old", members, 1000, 256)
+    # What selection runs: one member per thread on the CPU (select/registry.scoring_workers), so 2
+    # workers on this machine's 2 threads; wall times, against the embedding on the same 2 threads.
+    walls = {(kind, w): run_worker(kind, members, 1000, 256, device, workers=w)["total"]
+             for kind in ("new", "probe") for w in (1, 2)} if device == "cpu" else {}
     embed = members * 1000 * embed_s
     s, o = r["seconds"], old["seconds"]
+    wall_lines = [
+        "", "Wall time of the pool's scoring with 1 and 2 workers (selection scores one member per thread on the CPU: "
+        "2 workers with this machine's 2 threads, the threads the embedding used), single runs:", "",
+        "| scoring | 1 worker (s) | 2 workers (s) | 1 worker / embed | 2 workers / embed |", "|---|---:|---:|---:|---:|",
+        *[f"| {label} | {walls[(kind, 1)]:.2f} | {walls[(kind, 2)]:.2f} | {walls[(kind, 1)] / embed:.3f} | "
+          f"{walls[(kind, 2)] / embed:.3f} |" for kind, label in (("probe", "linear_probe alone"), ("new", "all seven"))], "",
+    ] if walls else []
     return [
         f"### The demo's shape: {members} members, 1,000 x 256 features", "",
         f"Embedding {members} x 1,000 images with untrained `bit_s` members: {embed:.2f} s "
-        f"({embed_s * 1e6:.0f} us per image, best of 2). Scores / embedding time, single runs:", "",
+        f"({embed_s * 1e6:.0f} us per image, best of 2). Scores / embedding time, single runs, 1 worker "
+        f"(`BENCH_WORKERS`); per-proxy seconds:", "",
         "| proxy | before (s) | after (s) | before / embed | after / embed |", "|---|---:|---:|---:|---:|",
         *[f"| {p} | {o[p]:.2f} | {s.get(p, 0.0):.2f} | {o[p] / embed:.3f} | {s.get(p, 0.0) / embed:.3f} |" for p in FEATURE_PROXIES],
         f"| shared spectrum and duplicate hash (after) | | {s.get('spectrum', 0) + s.get('duplicates', 0):.2f} | | "
         f"{(s.get('spectrum', 0) + s.get('duplicates', 0)) / embed:.3f} |",
         f"| all seven | {old['total']:.2f} | {r['total']:.2f} | {old['total'] / embed:.3f} | {r['total'] / embed:.3f} |", "",
+        *wall_lines,
     ]
 
 

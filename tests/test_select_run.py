@@ -2,6 +2,7 @@
 to what it reads, checked against values recomputed here from the cached embeddings, the priors and
 the EPN."""
 
+import dataclasses
 import json
 import math
 
@@ -78,6 +79,30 @@ def test_proxy_scores_equal_the_proxy_on_cached_features(built, tmp_path):
     again = run_selection(lib, task, "proxy", 1, "knn_loo", ctx=RunContext(progress=False, cache=cache))
     assert again.embed.images == 0 and again.embed.cached == len(names)
     assert again.selection.ranking == run.selection.ranking
+
+
+def test_proxy_scoring_uses_a_worker_per_thread_with_the_same_scores(built, tmp_path, monkeypatch):
+    """On the CPU the pool is scored one member per thread (``score_pool``'s workers): 2 threads give
+    2 workers and the scores of 1 thread, with every bootstrap interval the same."""
+    import expertise.select.registry as registry
+
+    lib, _, names, task = built
+    seen: list[int] = []
+    real = registry.score_pool
+    monkeypatch.setattr(registry, "score_pool", lambda *a, **k: seen.append(k["workers"]) or real(*a, **k))
+    cache = EmbeddingCache(tmp_path)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            runs.append(run_selection(lib, task, "proxy", 1, "linear_probe", ctx=RunContext(progress=False, cache=cache)))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 2]
+    assert runs[0].selection.ranking == runs[1].selection.ranking
+    assert runs[0].uncertainty is not None
+    assert dataclasses.replace(runs[0].uncertainty, seconds=0.0) == dataclasses.replace(runs[1].uncertainty, seconds=0.0)
 
 
 def test_leep_uses_the_softmax_over_leaf_logits(built, tmp_path):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,6 +170,14 @@ def _embeddings(i: Inputs) -> PoolEmbeddings:
     return i.embeddings
 
 
+def scoring_workers(features: Iterable[object]) -> int:
+    """Members scored at once: on the CPU, one per thread the run may use (each worker single-threaded:
+    ``score_pool``'s parallel members beat parallel BLAS on a few cores, with the same scores; measured
+    in BENCHMARKS.md, "Proxy scoring at pool scale"); features on an accelerator, 1 (batched there)."""
+    on_cpu = all(not isinstance(f, torch.Tensor) or f.device.type == "cpu" for f in features)
+    return max(1, torch.get_num_threads()) if on_cpu else 1
+
+
 def score_proxy(i: Inputs) -> Selection:
     """The task-aware ranking: ``i.proxy`` on every pool member's embeddings. Feature proxies go
     through :func:`~expertise.select.scoring.score_pool` (one decomposition per member, on the
@@ -179,8 +187,9 @@ def score_proxy(i: Inputs) -> Selection:
     if spec.input == "features":
         t0 = time.perf_counter()
         terms: dict[str, dict[str, PerImage]] | None = {} if i.per_image is not None else None
-        scores = score_pool({n: emb.features[n] for n in i.pool}, task.trainval.labels, [i.proxy], n_train=len(task.train),
-                            per_image=terms)
+        feats = {n: emb.features[n] for n in i.pool}
+        scores = score_pool(feats, task.trainval.labels, [i.proxy], n_train=len(task.train), per_image=terms,
+                            workers=scoring_workers(feats.values()))
         sel = select_by_scores(scores[i.proxy], min(i.budget, len(i.pool)), i.proxy, time.perf_counter() - t0)
         if i.per_image is not None and terms:
             i.per_image.update(terms.get(i.proxy, {}))
