@@ -40,7 +40,7 @@ from expertise.library import Library, MemberInfo
 from expertise.select.embed import EmbeddingCache, cache_key, embed_pool
 from expertise.runtime import RunContext
 from expertise.select.proxies import get_proxy
-from expertise.select.registry import STRATEGIES, default_rows
+from expertise.select.registry import default_rows, proxy_strategies
 from expertise.select.run import run_selection
 from expertise.train import TrainConfig
 
@@ -72,7 +72,7 @@ def parse_strategies(labels: Sequence[str] | None) -> tuple[StrategySpec, ...]:
     if not labels:
         return DEFAULT_STRATEGIES
     known = {s.label: s for s in DEFAULT_STRATEGIES}
-    proxied = [n for n, s in STRATEGIES.items() if s.uses_proxy]
+    proxied = proxy_strategies()
     out = []
     for label in labels:
         kind, _, proxy = label.partition(":")
