@@ -20,8 +20,8 @@ from pathlib import Path
 
 import timm
 import torch
-from scipy.stats import kendalltau
 
+from expertise.bench.halving import kendall_tau
 from expertise.data.tasks import Split, Task
 from expertise.library import Library
 from expertise.models.external import ExternalModel, ExternalSource
@@ -73,8 +73,7 @@ def section(archs: list[str], n: int, side: int, proxy: str, size: int | None = 
             run = run_selection(lib, task, "proxy", 1, proxy, names, ctx, 64, resamples=0, search=search)
             runs[search] = (run, time.perf_counter() - t0)
     (full, t_full), (halving, t_halving) = runs["full"], runs["halving"]
-    order = {n: i for i, (n, _) in enumerate(full.selection.ranking)}
-    tau = kendalltau([order[n] for n, _ in halving.selection.ranking], list(range(len(order)))).statistic
+    tau = kendall_tau([n for n, _ in full.selection.ranking], [n for n, _ in halving.selection.ranking])
     report = halving.search
     lines = [
         START, "## Full scoring against successive halving", "",

@@ -149,3 +149,74 @@ def test_seeds_of_one_is_the_run_without_seeds(bench):
     assert again.read_text() == first and first.count("## Table 1 layout") == 1 and "median over seeds" not in first
     with pytest.raises(ConfigError, match="distinct"):
         run_bench(lib, tasks, out, FT, seeds=(1, 1))
+
+
+def test_kendall_tau_of_two_rankings():
+    from expertise.bench.halving import kendall_tau
+
+    assert kendall_tau(list("abcd"), list("abcd")) == pytest.approx(1.0)
+    assert kendall_tau(list("abcd"), list("dcba")) == pytest.approx(-1.0)
+    assert kendall_tau(list("abcd"), list("acbd")) == pytest.approx((5 - 1) / 6)  # one discordant pair of six
+    with pytest.raises(ValueError, match="different members"):
+        kendall_tau(list("abc"), list("abd"))
+
+
+def test_halving_adds_its_units_and_a_report_section(bench, tmp_path):
+    """--halving on a finished folder (a copy): only the halving units run (knn_loo on the first pool,
+    cold), the report gains its section, and a rerun recomputes nothing."""
+    import shutil
+
+    from expertise.bench.halving import kendall_tau
+
+    lib, tasks, out, _ = bench
+    folder = tmp_path / "out"
+    shutil.copytree(out, folder, ignore=shutil.ignore_patterns("cache"))
+    before = {p.name for p in (folder / "units").iterdir()}
+    args = (lib, tasks, folder, FT, SweepConfig(lr_factors=(1.0,)), STRATEGIES, ("all", "experts", "baseline"),
+            RunContext(progress=False, log=lambda *a: None))
+    summary = run_bench(*args, halving=True)
+    new = {p.name for p in (folder / "units").iterdir()} - before
+    assert len(new) == 2 and all(n.startswith("halving.") for n in new)  # two tasks x knn_loo on pool "all"
+    store = RecordStore(folder)
+    full = {r["config"]["task"]: r["metrics"] for r in store.all("selection")
+            if r["config"]["pool"] == "all" and r["config"]["strategy"] == "knn_loo"}
+    taus = []
+    for rec in store.all("halving"):
+        c, m = rec["config"], rec["metrics"]
+        assert (c["pool"], c["strategy"], c["budget"]) == ("all", "knn_loo", 1)
+        assert [len(r["members"]) for r in m["rounds"]] == [7, 4, 2] and m["full_scoring_images"] == 7 * 1000
+        assert m["images_embedded"] == rec["images"]["embedded"] == 7 * 250 + 4 * 250 + 2 * 500  # cold: every image
+        assert sorted(n for n, _ in m["ranking"]) == sorted(c["members"]) and m["picks"] == [m["ranking"][0][0]]
+        assert set(m["rounds"][-1]["members"]) == {n for n, _ in m["ranking"][:2]}  # the finalists lead
+        taus.append(kendall_tau([n for n, _ in full[c["task"]]["ranking"]], [n for n, _ in m["ranking"]]))
+    text = summary.read_text()
+    assert "## Successive halving against full scoring (pool `all`, budget 1)" in text
+    assert "| count | knn_loo |" in text and "| glyph_digits | knn_loo |" in text
+    got = json.loads((folder / "summary.json").read_text())["halving"]["strategies"]["knn_loo"]
+    assert got["kendall_tau"] == pytest.approx(float(np.mean(taus))) and got["runs"] == 2
+    assert got["images_embedded"] == 2 * 3750 < got["full_scoring_images"] == 2 * 7000
+    agree = [full[r["config"]["task"]]["picks"][0] == r["metrics"]["picks"][0] for r in store.all("halving")]
+    assert got["top1_agreement"] == pytest.approx(np.mean(agree))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (folder / "units").iterdir()}
+    assert run_bench(*args, halving=True).read_text() == text
+    assert {p.name: p.stat().st_mtime_ns for p in (folder / "units").iterdir()} == mtimes  # and the report from records
+    assert "Successive halving" not in (out / "summary.md").read_text()  # off by default
+
+
+def test_cli_bench_passes_halving_on_and_leaves_it_off_by_default(tiny_library, tmp_path, monkeypatch):
+    import expertise.bench.runner as runner_module
+
+    calls = []
+
+    def fake_run_bench(*args, **kwargs):
+        calls.append(kwargs.get("halving"))
+        (tmp_path / "summary.md").write_text("report")
+        return tmp_path / "summary.md"
+
+    monkeypatch.setattr(runner_module, "run_bench", fake_run_bench)
+    base = ["bench", "--library", str(tiny_library.library.path), "--suite", "count", "--out", str(tmp_path / "o"),
+            "--preset", "tiny", "-q", "--threads", "1"]
+    for extra in ([], ["--halving"]):
+        result = CliRunner().invoke(app, base + extra)
+        assert result.exit_code == 0, result.output
+    assert calls == [False, True]

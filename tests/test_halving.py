@@ -53,13 +53,17 @@ def pool(tmp_path_factory, make_timm_net) -> tuple[Library, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(pool, tmp_path_factory):
+def task_ctx(tmp_path_factory) -> tuple[Task, RunContext]:
+    """The task and one embedding cache shared by the runs below."""
+    return _task(), RunContext(progress=False, cache=EmbeddingCache(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def runs(pool, task_ctx):
     """Halving on a cold cache, full scoring after it (its finalists' full passes cached by
     halving), and halving again (everything cached)."""
     lib, names = pool
-    task = _task()
-    cache = EmbeddingCache(tmp_path_factory.mktemp("cache"))
-    ctx = RunContext(progress=False, cache=cache)
+    task, ctx = task_ctx
     first = run_selection(lib, task, "proxy", 1, "knn_loo", names, ctx, 64, search="halving")
     full = run_selection(lib, task, "proxy", 1, "knn_loo", names, ctx, 64, resamples=0)
     again = run_selection(lib, task, "proxy", 1, "knn_loo", names, ctx, 64, search="halving")
@@ -104,11 +108,33 @@ def test_the_cli_reports_halving_and_refuses_it_without_a_proxy_strategy(pool, t
         Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
     args = ["select", "--library", str(lib.path), "--task", str(tmp_path / "photos"), "--cache", str(tmp_path / "c"),
             "--out", str(tmp_path / "out"), "-q", "--threads", "1"]
-    r = runner.invoke(app, args + ["--search", "halving", "--strategy", "hybrid"])
-    assert r.exit_code == 2 and "use it with --strategy proxy" in r.output and len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(app, args + ["--search", "halving", "--strategy", "task_agnostic"])
+    assert r.exit_code == 2 and "use it with a strategy that reads one (--strategy proxy or hybrid), not " \
+        "'task_agnostic'" in r.output and len(r.output.strip().splitlines()) == 1
     r = runner.invoke(app, args + ["--search", "bisect"])
     assert r.exit_code == 2 and "choose one of: full, halving" in r.output
     r = runner.invoke(app, args + ["--search", "halving"])
     assert r.exit_code == 0, r.output
     assert "halving: 3 round(s) on 50, 56, 112 images (12 -> 6 -> 3 members)" in r.output, r.output
     assert "full scoring embeds 1,344" in r.output and (tmp_path / "out" / "photos.knn_loo.halving.json").exists()
+
+
+def test_hybrid_ranks_its_task_aware_part_by_halving(pool, task_ctx, runs):
+    """--strategy hybrid --search halving: the task-agnostic top-1, then halving's ranking (the
+    cache is warm from the runs above, so nothing is embedded)."""
+    from expertise.errors import ConfigError
+
+    lib, names = pool
+    task, ctx = task_ctx
+    _, halving, _, _ = runs
+    agnostic = run_selection(lib, task, "task_agnostic", 2, "knn_loo", names, ctx)
+    full = run_selection(lib, task, "hybrid", 2, "knn_loo", names, ctx, 64, resamples=0)
+    run = run_selection(lib, task, "hybrid", 2, "knn_loo", names, ctx, 64, search="halving")
+    first = agnostic.selection.best
+    assert first != "winner" and run.selection.picks == full.selection.picks == (first, "winner")
+    aware = [n for n, _ in halving.selection.ranking]
+    assert [n for n, _ in run.selection.ranking] == [first, *(n for n in aware if n != first)]
+    assert run.label == "hybrid(knn_loo)" and run.search is not None and run.search.images_embedded == 0
+    assert run.to_json()["search"]["search"] == "halving" and "aware.halving" in run.selection.seconds
+    with pytest.raises(ConfigError, match=r"reads one \(proxy, hybrid\), not 'random'"):
+        run_selection(lib, task, "random", 1, "knn_loo", names, ctx, search="halving")

@@ -60,6 +60,7 @@ class SeedData:
     protocol_cost: dict[str, dict[str, dict]] = field(default_factory=dict)      # task -> member -> costs
     embed_cost: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)  # task -> member -> (s, images)
     selections: dict[tuple[str, str, str], dict] = field(default_factory=dict)   # (pool, strategy, task) -> metrics
+    halving: dict[tuple[str, str, str], dict] = field(default_factory=dict)      # the same, of bench --halving's units
     kinds: dict[tuple[str, str], str] = field(default_factory=dict)              # (pool, strategy) -> strategy kind
     member_kind: dict[str, str] = field(default_factory=dict)                    # member -> its library kind
     member_domain: dict[str, str | None] = field(default_factory=dict)           # member -> its domain node
@@ -131,6 +132,11 @@ def load_seed(store: RecordStore, seed: int | None = None) -> SeedData:
         d.kinds[(c["pool"], c["strategy"])] = c["kind"]
         pool_order.setdefault(c["pool"], c["order"][0])
         strategy_order.setdefault(c["strategy"], c["order"][1])
+    for rec in store.all("halving"):
+        if seed is not None and _seed_of(rec) != seed:
+            continue
+        c = rec["config"]
+        d.halving[(c["pool"], c["strategy"], c["task"])] = {**rec["metrics"], "seconds": float(sum(rec["seconds"].values()))}
     d.pools = sorted(pool_order, key=pool_order.__getitem__)
     d.strategies = sorted(strategy_order, key=strategy_order.__getitem__)
     if not d.acc:

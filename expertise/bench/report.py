@@ -3,7 +3,9 @@ benchmark folder, made from its records alone (``expertise bench report DIR``).
 
 A folder of one training seed gets the report it always got (Tables 1-2 with intervals over tasks,
 regret, the oracle's per-member table, compute, relative deltas), followed by the paired comparisons
-(:mod:`expertise.bench.paired`) and the "Does choosing pay?" figures (:mod:`expertise.bench.pays`).
+(:mod:`expertise.bench.paired`) and the "Does choosing pay?" figures (:mod:`expertise.bench.pays`);
+a folder run with ``--halving`` also gets successive halving against full scoring
+(:mod:`expertise.bench.halving`) after the relative deltas.
 A folder of several seeds (``--seeds``) takes each task's median over the seeds, shows Tables 1-2
 with each of the three intervals of :data:`expertise.bench.seeds.INTERVALS`, the per-task medians
 with their range over seeds, and averages regret, deltas and compute over tasks and seeds.
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from expertise.bench import figures, metrics, pays, tables
+from expertise.bench import figures, halving, metrics, pays, tables
 from expertise.bench.folder import SeedData, load_folder, read_task_meta
 from expertise.bench.paired import comparisons
 from expertise.bench.seeds import INTERVALS, Across, PerTaskSeed, medians, runs_of, summaries
@@ -79,6 +81,8 @@ def write_report(out: Path, n_resamples: int = 10_000, seed: int = 0) -> Path:
     lines += _oracle_table(x)
     lines += _compute(x, main_pool)
     lines += _deltas(x, out, main_pool)
+    halving_lines, halving_json = halving.section(x, main_pool)
+    lines += halving_lines
 
     # Paired comparisons and the figures of "Does choosing pay?".
     paired = comparisons(x, main_pool, n_resamples, seed)
@@ -97,7 +101,8 @@ def write_report(out: Path, n_resamples: int = 10_000, seed: int = 0) -> Path:
     atomic_write_json(out / SUMMARY_JSON, {
         "seeds": [s for s in x.seeds if s is not None], "tasks": tasks, "pool": main_pool, "budget": 1,
         "table1": {k: {name: {g: list(ci) for g, ci in row.items()} for name, row in table1[k].items()} for k in kinds},
-        "paired": [p.to_json() for p in paired], "does_choosing_pay": [c.to_json() for c in found]})
+        "paired": [p.to_json() for p in paired], "does_choosing_pay": [c.to_json() for c in found],
+        **({"halving": halving_json} if halving_json is not None else {})})
     store.export_jsonl(out / "records.jsonl")
     return path
 

@@ -40,11 +40,11 @@ from expertise.library import Library, MemberInfo
 from expertise.select.embed import EmbeddingCache, cache_key, embed_pool
 from expertise.runtime import RunContext
 from expertise.select.proxies import get_proxy
-from expertise.select.registry import STRATEGIES, default_rows
+from expertise.select.registry import default_rows, proxy_strategies
 from expertise.select.run import run_selection
 from expertise.train import TrainConfig
 
-__all__ = ["SUMMARY", "StrategySpec", "expected_best", "parse_strategies", "run_bench", "suite_tasks", "write_report"]
+__all__ = ["HALVING_KINDS", "SUMMARY", "StrategySpec", "expected_best", "parse_strategies", "run_bench", "suite_tasks", "write_report"]
 
 if TYPE_CHECKING:
     from expertise.units.plan import Executor
@@ -64,6 +64,9 @@ class StrategySpec:
 DEFAULT_STRATEGIES: tuple[StrategySpec, ...] = tuple(
     StrategySpec(row.label, strategy.name, row.proxy or "knn_loo") for row, strategy in default_rows())
 DEFAULT_POOLS: tuple[str, ...] = ("all", "experts", "full_experts", "adapter_experts", "baseline")
+# The strategy kinds bench --halving also runs by successive halving: those a proxy alone ranks (a
+# hybrid's pick at budget 1 is the task-agnostic one, which halving does not touch).
+HALVING_KINDS: tuple[str, ...] = ("proxy",)
 
 
 def parse_strategies(labels: Sequence[str] | None) -> tuple[StrategySpec, ...]:
@@ -72,7 +75,7 @@ def parse_strategies(labels: Sequence[str] | None) -> tuple[StrategySpec, ...]:
     if not labels:
         return DEFAULT_STRATEGIES
     known = {s.label: s for s in DEFAULT_STRATEGIES}
-    proxied = [n for n, s in STRATEGIES.items() if s.uses_proxy]
+    proxied = proxy_strategies()
     out = []
     for label in labels:
         kind, _, proxy = label.partition(":")
@@ -97,7 +100,7 @@ def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: Trai
               sweep: SweepConfig = SweepConfig(lr_factors=(1.0,)), strategies: Sequence[StrategySpec] = DEFAULT_STRATEGIES,
               pools: Sequence[str] = DEFAULT_POOLS, ctx: RunContext = RunContext(), batch_size: int = 500,
               executor: Executor | None = None, seeds: Sequence[int] | None = None,
-              domains: Mapping[str, Mapping[str, str | None]] | None = None) -> Path:
+              domains: Mapping[str, Mapping[str, str | None]] | None = None, halving: bool = False) -> Path:
     """Run (or resume) the benchmark into ``out`` and write its report; returns ``summary.md``.
     Its units (:mod:`expertise.bench.units`) run on ``executor`` (default: one after another in this
     process; ``expertise.units.open_executor("ray")`` for a Ray cluster) with identical records.
@@ -107,7 +110,9 @@ def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: Trai
     ``seeds``: the training seeds (fine-tunes, the random strategy), each a full benchmark in the
     same folder (default: ``ctx.seed`` alone, the benchmark as it always ran); the tasks are the ones
     given, loaded with ``ctx.seed`` (their splits). ``domains``: each task's {"group", "domain"} for
-    ``OUT/tasks.json`` (default: from the library's world, None for a task outside it)."""
+    ``OUT/tasks.json`` (default: from the library's world, None for a task outside it). ``halving``:
+    also rank the first pool by successive halving with each proxy strategy, on a cold cache, for the
+    report's agreement with full scoring (:mod:`expertise.bench.halving`)."""
     device, log = ctx.device, ctx.log
     seeds = tuple(seeds) if seeds is not None else (ctx.seed,)
     if not seeds or len(set(seeds)) != len(seeds):
@@ -130,7 +135,8 @@ def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: Trai
     write_task_meta(out, domains)
     t0 = time.perf_counter()
     plans = [plan for s in seeds for plan in bench_plans(library, tasks, store, cache, finetune, sweep, strategies,
-                                                          pool_members, s, batch_size, split_seed=ctx.seed)]
+                                                          pool_members, s, batch_size, split_seed=ctx.seed,
+                                                          halving=halving)]
     worker = WorkerContext(device, ctx.progress).seed_with([library], tasks)
     before = len(store)
     executor = executor or LocalExecutor()
@@ -171,6 +177,25 @@ def _selection_unit(library: Library, task: Task, strat: StrategySpec, members: 
     return UnitResult({"ranking": rec["ranking"], "picks": rec["picks"], "members_embedded": rec["members_embedded"],
                        "select_seconds": rec["seconds"]}, images={"needed": rec["images_needed"]},
                       seconds={"score": scoring})
+
+
+def _halving_unit(library: Library, task: Task, strat: StrategySpec, members: list[str], seed: int,
+                  device: torch.device, batch_size: int) -> UnitResult:
+    """Successive halving (budget 1) of one proxy strategy on one pool and task, on a cold cache
+    (no cache at all: the embed units filled it, and a cache hit is not the cost of a search), so its
+    seconds and images are what halving costs from scratch, to set against the embed units' cold
+    cost of full scoring. The report compares its ranking with the ``selection`` unit's
+    (:mod:`expertise.bench.halving`)."""
+    try:
+        run = run_selection(library, task, strat.strategy, 1, strat.proxy, members,
+                            RunContext(device, seed, False, cache=None), batch_size, resamples=0, search="halving")
+    except ExpertiseError as e:  # recorded, not fatal, as a selection unit's error
+        return UnitResult({"error": str(e)}, images={}, seconds={"halving": 0.0})
+    rec, report = run.to_json(), run.search
+    assert report is not None
+    return UnitResult({"ranking": rec["ranking"], "picks": rec["picks"], **report.to_json()},
+                      images={"embedded": report.images_embedded},
+                      seconds={"halving": sum(run.selection.seconds.values())})
 
 
 def group_of(task: Task) -> str:

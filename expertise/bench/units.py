@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from expertise.bench.runner import StrategySpec, _embed_unit, _member_json, _selection_unit
+from expertise.bench.runner import HALVING_KINDS, StrategySpec, _embed_unit, _halving_unit, _member_json, _selection_unit
 from expertise.select.embed import EmbeddingCache
+from expertise.select.halving import ETA
 from expertise.transfer.units import protocol_units, unit_task
 from expertise.units.context import library_key
 from expertise.units.plan import Plan, Steps
@@ -48,10 +49,23 @@ def _execute_selection(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
                            int(c["seed"]), ctx.device, int(spec.options.get("batch_size", 500)))
 
 
+def _execute_halving(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
+    c = spec.config
+    lib, task = unit_task(spec, ctx)
+    members = list(spec.inputs.get("members") or c["members"])
+    for name in members:
+        ctx.check_member(lib, name, c["members"][name])
+    return _halving_unit(lib, task, StrategySpec(c["strategy"], c["kind"], c["proxy"]), members, int(c["seed"]),
+                         ctx.device, int(spec.options.get("batch_size", 500)))
+
+
 register_kind(UnitKind("embed", _execute_embed, num_cpus=1.0, num_gpus=0.5,
                        help="one member embedding one task's 1,000 images (the cold cost; fills the cache)"), replace=True)
 register_kind(UnitKind("selection", _execute_selection, num_cpus=1.0, num_gpus=0.25,
                        help="one strategy ranking one pool for one task, from the cached features"), replace=True)
+register_kind(UnitKind("halving", _execute_halving, num_cpus=1.0, num_gpus=0.5,
+                       help="a proxy strategy's successive halving of one pool for one task, on a cold cache "
+                            "(bench --halving)"), replace=True)
 
 
 def _selection_steps(embeds: list[UnitSpec], selections: list[UnitSpec]) -> Steps:
@@ -74,11 +88,13 @@ def _nothing() -> Steps:
 def bench_plans(library: Library, tasks: Sequence[Task], store: RecordStore, cache: EmbeddingCache,
                 finetune: TrainConfig, sweep: SweepConfig, strategies: Sequence[StrategySpec],
                 pool_members: Mapping[str, list[str]], seed: int, batch_size: int,
-                split_seed: int | None = None) -> list[Plan]:
+                split_seed: int | None = None, halving: bool = False) -> list[Plan]:
     """Every unit of the benchmark at training seed ``seed`` as plans (see the module docstring);
     the tasks were loaded with ``split_seed`` (default ``seed``), which is how a worker rebuilds them.
     The records' configs are the ones the benchmark always wrote, so earlier runs (and the demo's
-    folder) resume; ``embed`` units name no seed, so every seed shares them."""
+    folder) resume; ``embed`` units name no seed, so every seed shares them. ``halving``: also a
+    ``halving`` unit per task for each proxy strategy on the first pool (of 3 members or more: on
+    fewer, halving at budget 1 is full scoring), beside its selection units."""
     everyone = [n for n in library.names() if any(n in v for v in pool_members.values())]
     routers = [m.name for m in library.members() if m.kind == "epn"]
     lib_path = library_key(library.path)
@@ -99,6 +115,10 @@ def bench_plans(library: Library, tasks: Sequence[Task], store: RecordStore, cac
                           "members": {n: library.verified_hash(n) for n in members}, "seed": seed, "order": [p, s]}
                 selections.append(UnitSpec("selection", config, {**inputs, "members": list(members)},
                                            {"batch_size": batch_size}))
+                if halving and p == 0 and strat.strategy in HALVING_KINDS and len(members) >= 3:
+                    cfg = {k: v for k, v in config.items() if k != "order"}
+                    selections.append(UnitSpec("halving", {**cfg, "budget": 1, "eta": ETA}, {**inputs, "members": list(members)},
+                                               {"batch_size": batch_size}))
         plans.append(Plan(_selection_steps(embeds, selections), len(embeds) + len(selections)))
         for name in everyone:
             config = {**base, "member": name, "member_hash": library.verified_hash(name), "finetune": finetune.to_json(),

@@ -34,6 +34,10 @@ def bench(ctx: typer.Context,
                                                        "into one folder; the report takes each task's median over seeds and "
                                                        "gives intervals over tasks, over the runs within each task, and "
                                                        "both. Default: --seed alone.")] = None,
+          halving: Annotated[bool, typer.Option("--halving", help="Also rank the first pool by successive halving "
+                                                "with each proxy strategy (on a cold cache) and report its agreement "
+                                                "with full scoring (top-1, Kendall tau), images embedded and seconds; "
+                                                "off by default (docs/benchmark.md).")] = False,
           preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
           quiet: QuietOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None, executor: ExecutorOpt = "local",
           ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
@@ -42,7 +46,8 @@ def bench(ctx: typer.Context,
     'expertise bench report DIR' rebuilds the report from the records alone. With --executor ray the
     units (embeddings, selection cells, each fine-tune) run as Ray tasks, with the same records. With
     --seeds 0,1,2 every cell runs once per training seed, and the report compares strategies by paired
-    differences over tasks and seeds ("Does choosing pay?")."""
+    differences over tasks and seeds ("Does choosing pay?"). With --halving the report adds successive
+    halving against full scoring."""
     if ctx.invoked_subcommand is not None:
         return
     cfg, dev = setup(preset, overrides, device, threads)
@@ -82,7 +87,7 @@ def bench(ctx: typer.Context,
         summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies),
                             tuple(pools or DEFAULT_POOLS),
                             RunContext(dev, seed, not quiet, log, cache=EmbeddingCache(cache or library / "cache")),
-                            cfg.embed_batch, units_on, training_seeds, task_domains(tasks, world))
+                            cfg.embed_batch, units_on, training_seeds, task_domains(tasks, world), halving=halving)
     out.print(summary.read_text(), markup=False, highlight=False)
 
 

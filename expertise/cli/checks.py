@@ -58,13 +58,15 @@ def at_least(value: float | None, low: float, option: str) -> None:
 
 
 def search(value: str, strategy_name: str) -> None:
-    """``--search``: full, or halving with the proxy strategy."""
+    """``--search``: full, or halving with a strategy that reads a proxy (proxy, hybrid)."""
     from expertise.select.halving import SEARCHES
+    from expertise.select.registry import proxy_strategies
 
     if value not in SEARCHES:
         raise ConfigError(f"unknown --search {value!r}; choose one of: {', '.join(SEARCHES)}")
-    if value != "full" and strategy_name != "proxy":
-        raise ConfigError(f"--search {value} ranks by a proxy: use it with --strategy proxy, not {strategy_name!r}")
+    if value != "full" and strategy_name not in proxy_strategies():
+        raise ConfigError(f"--search {value} ranks by a proxy: use it with a strategy that reads one "
+                          f"(--strategy {' or '.join(proxy_strategies())}), not {strategy_name!r}")
 
 
 def max_side(value: int) -> None:

@@ -88,9 +88,9 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 def _registry_help() -> tuple[str, str, str]:
     """Option help from the strategy and proxy registries, so a new entry shows up here by itself."""
     from expertise.select.proxies import PROXIES
-    from expertise.select.registry import STRATEGIES, default_rows
+    from expertise.select.registry import STRATEGIES, default_rows, proxy_strategies
 
-    proxied = [n for n, s in STRATEGIES.items() if s.uses_proxy]
+    proxied = proxy_strategies()
     return (f"Selection strategy: {', '.join(STRATEGIES)}.",
             f"Proxy of {' and '.join(proxied)}: {', '.join(PROXIES)}.",
             f"Strategy rows (repeat; default all): {', '.join(r.label for r, _ in default_rows())}, "

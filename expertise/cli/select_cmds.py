@@ -31,7 +31,8 @@ def select(task: TaskOpt,
            search: Annotated[str, typer.Option("--search", help="How a proxy scores the pool: full (every member on "
                                                "all train+val images) or halving (successive halving: every member on a "
                                                "sample, the best half on twice as many images, ...; far fewer images "
-                                               "embedded for a large pool).")] = "full",
+                                               "embedded for a large pool; with --strategy proxy or "
+                                               "hybrid, whose task-aware part it ranks).")] = "full",
            resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples of the task's images for "
                                                   "each score's 95% interval and the ties with the best (0: none).")] = 1000,
            seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512,

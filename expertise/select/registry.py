@@ -54,7 +54,9 @@ class Inputs:
     """What :func:`~expertise.select.run.run_selection` computed for a strategy: the pool, the
     budget, the task-aware proxy, the seed, and the embeddings of the members it embeds.
     ``per_image``: when given, the task-aware proxy fills it with each scored member's per-image
-    terms (:mod:`expertise.select.uncertainty`), where the proxy has them."""
+    terms (:mod:`expertise.select.uncertainty`), where the proxy has them. ``aware``: the
+    task-aware ranking already made by a search (``--search halving``), which :func:`score_proxy`
+    returns instead of scoring the embeddings (there are none then)."""
 
     library: Library
     task: Task
@@ -64,6 +66,7 @@ class Inputs:
     seed: int
     embeddings: PoolEmbeddings | None
     per_image: dict[str, PerImage] | None = None
+    aware: Selection | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ def default_rows() -> list[tuple[Row, Strategy]]:
     return sorted(((row, s) for s in STRATEGIES.values() for row in s.rows), key=lambda rs: rs[0].position)
 
 
+def proxy_strategies() -> list[str]:
+    """The strategies whose ranking a task-aware proxy decides (``--proxy``, ``--search halving``)."""
+    return [n for n, s in STRATEGIES.items() if s.uses_proxy]
+
+
 def strategies_help() -> str:
     return "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values())
 
@@ -181,7 +189,10 @@ def scoring_workers(features: Iterable[object]) -> int:
 def score_proxy(i: Inputs) -> Selection:
     """The task-aware ranking: ``i.proxy`` on every pool member's embeddings. Feature proxies go
     through :func:`~expertise.select.scoring.score_pool` (one decomposition per member, on the
-    features' device); LEEP and NCE read the members' upstream predictions."""
+    features' device); LEEP and NCE read the members' upstream predictions. A ranking a search
+    already made (``i.aware``) is returned as it is."""
+    if i.aware is not None:
+        return i.aware
     emb, task = _embeddings(i), i.task
     spec = get_proxy(i.proxy)
     if spec.input == "features":

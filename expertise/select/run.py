@@ -20,7 +20,7 @@ from expertise.runtime import RunContext, derive_seed
 from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, cache_key, embed_pool, upstream_head
 from expertise.select.halving import SEARCHES, HalvingReport, halving_selection
 from expertise.select.proxies import get_proxy
-from expertise.select.registry import Inputs, get_strategy, source_probabilities
+from expertise.select.registry import Inputs, get_strategy, proxy_strategies, source_probabilities
 from expertise.select.strategies import Selection
 from expertise.select.uncertainty import DEFAULT_RESAMPLES, PerImage, Uncertainty, check_resamples, paired_bootstrap
 
@@ -121,13 +121,18 @@ def run_selection(library: Library, task: Task, strategy: str = "proxy", budget:
 
 def _halving(library: Library, task: Task, strategy: str, proxy: str, budget: int, pool: list[str], ctx: RunContext,
              batch_size: int, search: str) -> SelectionRun:
-    """``search="halving"``: the proxy strategy's ranking by successive halving (:mod:`.halving`);
-    no bootstrap, since the members' scores come from samples of different sizes."""
+    """``search="halving"``: a strategy that reads a proxy (``proxy``, ``hybrid``) with its
+    task-aware ranking made by successive halving (:mod:`.halving`) instead of full scoring; the
+    strategy ranks from it as usual (``hybrid``: the task-agnostic top-1, then the halving ranking).
+    No bootstrap, since the members' scores come from samples of different sizes."""
     if search not in SEARCHES:
         raise ConfigError(f"unknown search {search!r}; choose one of: {', '.join(SEARCHES)}")
-    if strategy != "proxy":
-        raise ConfigError(f"--search {search} ranks by a proxy: use it with --strategy proxy, not {strategy!r}")
-    sel, report, stats = halving_selection(library, task, proxy, budget, pool, ctx, batch_size)
+    spec = get_strategy(strategy)
+    if not spec.uses_proxy:
+        raise ConfigError(f"--search {search} ranks by a proxy: use it with a strategy that reads one "
+                          f"({', '.join(proxy_strategies())}), not {strategy!r}")
+    aware, report, stats = halving_selection(library, task, proxy, budget, pool, ctx, batch_size)
+    sel = spec.rank(Inputs(library, task, pool, budget, proxy, ctx.seed, None, aware=aware))
     return SelectionRun(sel, task.name, proxy, stats, list(pool), len(task.trainval), None, report)
 
 
