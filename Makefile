@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-proxies bench-threads bench-data bench-ddp bench-executors bench-preprocess bench-halving clean
+.PHONY: demo test test-slow install bench bench-proxies bench-threads bench-data bench-ddp bench-executors bench-preprocess bench-halving clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/expertise demo
 
+# The suite without the end-to-end tests marked slow (Ray, torchrun, the README's commands, fresh
+# interpreters), which `make test-slow` runs; CI (.ci/run) runs both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(BIN)/python -m perf.run

@@ -15,7 +15,7 @@ from expertise.store import RecordStore
 from expertise.library import Library
 from expertise.select.run import pool_names
 
-pytestmark = pytest.mark.slow
+# Not marked slow: the demo at the tiny scale is the one end-to-end run `make test` keeps.
 
 
 @pytest.fixture(scope="module")
