@@ -24,26 +24,51 @@ from typing import Any
 
 import numpy as np
 
-from expertise.config import get_preset, parse_overrides
+from expertise.config import Preset, get_preset, parse_overrides
 from expertise.data.world import WORLD_VERSION
 from expertise.io import atomic_write_json, atomic_write_text
+from expertise.library import UPSTREAM, Library
 from expertise.runtime import RunContext, configure
 from expertise.select.embed import EmbeddingCache
 from expertise.select.run import run_selection
 from expertise.store import RecordStore
 from expertise.transfer.protocol import finetune_member
-from expertise.upstream.build import build_library
+from expertise.upstream.baseline import baseline_name
+from expertise.upstream.build import build_library, upstream_meta
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "world_study"
 TABLE = HERE / "world_study.md"
 
 
-def study(preset_name: str, overrides: dict[str, str], out: Path, tasks: list[str] | None, log=print) -> dict[str, Any]:
+def seed_with_baseline(preset: Preset, source: Path, path: Path, log=print) -> None:
+    """Start the library at ``path`` with B of the library at ``source`` (same world, backbone,
+    baseline settings and seed, else an error), so a study of other expert settings skips B's
+    training; ``build_library`` then trains only the experts. Writes the ``upstream.json`` that
+    ``build_library`` would write."""
+    src = Library.open(source)
+    old = upstream_meta(src)
+    settings = {"world": preset.to_json()["world"], "world_version": WORLD_VERSION, "backbone": preset.backbone,
+                "baseline": preset.baseline.to_json(), "expert": preset.expert.to_json(), "seed": preset.seed}
+    settings = json.loads(json.dumps(settings))  # as stored: lists, not tuples
+    same = ("world", "world_version", "backbone", "baseline", "seed")
+    if old is None or any(old["settings"].get(k) != settings[k] for k in same):
+        raise SystemExit(f"{source} was built with another world, backbone, baseline or seed; B cannot be reused")
+    base = baseline_name(preset.backbone)
+    lib = Library.create(path, src.hierarchy)
+    lib.write_meta(UPSTREAM, {"preset": preset.name, "world": settings["world"], "settings": settings})
+    lib.add(src.info(base), src.load(base), label_prior=src.label_prior(base))
+    log(f"B reused from {source}")
+
+
+def study(preset_name: str, overrides: dict[str, str], out: Path, tasks: list[str] | None,
+          reuse_baseline: Path | None = None, log=print) -> dict[str, Any]:
     preset = get_preset(preset_name, overrides)
     device = configure(None, "cpu")
     ctx = RunContext(device, preset.seed, False, log)
     t0 = time.perf_counter()
+    if reuse_baseline is not None and not (out / "library").exists():
+        seed_with_baseline(preset, reuse_baseline, out / "library", log)
     library, world, names = build_library(preset, out / "library", ctx, kinds=("full",))
     upstream_s = time.perf_counter() - t0
     assert world is not None
@@ -67,6 +92,7 @@ def study(preset_name: str, overrides: dict[str, str], out: Path, tasks: list[st
                      "domain_expert": expert})
         log(f"{name}: " + ", ".join(f"{m.split('.', 1)[1]} {test[m]:.3f}" for m in pool))
     return {"preset": preset.name, "overrides": overrides, "world_version": WORLD_VERSION, "members": pool,
+            "baseline_reused": reuse_baseline is not None,
             "baseline": base, "upstream_seconds": upstream_s, "finetune_seconds": ft_s,
             "finetunes": len(rows) * len(pool), "finetune_steps": preset.finetune.steps, "tasks": rows}
 
@@ -105,7 +131,7 @@ def report() -> str:
         sets = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "preset defaults"
         lines.append(f"| {path.stem} | v{r['world_version']} | {sets} | {len(r['tasks'])} | {len(r['members'])} "
                      f"| {s['b']:.1f} | {s['oracle']:.1f} | {s['oracle_random']:.1f} | {s['oracle_worst']:.1f} "
-                     f"| {s['knn_random']:+.1f} | {s['knn_b']:+.1f} | {s['expert_b']:+.1f} | {r['upstream_seconds']:.0f} "
+                     f"| {s['knn_random']:+.1f} | {s['knn_b']:+.1f} | {s['expert_b']:+.1f} | {r['upstream_seconds']:.0f}{' (B reused)' if r.get('baseline_reused') else ''} "
                      f"| {r['finetunes']} x {r['finetune_steps']} steps ({r['finetune_seconds']:.0f}) |")
     lines += ["", "## Per task", ""]
     for path in sorted(RESULTS.glob("*.json")):
@@ -128,13 +154,15 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, help="work folder (library, units); default /tmp/world_study/<label>")
     ap.add_argument("--tasks", default="", help="comma-separated tasks (default: every natural world task)")
+    ap.add_argument("--reuse-baseline", type=Path, help="a library with B of the same world and baseline settings")
     ap.add_argument("--report", action="store_true", help="only regenerate perf/world_study.md")
     args = ap.parse_args()
     if not args.report:
         if not args.label:
             ap.error("--label is required unless --report")
         out = args.out or Path("/tmp/world_study") / args.label
-        r = study(args.preset, parse_overrides(args.sets), out, [t for t in args.tasks.split(",") if t] or None)
+        r = study(args.preset, parse_overrides(args.sets), out, [t for t in args.tasks.split(",") if t] or None,
+                  args.reuse_baseline)
         RESULTS.mkdir(exist_ok=True)
         atomic_write_json(RESULTS / f"{args.label}.json", r)
         print(json.dumps({"label": args.label, **summary(r)}))
