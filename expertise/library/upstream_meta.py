@@ -18,6 +18,7 @@ from typing import Any
 
 from expertise import schema
 from expertise.data.world import DOMAINS, WorldConfig
+from expertise.data.world.catalogue import ALL_DOMAINS
 from expertise.errors import ConfigError
 
 # Bounds on a stored world config (WorldConfig itself checks the lower ones).
@@ -35,8 +36,14 @@ def check_world(d: Any, where: str) -> dict[str, Any]:
             out[k] = schema.integer(v, f"{where}.{k}", *_WORLD_INTS[k])
         elif k == "imbalance":
             out[k] = schema.number(v, f"{where}.{k}", 0.0, 100.0)
-        elif k == "domain_weights":
-            out[k] = list(schema.number_list(v, f"{where}.{k}", 0.0, 1e6, len(DOMAINS), lo_open=True))
+        elif k == "domains":
+            if not isinstance(v, list) or not 1 <= len(v) <= len(ALL_DOMAINS):
+                raise ConfigError(f"{where}.{k}: expected a list of 1 to {len(ALL_DOMAINS)} domain names")
+            out[k] = [schema.string(x, f"{where}.{k}", choices=ALL_DOMAINS) for x in v]
+    if "domain_weights" in d:  # one weight per domain (the default domains when none are named)
+        n = len(out.get("domains", DOMAINS))
+        out["domain_weights"] = list(schema.number_list(d["domain_weights"], f"{where}.domain_weights", 0.0, 1e6, n,
+                                                        lo_open=True))
     return out
 
 

@@ -39,6 +39,26 @@ TEXTURE_FAMILIES: dict[str, tuple[str, ...]] = {
     "stochastic": ("blobs_large", "blobs_small", "clouds", "labyrinth_coarse", "labyrinth_fine", "grain_h",
                    "grain_v", "grain_diag", "cells", "crackle", "speckle", "fibers", "marble", "leopard", "sand"),
 }
+# Three more domains (world version 3), each with its own low-level statistics; a world draws them
+# only when ``WorldConfig.domains`` names them (see ``scenes.py``, ``cells.py``, ``solids.py``).
+SCENE_FAMILIES: dict[str, tuple[str, ...]] = {  # upright landscapes: the class is the horizon's geometry
+    "mountain": ("peaks", "ridge", "volcano", "cliff", "canyon"),
+    "lowland": ("hills", "dunes", "mesa", "plain", "terraces"),
+    "water": ("sea", "islands", "lake", "coast", "waves"),
+    "built": ("skyline", "towers", "pyramids", "arches", "forest"),
+}
+CELL_FAMILIES: dict[str, tuple[str, ...]] = {  # microscopy: several stained cells of one morphology
+    "round": ("nucleus", "ring", "target", "speckled", "halo"),
+    "elongated": ("rod", "spindle", "chain", "curved", "filament"),
+    "lobed": ("bilobed", "trilobed", "multilobed", "budding"),
+    "irregular": ("amoeboid", "stellate", "crenated", "fragmented"),
+}
+SOLID_FAMILIES: dict[str, tuple[str, ...]] = {  # shaded 3-D objects under one light
+    "curved": ("sphere", "egg", "torus", "capsule", "dome"),
+    "prism": ("cube", "slab", "hex_prism", "tri_prism", "cross"),
+    "pointed": ("cone", "pyramid", "tetrahedron", "octahedron", "spindle"),
+    "cylinder": ("cylinder", "disc", "tube", "bolt", "cup"),
+}
 # Held out of upstream, by task: unseen classes (natural) and classes under degraded imaging (specialized).
 HELD_OUT: dict[str, tuple[str, ...]] = {
     # with near-twins inside the task (h, n, eta; Sha, Shcha; K, R) so that it is not saturated
@@ -57,8 +77,15 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
     "texture_sensor": ("texture/periodic/checker_diag", "texture/periodic/targets", "texture/periodic/weave",
                        "texture/stochastic/leopard", "texture/stochastic/labyrinth_coarse",
                        "texture/stochastic/clouds"),
+    "scene_unseen": ("scene/mountain/volcano", "scene/lowland/mesa", "scene/water/islands", "scene/built/towers",
+                     "scene/built/arches", "scene/mountain/canyon"),
+    "cell_unseen": ("cell/round/target", "cell/round/speckled", "cell/elongated/spindle", "cell/elongated/curved",
+                    "cell/lobed/trilobed", "cell/irregular/stellate"),
+    "solid_unseen": ("solid/curved/egg", "solid/curved/torus", "solid/prism/hex_prism", "solid/pointed/pyramid",
+                     "solid/cylinder/tube", "solid/pointed/spindle"),
 }
-DOMAINS: tuple[str, ...] = ("glyph", "shape", "texture")
+DOMAINS: tuple[str, ...] = ("glyph", "shape", "texture")  # the default world's domains
+ALL_DOMAINS: tuple[str, ...] = DOMAINS + ("scene", "cell", "solid")
 
 # Fonts: all cover Latin, Greek and Cyrillic except the Computer Modern ones (Latin and digits only),
 # which come last so a glyph's bank rows for the first 16 fonts line up across scripts.
@@ -95,10 +122,15 @@ class WorldClass:
     count: int
 
 
-def catalogue() -> list[tuple[str, str, str]]:
-    """(name, domain, family) of every class in a fixed order."""
-    out = [(f"glyph/{f}/{n}", "glyph", f) for f, chars in GLYPH_FAMILIES.items() for n in chars]
-    out += [(f"shape/{f}/{n}", "shape", f) for f, names in SHAPE_FAMILIES.items() for n in names]
-    out += [(f"texture/{f}/{n}", "texture", f) for f, names in TEXTURE_FAMILIES.items() for n in names]
-    return out
+FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
+    "glyph": {f: tuple(chars) for f, chars in GLYPH_FAMILIES.items()}, "shape": SHAPE_FAMILIES,
+    "texture": TEXTURE_FAMILIES, "scene": SCENE_FAMILIES, "cell": CELL_FAMILIES, "solid": SOLID_FAMILIES,
+}
+
+
+def catalogue(domains: tuple[str, ...] = DOMAINS) -> list[tuple[str, str, str]]:
+    """(name, domain, family) of every class of ``domains`` in a fixed order (``ALL_DOMAINS``' order,
+    so a world of the default domains lists its classes as before)."""
+    return [(f"{dom}/{f}/{n}", dom, f) for dom in ALL_DOMAINS if dom in domains
+            for f, names in FAMILIES[dom].items() for n in names]
 

@@ -108,6 +108,11 @@ class TaskSpec:
     domain: str | None
     classes: tuple[str, ...]
     render: Callable[[World, Draw, np.ndarray], np.ndarray] = field(repr=False)
+    needs: tuple[str, ...] = ()  # the upstream domains its images draw on (default: its own domain)
+
+    @property
+    def domains_needed(self) -> tuple[str, ...]:
+        return self.needs or ((self.domain,) if self.domain else ())
 
 
 def _held_out(world: World, task: str, d: Draw, labels: np.ndarray) -> np.ndarray:
@@ -283,5 +288,10 @@ def task_specs() -> list[TaskSpec]:
         TaskSpec("orientation", "structured", "glyph",
                  tuple(f"orientation/{k * 360 // ORIENTATION_BINS}deg" for k in range(ORIENTATION_BINS)),
                  _render_orientation),
-        TaskSpec("location", "structured", None, _location_names(), _render_location),
+        TaskSpec("location", "structured", None, _location_names(), _render_location,
+                 needs=("glyph", "shape", "texture")),
+        # natural tasks of the optional domains (world version 3), held-out classes in upstream style
+        TaskSpec("scene_unseen", "natural", "scene", HELD_OUT["scene_unseen"], held("scene_unseen")),
+        TaskSpec("cell_unseen", "natural", "cell", HELD_OUT["cell_unseen"], held("cell_unseen")),
+        TaskSpec("solid_unseen", "natural", "solid", HELD_OUT["solid_unseen"], held("solid_unseen")),
     ]

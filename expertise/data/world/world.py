@@ -15,15 +15,20 @@ from expertise.data.tasks import TRAIN_SIZE, VAL_SIZE, Split, Task
 from expertise.data.upstream_data import UpstreamData
 from expertise.data.world.banks import build_banks
 from expertise.data.world.canvas import GLYPH_STYLE, SHAPE_STYLE, TEXTURE_STYLE, Canvas, Style
-from expertise.data.world.catalogue import DOMAINS, HELD_OUT, WorldClass, catalogue
+from expertise.data.world.catalogue import ALL_DOMAINS, DOMAINS, HELD_OUT, WorldClass, catalogue
+from expertise.data.world.cells import CELL_STYLE, cell_bank, draw_cells
 from expertise.data.world.recipes import TaskSpec, draw_glyphs, draw_shapes, draw_textures, task_specs
+from expertise.data.world.scenes import SCENE_KINDS, SCENE_STYLE, draw_scenes
+from expertise.data.world.solids import SOLID_STYLE, draw_solids, solid_banks
 from expertise.data.world.rng import Draw, image_keys
 from expertise.errors import ConfigError, DataError
 
 # Bumped whenever the same WorldConfig renders other pixels or another hierarchy, so that a library
 # trained on an earlier world is refused rather than silently paired with the new one's tasks.
 # 2: Armenian and Georgian glyph families upstream.
-WORLD_VERSION = 2
+# 3: optional scene, cell and solid domains (``WorldConfig.domains``) with their natural tasks; the
+#    default domains render the same bytes as version 2.
+WORLD_VERSION = 3
 _CHUNK = 512  # images rendered at once: big enough to amortise numpy overhead, small enough for cache
 
 
@@ -32,9 +37,11 @@ class WorldConfig:
     """A world's size and randomness. ``imbalance`` scales the log-normal spread of class
     frequencies (0: every leaf equally likely).
 
-    ``domain_weights`` scales each domain's share of the upstream images (glyph, shape, texture).
-    The default 0.3 for glyphs keeps the domain with the most leaves one domain among several, as in
-    ImageNet-21k; README.md has the measurements that chose it.
+    ``domains`` names the visual domains drawn upstream (a subset of ``ALL_DOMAINS``, in any order;
+    classes, hierarchy and tasks follow ``ALL_DOMAINS``' order); the built-in tasks are those whose
+    domains are all there. ``domain_weights`` scales each domain's share of the upstream images, one
+    weight per entry of ``domains``. The default 0.3 for glyphs keeps the domain with the most leaves
+    one domain among several, as in ImageNet-21k; README.md has the measurements that chose it.
     """
 
     seed: int = 0
@@ -44,12 +51,18 @@ class WorldConfig:
     test_size: int = 1_000  # test split of each downstream task (train 800 and val 200 always)
     imbalance: float = 1.0
     domain_weights: tuple[float, ...] = (0.3, 1.0, 1.0)
+    domains: tuple[str, ...] = DOMAINS
 
     def __post_init__(self) -> None:
-        # JSON and --set give lists or strings; keep a hashable tuple of floats
+        # JSON and --set give lists or strings; keep hashable tuples
         object.__setattr__(self, "domain_weights", tuple(float(v) for v in self.domain_weights))
-        if len(self.domain_weights) != len(DOMAINS) or min(self.domain_weights) <= 0:
-            raise ConfigError(f"domain_weights needs one positive weight per domain {DOMAINS}, got {self.domain_weights}")
+        object.__setattr__(self, "domains", tuple(str(v) for v in self.domains))
+        unknown = [v for v in self.domains if v not in ALL_DOMAINS]
+        if not self.domains or unknown or len(set(self.domains)) != len(self.domains):
+            raise ConfigError(f"world domains must be distinct names among {', '.join(ALL_DOMAINS)}, got {self.domains}")
+        if len(self.domain_weights) != len(self.domains) or min(self.domain_weights) <= 0:
+            raise ConfigError(f"domain_weights needs one positive weight per domain {self.domains}, "
+                              f"got {self.domain_weights} (set world.domain_weights with world.domains)")
         if not 8 <= self.resolution <= 256:
             raise ConfigError(f"world resolution must lie in [8, 256] pixels, got {self.resolution}")
         if self.upstream_size < 1 or self.holdout_size < 0 or self.test_size < 1:
@@ -76,8 +89,17 @@ class World:
         self.cfg = cfg
         self.banks = build_banks(cfg.seed, cfg.resolution)
         held = {n for names in HELD_OUT.values() for n in names}
+        rows = dict(self.banks.rows)
+        size = 2 * cfg.resolution  # as the sprite banks: minified ~2x when drawn
+        if "cell" in cfg.domains:
+            self.cell_bank, cell_rows = cell_bank(cfg.seed, size)
+            rows.update(cell_rows)
+        if "solid" in cfg.domains:
+            self.solid_cover, self.solid_shade, solid_rows = solid_banks(cfg.seed, size)
+            rows.update(solid_rows)
+        rows.update({name: (SCENE_KINDS.index(name.split("/")[2]), 1) for name, _, _ in catalogue(("scene",))})
         self.classes: dict[str, WorldClass] = {
-            n: WorldClass(n, dom, fam, *self.banks.rows[n]) for n, dom, fam in catalogue()
+            n: WorldClass(n, dom, fam, *rows[n]) for n, dom, fam in catalogue(cfg.domains)
         }
         upstream = [wc for wc in self.classes.values() if wc.name not in held]
         parents: dict[str, tuple[str, ...]] = {ROOT: ()}
@@ -89,8 +111,8 @@ class World:
         self.leaf_classes = [self.classes[leaf] for leaf in self.hierarchy.leaves]
         self._leaf_cdf = np.cumsum(self.leaf_probabilities())
         self._glyph_pool = np.concatenate([np.arange(wc.start, wc.start + wc.count) for wc in upstream
-                                           if wc.domain == "glyph"])
-        self._specs = {s.name: s for s in task_specs()}
+                                           if wc.domain == "glyph"] or [np.zeros(0, dtype=np.int64)])
+        self._specs = {s.name: s for s in task_specs() if set(s.domains_needed) <= set(cfg.domains)}
         self.task_names: tuple[str, ...] = tuple(self._specs)
         self._tasks: dict[str, Task] = {}
 
@@ -102,7 +124,7 @@ class World:
 
     @property
     def domains(self) -> tuple[str, ...]:
-        return DOMAINS
+        return tuple(d for d in ALL_DOMAINS if d in self.cfg.domains)
 
     def leaf_probabilities(self) -> np.ndarray:
         """float64 [num_leaves]: how likely each upstream leaf (in ``hierarchy.leaves`` order) is.
@@ -114,11 +136,11 @@ class World:
         spread = self.cfg.imbalance
         families = sorted({(wc.domain, wc.family) for wc in self.leaf_classes})
         fam_w = dict(zip(families, np.exp(0.5 * spread * g.standard_normal(len(families)))))
-        dom_w = dict(zip(DOMAINS, np.exp(0.3 * spread * g.standard_normal(len(DOMAINS)))))
+        dom_w = dict(zip(self.domains, np.exp(0.3 * spread * g.standard_normal(len(self.domains)))))
         w = np.exp(0.8 * spread * g.standard_normal(len(self.leaf_classes)))
         w *= np.array([fam_w[wc.domain, wc.family] for wc in self.leaf_classes])
         domain = np.array([wc.domain for wc in self.leaf_classes])
-        for dom, share in zip(DOMAINS, self.cfg.domain_weights):
+        for dom, share in zip(self.cfg.domains, self.cfg.domain_weights):
             on = domain == dom
             w[on] *= share * dom_w[dom] * np.sqrt(on.sum()) / w[on].sum()
         return w / w.sum()
@@ -168,16 +190,23 @@ class World:
     def render_classes(self, d: Draw, classes: Sequence[WorldClass],
                        styles: dict[str, Style] | None = None) -> np.ndarray:
         """uint8 [B, 3, R, R]: image b shows class ``classes[b]`` in its domain's upstream style."""
-        styles = {"glyph": GLYPH_STYLE, "shape": SHAPE_STYLE, "texture": TEXTURE_STYLE, **(styles or {})}
+        styles = {"glyph": GLYPH_STYLE, "shape": SHAPE_STYLE, "texture": TEXTURE_STYLE, "scene": SCENE_STYLE,
+                  "cell": CELL_STYLE, "solid": SOLID_STYLE, **(styles or {})}
         r = self.cfg.resolution
         out = np.empty((len(d), 3, r, r), dtype=np.uint8)
         domain = np.array([wc.domain for wc in classes])
         rows = self.bank_rows(d, classes)
         c = self.canvas()
-        for dom in DOMAINS:
+        for dom in self.domains:
             on = domain == dom
             if on.any():
-                out[on] = self._draw_domain(c, d.sub(on), dom, rows[on], styles[dom])
+                if dom == "cell":  # several cells per image, each of its own variant
+                    sub = [wc for wc, o in zip(classes, on) if o]
+                    img = draw_cells(c, d.sub(on), self.cell_bank, np.array([wc.start for wc in sub], dtype=np.int64),
+                                     np.array([wc.count for wc in sub], dtype=np.int64), styles[dom])
+                    out[on] = c.finish(img, d.sub(on), styles[dom])
+                else:
+                    out[on] = self._draw_domain(c, d.sub(on), dom, rows[on], styles[dom])
         return out
 
     def _draw_domain(self, c: Canvas, d: Draw, domain: str, rows: np.ndarray, style: Style) -> np.ndarray:
@@ -187,8 +216,12 @@ class World:
             img = draw_glyphs(c, d, rows, style, nb)
         elif domain == "shape":
             img = draw_shapes(c, d, rows, style)
-        else:
+        elif domain == "texture":
             img = draw_textures(c, d, rows, style)
+        elif domain == "scene":
+            img = draw_scenes(c, d, rows, style)
+        else:
+            img = draw_solids(c, d, self.solid_cover, self.solid_shade, rows, style)
         return c.finish(img, d, style)
 
     def sample_grid(self, n_per_leaf: int = 1, leaves: Sequence[str] | None = None,

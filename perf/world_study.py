@@ -1,0 +1,173 @@
+"""Does the embedded world give a pool worth choosing from? (issue 14, goals 1-3, one training seed)
+
+Builds (or reuses) a library of B and the full experts through the normal upstream path
+(``build_library``), then on every natural world task fine-tunes every pool member with the
+preset's settings (``finetune_member``, the demo's one-retrain protocol) and scores the pool with
+the kNN proxy (``run_selection``). Per task: the oracle (best member), the expected random pick (the
+pool's mean), the worst member, B, the kNN pick and the task's domain expert. Writes
+``perf/world_study/<label>.json`` and regenerates ``perf/world_study.md`` from every JSON there.
+
+    python -m perf.world_study --label v3 --set world.domains=glyph,shape,texture,scene,cell,solid \\
+        --set world.domain_weights=0.3,1,1,1,1,1 --set finetune.steps=150
+    python -m perf.world_study --report        # the table only, from the JSONs
+
+The study's numbers come from one training seed; ``expertise bench --seeds`` gives the intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expertise.config import Preset, get_preset, parse_overrides
+from expertise.data.world import WORLD_VERSION
+from expertise.io import atomic_write_json, atomic_write_text
+from expertise.library import UPSTREAM, Library
+from expertise.runtime import RunContext, configure
+from expertise.select.embed import EmbeddingCache
+from expertise.select.run import run_selection
+from expertise.store import RecordStore
+from expertise.transfer.protocol import finetune_member
+from expertise.upstream.baseline import baseline_name
+from expertise.upstream.build import build_library, upstream_meta
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "world_study"
+TABLE = HERE / "world_study.md"
+
+
+def seed_with_baseline(preset: Preset, source: Path, path: Path, log=print) -> None:
+    """Start the library at ``path`` with B of the library at ``source`` (same world, backbone,
+    baseline settings and seed, else an error), so a study of other expert settings skips B's
+    training; ``build_library`` then trains only the experts. Writes the ``upstream.json`` that
+    ``build_library`` would write."""
+    src = Library.open(source)
+    old = upstream_meta(src)
+    settings = {"world": preset.to_json()["world"], "world_version": WORLD_VERSION, "backbone": preset.backbone,
+                "baseline": preset.baseline.to_json(), "expert": preset.expert.to_json(), "seed": preset.seed}
+    settings = json.loads(json.dumps(settings))  # as stored: lists, not tuples
+    same = ("world", "world_version", "backbone", "baseline", "seed")
+    if old is None or any(old["settings"].get(k) != settings[k] for k in same):
+        raise SystemExit(f"{source} was built with another world, backbone, baseline or seed; B cannot be reused")
+    base = baseline_name(preset.backbone)
+    lib = Library.create(path, src.hierarchy)
+    lib.write_meta(UPSTREAM, {"preset": preset.name, "world": settings["world"], "settings": settings})
+    lib.add(src.info(base), src.load(base), label_prior=src.label_prior(base))
+    log(f"B reused from {source}")
+
+
+def study(preset_name: str, overrides: dict[str, str], out: Path, tasks: list[str] | None,
+          reuse_baseline: Path | None = None, log=print) -> dict[str, Any]:
+    preset = get_preset(preset_name, overrides)
+    device = configure(None, "cpu")
+    ctx = RunContext(device, preset.seed, False, log)
+    t0 = time.perf_counter()
+    if reuse_baseline is not None and not (out / "library").exists():
+        seed_with_baseline(preset, reuse_baseline, out / "library", log)
+    library, world, names = build_library(preset, out / "library", ctx, kinds=("full",))
+    upstream_s = time.perf_counter() - t0
+    assert world is not None
+    pool = [n for n in names if library.info(n).kind in ("baseline", "full_expert")]
+    base = pool[0]
+    store, cache = RecordStore(out), EmbeddingCache(library.path / "cache")
+    natural = [t for t in world.task_names if world.task(t).group == "natural"]
+    rows, ft_s = [], 0.0
+    for name in tasks or natural:
+        task = world.task(name)
+        run = run_selection(library, task, "proxy", 1, "knn_loo", pool, ctx.with_(cache=cache), preset.embed_batch, 0)
+        knn = run.selection.scores()
+        test = {}
+        for member in pool:
+            t1 = time.perf_counter()
+            test[member] = finetune_member(library, member, task, preset, ctx.with_(store=store)).test_accuracy
+            ft_s += time.perf_counter() - t1
+        domain = world.domain_of_task(name)
+        expert = next((m for m in pool if library.info(m).domain == domain), None)
+        rows.append({"task": name, "domain": domain, "knn": knn, "test": test, "knn_pick": run.selection.best,
+                     "domain_expert": expert})
+        log(f"{name}: " + ", ".join(f"{m.split('.', 1)[1]} {test[m]:.3f}" for m in pool))
+    return {"preset": preset.name, "overrides": overrides, "world_version": WORLD_VERSION, "members": pool,
+            "baseline_reused": reuse_baseline is not None,
+            "baseline": base, "upstream_seconds": upstream_s, "finetune_seconds": ft_s,
+            "finetunes": len(rows) * len(pool), "finetune_steps": preset.finetune.steps, "tasks": rows}
+
+
+def summary(r: dict[str, Any]) -> dict[str, float]:
+    """Means over tasks, in accuracy points: oracle - random, oracle - worst, kNN - random, kNN - B,
+    domain expert - B (tasks with one), and the kNN pick's share of domain experts."""
+    base = r["baseline"]
+    per = {k: [] for k in ("oracle_random", "oracle_worst", "knn_random", "knn_b", "expert_b", "oracle", "b")}
+    for t in r["tasks"]:
+        acc = np.array([t["test"][m] for m in r["members"]])
+        pick = t["test"][t["knn_pick"]]
+        per["oracle"].append(acc.max())
+        per["b"].append(t["test"][base])
+        per["oracle_random"].append(acc.max() - acc.mean())
+        per["oracle_worst"].append(acc.max() - acc.min())
+        per["knn_random"].append(pick - acc.mean())
+        per["knn_b"].append(pick - t["test"][base])
+        if t["domain_expert"]:
+            per["expert_b"].append(t["test"][t["domain_expert"]] - t["test"][base])
+    return {k: 100 * float(np.mean(v)) if v else float("nan") for k, v in per.items()}
+
+
+def report() -> str:
+    lines = ["# World study: is the pool worth choosing from? (natural world tasks, one training seed)", "",
+             "Regenerate with `python -m perf.world_study --report`; each row is `perf/world_study/<label>.json`, "
+             "written by `python -m perf.world_study --label LABEL [--set ...]` (see the module docstring).", "",
+             "Points of test accuracy, mean over the natural world tasks. Targets (issue 14, cpu preset): "
+             "oracle - random >= 4, oracle - worst >= 8, kNN - random > 0, kNN - B >= 1.5.", "",
+             "| label | world | settings | tasks | members | B | oracle | oracle - random | oracle - worst "
+             "| kNN - random | kNN - B | domain expert - B | upstream s | fine-tunes (s) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for path in sorted(RESULTS.glob("*.json")):
+        r = json.loads(path.read_text())
+        s = summary(r)
+        sets = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "preset defaults"
+        lines.append(f"| {path.stem} | v{r['world_version']} | {sets} | {len(r['tasks'])} | {len(r['members'])} "
+                     f"| {s['b']:.1f} | {s['oracle']:.1f} | {s['oracle_random']:.1f} | {s['oracle_worst']:.1f} "
+                     f"| {s['knn_random']:+.1f} | {s['knn_b']:+.1f} | {s['expert_b']:+.1f} | {r['upstream_seconds']:.0f}{' (B reused)' if r.get('baseline_reused') else ''} "
+                     f"| {r['finetunes']} x {r['finetune_steps']} steps ({r['finetune_seconds']:.0f}) |")
+    lines += ["", "## Per task", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        r = json.loads(path.read_text())
+        short = [m.split(".", 1)[1] for m in r["members"]]
+        lines += [f"### {path.stem}", "", "| task | " + " | ".join(short) + " | kNN pick |",
+                  "|---|" + "---:|" * len(short) + "---|"]
+        for t in r["tasks"]:
+            best = max(t["test"].values())
+            cells = [f"**{t['test'][m]:.3f}**" if t["test"][m] == best else f"{t['test'][m]:.3f}" for m in r["members"]]
+            lines.append(f"| {t['task']} | " + " | ".join(cells) + f" | {t['knn_pick'].split('.', 1)[1]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--label", help="the row's name (perf/world_study/<label>.json)")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, help="work folder (library, units); default /tmp/world_study/<label>")
+    ap.add_argument("--tasks", default="", help="comma-separated tasks (default: every natural world task)")
+    ap.add_argument("--reuse-baseline", type=Path, help="a library with B of the same world and baseline settings")
+    ap.add_argument("--report", action="store_true", help="only regenerate perf/world_study.md")
+    args = ap.parse_args()
+    if not args.report:
+        if not args.label:
+            ap.error("--label is required unless --report")
+        out = args.out or Path("/tmp/world_study") / args.label
+        r = study(args.preset, parse_overrides(args.sets), out, [t for t in args.tasks.split(",") if t] or None,
+                  args.reuse_baseline)
+        RESULTS.mkdir(exist_ok=True)
+        atomic_write_json(RESULTS / f"{args.label}.json", r)
+        print(json.dumps({"label": args.label, **summary(r)}))
+    atomic_write_text(TABLE, report() + "\n")
+
+
+if __name__ == "__main__":
+    main()
