@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expertise.data.world import WorldConfig
-from expertise.data.world.catalogue import ALL_DOMAINS
 from expertise.errors import ConfigError
 from expertise.train import TrainConfig
 
@@ -54,19 +53,14 @@ PRESETS: dict[str, Preset] = {
         tasks=("glyph_digits", "count", "sklearn_digits"),
         embed_batch=256,
     ),
-    # Six domains, experts that specialise and forget (1,000 steps at 0.1 on their slice) and fine-tunes
-    # short enough for the initialisation to matter (150 steps): docs/world.md has the measurements
-    # (python -m perf.world_study) that chose them. B's 3,000 steps and the short fine-tunes pay for
-    # the longer experts.
     "cpu": Preset(
         name="cpu",
-        world=WorldConfig(seed=0, resolution=32, upstream_size=60_000, holdout_size=5_000, test_size=1_000,
-                          domains=ALL_DOMAINS, domain_weights=(0.3, 1.0, 1.0, 1.0, 1.0, 1.0)),
+        world=WorldConfig(seed=0, resolution=32, upstream_size=60_000, holdout_size=5_000, test_size=1_000),
         backbone="bit_s",
-        baseline=TrainConfig(steps=3_000, batch_size=128, lr=0.1, warmup_steps=200, weight_decay=1e-4),
-        expert=TrainConfig(steps=1_000, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
+        baseline=TrainConfig(steps=4_000, batch_size=128, lr=0.1, warmup_steps=200, weight_decay=1e-4),
+        expert=TrainConfig(steps=600, batch_size=128, lr=0.03, warmup_steps=50, weight_decay=1e-4),
         num_experts=8,
-        finetune=TrainConfig(steps=150, batch_size=64, lr=0.01, warmup_steps=15),
+        finetune=TrainConfig(steps=500, batch_size=64, lr=0.01, warmup_steps=50),
         epn=TrainConfig(steps=500, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
         adapter=TrainConfig(steps=300, batch_size=64, lr=0.05, warmup_steps=30, weight_decay=1e-4),
     ),
