@@ -100,10 +100,19 @@ def test_a_staged_member_that_is_not_what_the_worker_wrote_is_refused(tiny_libra
         assert torch.equal(v, lib.load(name).state_dict()[k]), k
 
 
-def test_experts_executor_options_are_one_line_errors(tmp_path):
+def test_executor_options_of_experts_and_select_are_one_line_errors(tiny_library, tmp_path):
     runner = CliRunner()
-    for args, expected in ((["--executor", "slurm"], "--executor"), (["--ray-cpus", "2"], "--ray-cpus is an option of --executor ray")):
-        result = runner.invoke(app, ["experts", "--library", str(tmp_path / "lib"), "--preset", "tiny", *args])
+    lib = str(tiny_library.library.path)
+    out = ["--out", str(tmp_path / "out")]
+    cases = [(["experts", "--library", str(tmp_path / "lib"), "--preset", "tiny", "--executor", "slurm"], "--executor"),
+             (["experts", "--library", str(tmp_path / "lib"), "--preset", "tiny", "--ray-cpus", "2"],
+              "--ray-cpus is an option of --executor ray"),
+             (["select", "--library", lib, "--task", "count", *out, "--ray-address", "localhost:1"],
+              "--ray-address is an option of --executor ray"),
+             (["select", "--library", lib, "--task", "count", *out, "--executor", "ray", "--search", "halving"],
+              "--search halving embeds only the members that survive")]
+    for args, expected in cases:
+        result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert expected in result.output and len(result.output.strip().splitlines()) == 1, result.output
-    assert not (tmp_path / "lib").exists()
+    assert not (tmp_path / "lib").exists() and not (tmp_path / "out").exists()

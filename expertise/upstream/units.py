@@ -29,7 +29,7 @@ from expertise.runtime import RunContext
 from expertise.store import RecordStore, UnitResult
 from expertise.train import TrainConfig
 from expertise.units.context import library_key
-from expertise.units.plan import Plan, Steps, drive
+from expertise.units.plan import batch_plan, drive
 from expertise.units.registry import UnitKind, register_kind
 from expertise.units.spec import UnitSpec
 from expertise.upstream.adapter_bank import adapter_expert_name, bank_members, bank_reusable
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from expertise.units.plan import Executor
     from expertise.upstream.baseline import Holdout, Upstream
 
-SPLITS = "upstream-splits"  # WorkerContext.cached key of a library's (train, holdout)
+SPLITS, TRAIN = "upstream-splits", "upstream-train"  # WorkerContext.cached keys of a library's (train, holdout), (train, None)
 
 
 @dataclass(frozen=True)
@@ -65,28 +65,48 @@ class UpstreamUnits:
     checkpointing: bool = False
 
 
-def _splits(ctx: WorkerContext, lib: Library, spec: UnitSpec) -> tuple[Upstream, Holdout]:
-    """The library's upstream train and holdout splits, as its build made them (once per worker)."""
+def check_upstream(lib: Library, spec: UnitSpec) -> dict[str, Any]:
+    """The library's checked ``upstream.json``, which must be the one the unit was planned on."""
     from expertise.upstream.build import config_digest, upstream_meta
-    from expertise.upstream.data_spec import DataSpec, resolve
 
     meta = upstream_meta(lib)
     if meta is None or config_digest(meta.get("settings")) != spec.config["upstream"]:
         raise LibraryError(f"the library at {lib.path} is not the one unit {spec.describe()} was planned on (its "
                            "upstream settings differ); every worker must see the same library: rerun to plan again")
+    return meta
 
-    def make() -> tuple[Upstream, Holdout]:
+
+def upstream_train(ctx: WorkerContext, lib: Library, spec: UnitSpec) -> Upstream:
+    """The upstream train split the library's B was trained on (once per worker): its embedded
+    world's, or its dataset on disk's, read as the spec's ``data`` option says."""
+    return _upstream(ctx, lib, spec, holdout=False)[0]
+
+
+def _splits(ctx: WorkerContext, lib: Library, spec: UnitSpec) -> tuple[Upstream, Holdout]:
+    """The library's upstream train and holdout splits, as its build made them (once per worker)."""
+    train, holdout = _upstream(ctx, lib, spec, holdout=True)
+    assert holdout is not None
+    return train, holdout
+
+
+def _upstream(ctx: WorkerContext, lib: Library, spec: UnitSpec, holdout: bool) -> tuple[Upstream, Holdout | None]:
+    from expertise.upstream.data_spec import DataSpec, resolve
+
+    meta = check_upstream(lib, spec)
+
+    def make() -> tuple[Upstream, Holdout | None]:
         settings = meta["settings"]
         if meta.get("world"):
             world = ctx.world(lib)
-            return world.upstream("train").materialize(), world.upstream("holdout").materialize()
+            return world.upstream("train").materialize(), world.upstream("holdout").materialize() if holdout else None
         data = spec.options.get("data") or {}
         source = resolve(lib.path, meta, DataSpec(workers=int(data.get("workers", 0)), strict=bool(data.get("strict"))),
                          log=lambda _: None)
         assert source is not None
-        return source.train(settings["seed"]), source.holdout_split(settings["seed"], BACKBONES[settings["backbone"]].resolution)
+        split = source.holdout_split(settings["seed"], BACKBONES[settings["backbone"]].resolution) if holdout else None
+        return source.train(settings["seed"]), split
 
-    return ctx.cached((SPLITS, library_key(lib.path)), make)
+    return ctx.cached((SPLITS if holdout else TRAIN, library_key(lib.path)), make)
 
 
 def _unit_run(spec: UnitSpec, ctx: WorkerContext) -> tuple[Library, Upstream, Holdout, RunContext, list[str]]:
@@ -174,11 +194,6 @@ register_kind(UnitKind("adapter_bank", _execute_adapter_bank, num_cpus=1.0, num_
                        help="every adapter expert of a bank (one joint job), staged for the coordinator"), replace=True)
 
 
-def _asked(units: list[UnitSpec]) -> Steps:
-    done = yield units
-    return done
-
-
 def build_units(library: Library, train: Upstream, holdout: Holdout, backbone: str, nodes: Sequence[str],
                 kinds: Sequence[str], shared: UpstreamUnits, executor: Executor, ctx: RunContext,
                 checkpoints: UpstreamCheckpoints | None = None, bank_name: str = "bank") -> list[str]:
@@ -233,7 +248,7 @@ def build_units(library: Library, train: Upstream, holdout: Holdout, backbone: s
         if specs:
             worker = WorkerContext(ctx.device, ctx.progress).seed_with([library])
             worker.seed_object((SPLITS, lib_path), (train, holdout))
-            done_units = drive([Plan(_asked(specs), len(specs))], executor, store, worker, ctx.progress,
+            done_units = drive([batch_plan(specs)], executor, store, worker, ctx.progress,
                                desc="upstream units")[0]
             for spec, unit in zip(specs, done_units):
                 for line in unit.metrics.get("log", []) if unit.computed else []:
