@@ -17,7 +17,7 @@ them staged, and the next run commits them without training them again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,35 +208,40 @@ def build_units(library: Library, train: Upstream, holdout: Holdout, backbone: s
     base = {"baseline": bname, "baseline_hash": library.verified_hash(bname), "backbone": backbone}
     full = [expert_name(backbone, n) for n in nodes] if "full" in kinds else []
     adapters = {n: adapter_expert_name(backbone, n) for n in nodes} if "adapter" in kinds else {}
-    planned: list[tuple[str, dict[str, Any], Callable[[], bool]]] = []  # (kind, config, reuse) in commit order
+    planned: list[tuple[str, dict[str, Any]]] = []  # (kind, config), in the order one process stores them
     for node, name in zip(nodes, full):
-        planned.append(("full_expert", {**common, **base, "member": name, "node": node, "train": shared.expert.to_json()},
-                        lambda name=name: log(f"expert {name} already in the library: reusing it") or True))
+        planned.append(("full_expert", {**common, **base, "member": name, "node": node, "train": shared.expert.to_json()}))
     if nodes:
-        ename = epn_name(shared.epn_backbone)
-        settings = epn_settings(nodes, shared.epn, shared.seed)
-        planned.append(("epn", {**common, "member": ename, "nodes": list(nodes), "train": shared.epn.to_json(),
-                                "backbone": shared.epn_backbone},
-                        lambda: bool(reuse_epn(library, ename, settings, log))))
+        planned.append(("epn", {**common, "member": epn_name(shared.epn_backbone), "nodes": list(nodes),
+                                "train": shared.epn.to_json(), "backbone": shared.epn_backbone}))
     if adapters:
-        unit = f"{bank_name}.adapter-bank"
-        planned.append(("adapter_bank", {**common, **base, "member": unit, "bank": bank_name, "nodes": list(nodes),
-                                         "train": shared.adapter.to_json()},
-                        lambda: log(f"adapter experts of {bname} already in the library: reusing {len(adapters)} experts") or True))
+        planned.append(("adapter_bank", {**common, **base, "member": f"{bank_name}.adapter-bank", "bank": bank_name,
+                                         "nodes": list(nodes), "train": shared.adapter.to_json()}))
+
+    def bank_stored(quiet: bool = True) -> bool:
+        return bank_reusable(library, adapters, bname, bank_name, shared.adapter, log, quiet)
+
+    def reuse(kind: str, name: str) -> None:
+        """What the local build says of a member it finds stored (and, for the EPN, checks)."""
+        if kind == "full_expert":
+            log(f"expert {name} already in the library: reusing it")
+        elif kind == "epn":
+            reuse_epn(library, name, epn_settings(nodes, shared.epn, shared.seed), log)
+        else:
+            log(f"adapter experts of {bname} already in the library: reusing {len(adapters)} experts")
+
     store = RecordStore(library.path / staging.STAGED)
     lib_path = library_key(library.path)
     with contextlib.ExitStack() as claims:
         specs: list[UnitSpec] = []
-        for kind, config, reuse in planned:
+        for kind, config in planned:
             name = config["member"]
-            done = (lambda: bank_reusable(library, adapters, bname, bank_name, shared.adapter, log, quiet=True)) \
-                if kind == "adapter_bank" else None
-            if not claims.enter_context(library.claim(name, log, done=done)):
-                reuse()
+            if not claims.enter_context(library.claim(name, log, done=bank_stored if kind == "adapter_bank" else None)):
+                reuse(kind, name)
                 _forget(store, kind, config)
                 continue
             if kind == "adapter_bank":
-                bank_reusable(library, adapters, bname, bank_name, shared.adapter, log)  # says why a stored bank is trained again
+                bank_stored(quiet=False)  # says why a stored bank is trained again
             if checkpoints is not None:  # one left by a run without --resume is refused here, before any unit runs
                 checkpoints.unit(name, **_identity(kind, config, shared))
             folder = staging.folder(library.path, f"{kind}.{store.key(kind, config)}")
