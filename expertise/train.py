@@ -50,6 +50,14 @@ class TrainConfig:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict) -> TrainConfig:
+        """The config a :meth:`to_json` (read back from JSON) describes."""
+        d = dict(d)
+        if "decay_at" in d:
+            d["decay_at"] = tuple(d["decay_at"])
+        return cls(**d)
+
     def lr_at(self, step: int) -> float:
         """Learning rate for ``step`` (0-based)."""
         if step < self.warmup_steps:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import expertise.library.core as library_module
+import expertise.library.member_files as member_files_module
 import expertise.library.manifest as manifest_module
 from expertise.data.hierarchy import Hierarchy
 from expertise.errors import LibraryError
@@ -306,14 +306,14 @@ def test_failed_state_dict_leaves_library_unchanged(lib: Library) -> None:
 def test_failed_write_midway_leaves_no_trace(lib: Library, monkeypatch: pytest.MonkeyPatch) -> None:
     lib.add(_info("a"), _model(0))
     before = _snapshot(lib)
-    real_save = library_module.atomic_save_safetensors
+    real_save = member_files_module.atomic_save_safetensors  # where Library.add writes a member's files
 
     def failing_save(path, tensors, metadata=None):
         real_save(path, tensors, metadata)  # the weights land in staging, then the prior fails
         if "prior" in tensors:
             raise OSError("no space left on device")
 
-    monkeypatch.setattr(library_module, "atomic_save_safetensors", failing_save)
+    monkeypatch.setattr(member_files_module, "atomic_save_safetensors", failing_save)
     with pytest.raises(OSError):
         lib.add(_info("b"), _model(1), label_prior=torch.ones(4))
     with pytest.raises(OSError):

@@ -133,3 +133,52 @@ def test_a_kind_the_workers_do_not_know_is_one_line(cluster, tmp_path):
         KINDS.pop("test_coordinator_only", None)
     assert "unknown unit kind 'test_coordinator_only'" in str(e.value) and "\n" not in str(e.value)
     assert "transfer_retrain" in str(e.value) and not (tmp_path / "units").exists()
+
+
+def test_experts_select_and_dat_on_ray_match_the_local_executor(cluster, tiny_library, tmp_path):
+    """expertise experts --executor ray: each full expert, the EPN and the adapter bank trained by Ray
+    workers, committed by the coordinator, tensor for tensor the library the local build made (the
+    shared one); expertise select --executor ray: the pool embedded by Ray workers, the same ranking
+    and scores as in one process; expertise dat --executor ray: the run's record of the local executor."""
+    from test_upstream_units import assert_same_library, without_experts
+
+    from expertise.units.ray_executor import RayExecutor
+    from expertise.upstream.build import build_library
+
+    torch.set_num_threads(1)
+    lib = without_experts(tiny_library, tmp_path / "lib")
+    _, _, names = build_library(tiny_library.preset, lib.path, RunContext(progress=False, log=lambda *a: None),
+                                executor=RayExecutor())
+    assert names == tiny_library.names
+    assert_same_library(lib.path, tiny_library.library)
+
+    runs = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / f"select-{executor}"
+        result = CliRunner().invoke(app, [
+            "select", "--library", str(tiny_library.library.path), "--task", "count", "--proxy", "knn_loo",
+            "--cache", str(tmp_path / f"cache-{executor}"), "--out", str(out), "--executor", executor, "-q"])
+        assert result.exit_code == 0, result.output
+        runs[executor] = json.loads(next(out.glob("count.*.json")).read_text())
+    local, on_ray = runs["local"], runs["ray"]
+    assert on_ray["ranking"] == local["ranking"] and on_ray["picks"] == local["picks"]
+    assert _untimed(on_ray["uncertainty"]) == _untimed(local["uncertainty"]) and len(local["ranking"]) == len(tiny_library.names)
+    assert len(RecordStore(tmp_path / "select-ray").all("embed")) == len(tiny_library.names)  # one unit a member
+    assert not (tmp_path / "select-local" / "units").exists()
+
+    dat = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / f"dat-{executor}"
+        result = CliRunner().invoke(app, [
+            "dat", "--library", str(tiny_library.library.path), "--task", "count", "--init", "baseline", "--size", "200",
+            "--out", str(out), "--preset", "tiny", "--set", "expert.steps=2", "--set", "expert.warmup_steps=1",
+            "--set", "finetune.steps=2", "--set", "finetune.warmup_steps=1", "--executor", executor, "-q"])
+        assert result.exit_code == 0, result.output
+        dat[executor] = json.loads(next(out.glob("dat.count.*.json")).read_text())
+        assert len(RecordStore(out).all("dat")) == 1
+    def untimed(d):  # the record without the wall times it measured (seconds, train_seconds, ...)
+        return {k: untimed(v) for k, v in d.items() if not k.endswith("seconds")} if isinstance(d, dict) else d
+
+    assert untimed(dat["ray"]["metrics"]) == untimed(dat["local"]["metrics"])
+    assert dat["ray"]["metrics"]["test_accuracy"] == dat["local"]["metrics"]["test_accuracy"]
+    assert dat["ray"]["images"] == dat["local"]["images"] and untimed(dat["ray"]["config"]) == untimed(dat["local"]["config"])

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from expertise.bench.runner import HALVING_KINDS, StrategySpec, _embed_unit, _halving_unit, _member_json, _selection_unit
+from expertise.errors import ConfigError
 from expertise.select.embed import EmbeddingCache
 from expertise.select.halving import ETA
 from expertise.transfer.units import protocol_units, unit_task
 from expertise.units.context import library_key
-from expertise.units.plan import Plan, Steps
+from expertise.units.plan import Plan, Steps, batch_plan
 from expertise.units.registry import UnitKind, register_kind
 from expertise.units.spec import UnitSpec, task_ref
 
@@ -68,6 +69,29 @@ register_kind(UnitKind("halving", _execute_halving, num_cpus=1.0, num_gpus=0.5,
                             "(bench --halving)"), replace=True)
 
 
+def embed_spec(library: Library, task: Task, inputs: dict[str, Any], name: str, batch_size: int) -> UnitSpec:
+    """The ``embed`` unit of member ``name`` on ``task`` (``inputs``: the library folder, the task's
+    :func:`task_ref` and the cache folder); its config is the one every benchmark records."""
+    config = {"task": task.name, "task_fingerprint": task.fingerprint(), "group": task.group, "member": name,
+              "member_hash": library.verified_hash(name)}
+    return UnitSpec("embed", config, inputs, {"batch_size": batch_size})
+
+
+def embed_plan(library: Library, task: Task, names: Sequence[str], cache: EmbeddingCache, split_seed: int,
+               batch_size: int, skip_corrupt: bool = False) -> Plan:
+    """One ``embed`` unit for each member of ``names`` whose features of ``task`` are not cached yet
+    (``expertise select --executor ray``): the workers fill the cache, and the selection reads it."""
+    from expertise.select.embed import cache_key
+
+    if cache.root is None:
+        raise ConfigError("embedding units hand their features over through a cache; give one")
+    inputs = {"library": library_key(library.path), "task": task_ref(task, split_seed, skip_corrupt),
+              "cache": str(Path(cache.root).resolve())}
+    todo = [n for n in names if not cache.has(library.verified_hash(n), cache_key(task, library.info(n).preprocessing),
+                                              "trainval")]
+    return batch_plan([embed_spec(library, task, inputs, n, batch_size) for n in todo])
+
+
 def _selection_steps(embeds: list[UnitSpec], selections: list[UnitSpec]) -> Steps:
     yield embeds
     yield selections
@@ -104,8 +128,7 @@ def bench_plans(library: Library, tasks: Sequence[Task], store: RecordStore, cac
         ref = task_ref(task, seed if split_seed is None else split_seed)
         inputs = {"library": lib_path, "task": ref, "cache": cache_root}
         base = {"task": task.name, "task_fingerprint": task.fingerprint(), "group": task.group}
-        embeds = [UnitSpec("embed", {**base, "member": name, "member_hash": library.verified_hash(name)}, inputs,
-                           {"batch_size": batch_size}) for name in [*everyone, *routers]]
+        embeds = [embed_spec(library, task, inputs, name, batch_size) for name in [*everyone, *routers]]
         selections = []
         for p, (spec, members) in enumerate(pool_members.items()):
             for s, strat in enumerate(strategies):

@@ -200,9 +200,10 @@ def dat_options(upstream: str, sampler: str, weighting: str, init: str, size: in
     device(device_name)
 
 
-def executor(name: str, ray_address: str | None, workers: int | None) -> None:
+def executor(name: str, ray_address: str | None, workers: int | None, data_parallel: bool = False) -> None:
     """``--executor``, ``--ray-address`` and ``--ray-cpus``: a known executor; the Ray options only with
-    ``ray``; Ray installed; and a cluster address (``--ray-address``, else ``RAY_ADDRESS``) that answers."""
+    ``ray``; Ray installed; and a cluster address (``--ray-address``, else ``RAY_ADDRESS``) that answers.
+    ``data_parallel``: a command that also runs under torchrun, where Ray is refused."""
     from expertise.units.executors import EXECUTORS, ray_address as cluster
 
     choice(name, EXECUTORS, "--executor")
@@ -212,6 +213,12 @@ def executor(name: str, ray_address: str | None, workers: int | None) -> None:
             if value is not None:
                 raise ConfigError(f"{option} is an option of --executor ray; add --executor ray or drop {option}")
         return
+    if data_parallel:
+        from expertise import distributed
+
+        if distributed.world() > 1:
+            raise ConfigError("--executor ray runs each expert as a Ray task; under torchrun each expert trains "
+                              "data-parallel instead: use one or the other")
     from expertise.units.ray_executor import check_address, import_ray
 
     import_ray()

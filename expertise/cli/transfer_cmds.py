@@ -161,19 +161,28 @@ def dat(library: LibOpt, task: TaskOpt,
         data: DataOpt = None, hierarchy: HierarchyOpt = None, classes: ClassesOpt = None, workers: WorkersOpt = 0,
         strict: StrictOpt = False,
         preset: PresetOpt = "cpu", overrides: DatSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-        quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None) -> None:
+        quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None,
+        executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, ray_cpus: RayCpusOpt = None) -> None:
     """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
     re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's. The
     upstream data is the library's: its embedded world, or the dataset on disk it was built from
-    (recorded in the library; --data must name the same one)."""
+    (recorded in the library; --data must name the same one). The run is one unit recorded in
+    OUT/units (a rerun with the same settings reads it back); with --executor ray it runs as a Ray task."""
     cfg, dev = setup(preset, overrides, device, threads)
     checks.dat_options(upstream_data, sampler, weighting, init, size, temperature, preset, overrides, device)
+    checks.executor(executor, ray_address, ray_cpus)
     spec = data_spec(data, hierarchy, classes, None, workers, strict)
     checks.max_side(max_side)
     import time
 
-    from expertise.dat import DATConfig, cost_ratios, dat_record, run_dat
+    from expertise.dat import DATConfig, cost_ratios, dat_record
+    from expertise.dat.units import dat_result, dat_spec
+    from expertise.store import RecordStore
+    from expertise.units import WorkerContext, batch_plan, drive, open_executor, task_ref
+    from expertise.upstream.build import config_digest
+    from expertise.upstream.units import TRAIN
+    from expertise.units.context import library_key
     from expertise.errors import ConfigError, LibraryError
     from expertise.io import atomic_write_json
     from expertise.upstream.build import upstream_meta, world_of_library
@@ -202,7 +211,14 @@ def dat(library: LibOpt, task: TaskOpt,
     upstream = world.upstream("train").materialize() if world is not None else source.train(meta["settings"]["seed"])
     pretrain = cfg.baseline if init == "scratch" else cfg.expert
     settings = DATConfig(size or len(upstream) // 4, sampler, temperature, weighting, init)  # type: ignore[arg-type]
-    res = run_dat(lib.load(base), upstream, t, settings, pretrain, cfg.finetune, RunContext(dev, seed, not quiet, log))
+    unit_spec = dat_spec(lib, t, task_ref(t, seed, skip_corrupt), base, settings, pretrain, cfg.finetune, seed,
+                         config_digest(meta["settings"]), {"workers": workers, "strict": strict})
+    worker = WorkerContext(dev, not quiet).seed_with([lib], [t]).seed_object((TRAIN, library_key(lib.path)), (upstream, None))
+    with open_executor(executor, ray_address, ray_cpus) as units_on:
+        [unit] = drive([batch_plan([unit_spec])], units_on, RecordStore(out_dir), worker, not quiet, desc="DAT unit")[0]
+    res = dat_result(unit)
+    if not unit.computed:
+        log(f"DAT on {t.name} with these settings is recorded in {out_dir}: read back, not run again")
     total = sum(res.seconds.values())
     select_images = sel.images_per_member * len(sel.members_embedded)
     ratios = cost_ratios(res, select_s, select_images)

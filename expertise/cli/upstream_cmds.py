@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from expertise.cli import checks
-from expertise.cli.common import (DeviceOpt, ExpertSetOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, ThreadsOpt, resumes, run_log, setup, app,
+from expertise.cli.common import (DeviceOpt, ExecutorOpt, ExpertSetOpt, RayAddressOpt, RayCpusOpt, LibOpt, PresetOpt, QuietOpt, SetOpt, ThreadsOpt, resumes, run_log, setup, app,
                                   out, user_errors)
 from expertise.cli.data_opts import (RESUMES, CheckpointEveryOpt, ClassesOpt, DataOpt, HierarchyOpt, HoldoutOpt, ResumeOpt,
                                      StrictOpt, WorkersOpt, checkpointing, data_spec)
@@ -79,21 +79,26 @@ def experts(library: LibOpt, preset: PresetOpt = "cpu",
             workers: WorkersOpt = 0, strict: StrictOpt = False, resume: ResumeOpt = False,
             checkpoint_every: CheckpointEveryOpt = None,
             overrides: ExpertSetOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False,
-            threads: ThreadsOpt = None) -> None:
+            threads: ThreadsOpt = None, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
+            ray_cpus: RayCpusOpt = None) -> None:
     """Train experts for the top-K hierarchy nodes: full (B tuned on each node's slice) or adapter
     (small residual adapters on the frozen B, all in one bank); trains B and the EPN first if missing.
     On a library built from a dataset on disk, that dataset (recorded in the library; --data must name
-    the same one)."""
+    the same one). With --executor ray each full expert, the EPN and the adapter bank are Ray tasks
+    (B first, here); this process alone writes the library."""
     kinds = {"full": ("full",), "adapter": ("adapter",), "both": ("full", "adapter")}
     items = list(overrides or []) + ([f"num_experts={num_experts}"] if num_experts is not None else [])
     cfg, dev = setup(preset, items, device, threads, data_parallel=True)
     checks.build_options(preset, overrides, device, kind, kinds, num_experts)
+    checks.executor(executor, ray_address, ray_cpus, data_parallel=True)
     data_parallel_options(cfg, kinds[kind])
     spec, ckpt = data_spec(data, hierarchy, classes, holdout, workers, strict), checkpointing(resume, checkpoint_every)
+    from expertise.units import open_executor
     from expertise.upstream.build import build_library
 
-    build_library(cfg, library, rank_context(dev, cfg.seed, quiet), kinds=kinds[kind], data=spec,
-                  checkpointing=ckpt)
+    with open_executor(executor, ray_address, ray_cpus) as units_on:
+        build_library(cfg, library, rank_context(dev, cfg.seed, quiet), kinds=kinds[kind], data=spec,
+                      checkpointing=ckpt, executor=None if executor == "local" else units_on)
 
 
 def data_parallel_options(cfg: Preset, kinds: tuple[str, ...]) -> None:

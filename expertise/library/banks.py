@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -155,26 +156,33 @@ def stray_files(lib: Library) -> list[str]:
             if not f.name.startswith(".") and f"{ADAPTERS}/{f.name}" not in referenced]
 
 
-def add_bank(lib: Library, bank: AdapterBank, parent: str, members: Mapping[str, MemberInfo],
-             label_priors: Mapping[str, torch.Tensor] | None = None, bank_name: str = "bank",
-             overwrite: bool = False) -> list[MemberInfo]:
-    """Store a trained :class:`AdapterBank` once, as ``adapters/<bank_name>.safetensors`` and
-    ``.json``, and one ``adapter_expert`` member per entry of ``members`` (bank expert -> its
-    MemberInfo; its ``parent`` is set to ``parent``). Returns the stored MemberInfos.
+@dataclass
+class PreparedBank:
+    """What :func:`add_bank` writes, checked before the disk is touched: each expert's completed
+    MemberInfo (without ``files``), config and label prior by member name, the adapters' tensors,
+    the bank's shape and the backbone's tensors the bank was trained on."""
 
-    ``parent`` must be a stored ExpertModel whose weights are exactly ``bank.base``'s: the bank
-    is stored beside it and refers to it, never copying it. With ``overwrite`` an existing bank
-    of that name is replaced together with all its members. The new files are staged and swapped
-    in by one :class:`Transaction`, which the manifest rewrite commits; on error nothing changes.
-    """
+    name: str
+    parent: str
+    members: dict[str, tuple[MemberInfo, dict[str, Any], torch.Tensor | None]]
+    adapter_state: dict[str, torch.Tensor]
+    bank_config: dict[str, Any]
+    base_state: dict[str, torch.Tensor]
+
+    @property
+    def path(self) -> str:
+        return f"{ADAPTERS}/{self.name}.safetensors"
+
+
+def prepare_bank(lib: Library, bank: AdapterBank, parent: str, members: Mapping[str, MemberInfo],
+                 label_priors: Mapping[str, torch.Tensor] | None = None, bank_name: str = "bank") -> PreparedBank:
+    """The checks of :func:`add_bank` that need no lock, and what it will write."""
     check_name(bank_name)
     if not members:
         raise LibraryError("add_adapter_bank needs at least one member; pass {expert: MemberInfo}")
     unknown = [e for e in members if e not in bank.experts]
     if unknown:
         raise LibraryError(f"adapter experts {unknown} are not in the bank, which holds {bank.experts}")
-    bank_path = f"{ADAPTERS}/{bank_name}.safetensors"
-    config_path = bank_config_path(bank_path)
     priors = dict(label_priors or {})
     adapter_state = {k: v.detach().to("cpu").clone().contiguous() for k, v in bank.adapter_state_dict().items()}
     bank_state = {k: v.detach().to("cpu") for k, v in bank.base.state_dict().items()}
@@ -194,64 +202,104 @@ def add_bank(lib: Library, bank: AdapterBank, parent: str, members: Mapping[str,
         prepared[name] = (info, config, check_prior(name, priors.get(expert), lib.hierarchy))
     if len(prepared) != len(members):
         raise LibraryError(f"adapter experts must have distinct names, got {[i.name for i in members.values()]}")
+    return PreparedBank(bank_name, parent, prepared, adapter_state, bank.bank_config(), bank_state)
+
+
+def write_bank(prep: PreparedBank, bank_dir: Path, member_dirs: Mapping[str, Path], parent_hash: str) -> dict[str, MemberInfo]:
+    """The bank's files written into the new folder ``bank_dir`` and each expert's (config, label
+    prior) into its new folder of ``member_dirs``; returns the experts' MemberInfos with their files."""
+    bank_dir.mkdir(parents=True)
+    atomic_save_safetensors(bank_dir / f"{prep.name}.safetensors", prep.adapter_state,
+                            metadata={"format": "pt", "bank": prep.name, "parent": prep.parent})
+    atomic_write_json(bank_dir / f"{prep.name}.json", {**prep.bank_config, "parent": prep.parent, "parent_hash": parent_hash})
+    bank_files = {f"{ADAPTERS}/{f.name}": sha256_file(f) for f in sorted(bank_dir.iterdir())}
+    infos: dict[str, MemberInfo] = {}
+    for name, (info, config, prior) in prep.members.items():
+        member_dirs[name].mkdir(parents=True)
+        atomic_write_json(member_dirs[name] / CONFIG, config)
+        if prior is not None:
+            atomic_save_safetensors(member_dirs[name] / PRIOR, {"prior": prior}, metadata={"member": name})
+        files = {f.name: sha256_file(f) for f in sorted(member_dirs[name].iterdir())}
+        extra = {**info.extra, "bank": prep.path, "bank_config": bank_config_path(prep.path), "parent_hash": parent_hash}
+        infos[name] = replace(info, files={**files, **bank_files}, extra=extra)
+    return infos
+
+
+def check_target(lib: Library, names: Sequence[str], bank_name: str, parent: str, overwrite: bool) -> list[str]:
+    """Under the lock: where a bank ``bank_name`` of experts ``names`` on ``parent`` may go (a
+    backbone stored whole; no other bank or member of those names unless ``overwrite``). Returns
+    the members of the bank it replaces."""
+    if bank_of(lib.info(parent)) is not None:
+        raise LibraryError(f"the backbone {parent!r} of a bank must be a member stored whole, not an adapter expert")
+    bank_path = f"{ADAPTERS}/{bank_name}.safetensors"
+    old = [n for n, m in lib._members.items() if bank_of(m) == bank_path]
+    if (old or (lib.path / bank_path).exists()) and not overwrite:
+        raise LibraryError(f"the library already has an adapter bank {bank_name!r}; pass overwrite=True to replace it and its experts")
+    taken = [n for n in names if n in lib._members and n not in old]
+    if taken and not overwrite:
+        raise LibraryError(f"the library already has members {taken}; remove them first or pick other names")
+    if parent in names:
+        raise LibraryError(f"an adapter expert cannot replace its own backbone {parent!r}; pick another name")
+    return old
+
+
+def commit_bank(lib: Library, infos: Mapping[str, MemberInfo], bank_dir: Path, member_dirs: Mapping[str, Path],
+                old: Sequence[str]) -> None:
+    """Under the lock: swap the written bank files and expert folders in, replacing the bank's
+    ``old`` experts, in one :class:`Transaction` that the manifest rewrite commits."""
+    adapters_dir, members_dir = lib.path / ADAPTERS, lib.path / MEMBERS
+    manifest: dict[str, MemberInfo] = {}
+    for n, m in lib._members.items():
+        if n in infos:
+            manifest[n] = infos[n]  # a replaced member keeps its place
+        elif n not in old:
+            manifest[n] = m
+    manifest.update({n: i for n, i in infos.items() if n not in manifest})
+    adapters_dir.mkdir(exist_ok=True)
+    with Transaction() as tx:
+        for f in sorted(bank_dir.iterdir()):
+            tx.put(f, adapters_dir / f.name)
+        for n in sorted(set(old) - set(member_dirs)):
+            tx.remove(members_dir / n)
+        for n, d in member_dirs.items():
+            tx.put(d, members_dir / n)
+        tx.commit(lambda: lib._write_manifest(manifest))
+
+
+def add_bank(lib: Library, bank: AdapterBank, parent: str, members: Mapping[str, MemberInfo],
+             label_priors: Mapping[str, torch.Tensor] | None = None, bank_name: str = "bank",
+             overwrite: bool = False) -> list[MemberInfo]:
+    """Store a trained :class:`AdapterBank` once, as ``adapters/<bank_name>.safetensors`` and
+    ``.json``, and one ``adapter_expert`` member per entry of ``members`` (bank expert -> its
+    MemberInfo; its ``parent`` is set to ``parent``). Returns the stored MemberInfos.
+
+    ``parent`` must be a stored ExpertModel whose weights are exactly ``bank.base``'s: the bank
+    is stored beside it and refers to it, never copying it. With ``overwrite`` an existing bank
+    of that name is replaced together with all its members. The new files are staged and swapped
+    in by one :class:`Transaction`, which the manifest rewrite commits; on error nothing changes.
+    """
+    prep = prepare_bank(lib, bank, parent, members, label_priors, bank_name)
     with lib._locked():
         pinfo = lib.info(parent)
         if bank_of(pinfo) is not None:
             raise LibraryError(f"the backbone {parent!r} of a bank must be a member stored whole, not an adapter expert")
         lib._check_member(parent)
         stored = lib._load_tensors(lib.member_dir(parent) / WEIGHTS, parent)
-        if stored.keys() != bank_state.keys() or any(not torch.equal(stored[k], bank_state[k]) for k in stored):
+        if stored.keys() != prep.base_state.keys() or any(not torch.equal(stored[k], prep.base_state[k]) for k in stored):
             raise LibraryError(
                 f"the bank's backbone is not the stored {parent!r}: train the bank on library.load({parent!r}) "
                 "(the backbone and head stay frozen while adapters train)"
             )
-        old = [n for n, m in lib._members.items() if bank_of(m) == bank_path]
-        if (old or (lib.path / bank_path).exists()) and not overwrite:
-            raise LibraryError(f"the library already has an adapter bank {bank_name!r}; pass overwrite=True to replace it and its experts")
-        taken = [n for n in prepared if n in lib._members and n not in old]
-        if taken and not overwrite:
-            raise LibraryError(f"the library already has members {taken}; remove them first or pick other names")
-        if parent in prepared:
-            raise LibraryError(f"an adapter expert cannot replace its own backbone {parent!r}; pick another name")
-        parent_hash = files_digest(pinfo.files)
-        adapters_dir, members_dir = lib.path / ADAPTERS, lib.path / MEMBERS
+        old = check_target(lib, list(prep.members), bank_name, parent, overwrite)
         tag = uuid.uuid4().hex[:8]
-        staged_bank = adapters_dir / f"{STAGING}{bank_name}-{tag}"
-        staged = {n: members_dir / f"{STAGING}{n}-{tag}" for n in prepared}
+        staged_bank = lib.path / ADAPTERS / f"{STAGING}{bank_name}-{tag}"
+        staged = {n: lib.path / MEMBERS / f"{STAGING}{n}-{tag}" for n in prep.members}
         try:
-            staged_bank.mkdir(parents=True)
-            atomic_save_safetensors(staged_bank / f"{bank_name}.safetensors", adapter_state,
-                                    metadata={"format": "pt", "bank": bank_name, "parent": parent})
-            atomic_write_json(staged_bank / f"{bank_name}.json", {**bank.bank_config(), "parent": parent, "parent_hash": parent_hash})
-            bank_files = {f"{ADAPTERS}/{f.name}": sha256_file(f) for f in sorted(staged_bank.iterdir())}
-            infos: dict[str, MemberInfo] = {}
-            for name, (info, config, prior) in prepared.items():
-                staged[name].mkdir(parents=True)
-                atomic_write_json(staged[name] / CONFIG, config)
-                if prior is not None:
-                    atomic_save_safetensors(staged[name] / PRIOR, {"prior": prior}, metadata={"member": name})
-                files = {f.name: sha256_file(f) for f in sorted(staged[name].iterdir())}
-                extra = {**info.extra, "bank": bank_path, "bank_config": config_path, "parent_hash": parent_hash}
-                infos[name] = replace(info, files={**files, **bank_files}, extra=extra)
-            manifest: dict[str, MemberInfo] = {}
-            for n, m in lib._members.items():
-                if n in infos:
-                    manifest[n] = infos[n]  # a replaced member keeps its place
-                elif n not in old:
-                    manifest[n] = m
-            manifest.update({n: i for n, i in infos.items() if n not in manifest})
-            with Transaction() as tx:
-                for f in sorted(staged_bank.iterdir()):
-                    tx.put(f, adapters_dir / f.name)
-                for n in sorted(set(old) - set(staged)):
-                    tx.remove(members_dir / n)
-                for n, d in staged.items():
-                    tx.put(d, members_dir / n)
-                tx.commit(lambda: lib._write_manifest(manifest))
+            infos = write_bank(prep, staged_bank, staged, files_digest(pinfo.files))
+            commit_bank(lib, infos, staged_bank, staged, old)
         finally:
             shutil.rmtree(staged_bank, ignore_errors=True)
             for d in staged.values():
                 shutil.rmtree(d, ignore_errors=True)
         prune(lib)
-    return [infos[n] for n in prepared]
-
+    return [infos[n] for n in prep.members]

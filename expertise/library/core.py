@@ -17,10 +17,10 @@ from torch import nn
 
 from expertise.data.hierarchy import Hierarchy
 from expertise.errors import DiskError, LibraryError, disk_error
-from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
+from expertise.io import atomic_write_json, sha256_file
 from expertise.library import banks, checks, locking, member_files, top_files
 from expertise.library.manifest import (
-    BANK_FILE, CONFIG, HIERARCHY, LOCK, MANIFEST, MEMBERS, PRIOR, STAGING, TOP_FILES,
+    BANK_FILE, CONFIG, HIERARCHY, LOCK, MANIFEST, MEMBERS, STAGING, TOP_FILES,
     WEIGHTS, Manifest, MemberInfo, bank_of, check_name, files_digest,
 )
 from expertise.library.admission import check_prior, complete_info, shareless_state_dict
@@ -263,6 +263,20 @@ class Library:
         Manifest(members, self._top_files).write(self.path)
         self._members, self._verified = dict(members), {}
 
+    def prepare(self, info: MemberInfo, model: nn.Module, label_prior: torch.Tensor | None = None,
+                ) -> tuple[MemberInfo, dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
+        """What :meth:`add` writes for ``model``, checked before the disk is touched: the completed
+        MemberInfo (without ``files``), the config, the state dict and the checked label prior."""
+        name = check_name(info.name)
+        if bank_of(info) is not None:  # e.g. info copied from a bank's expert: this member is stored whole
+            info = replace(info, extra={k: v for k, v in info.extra.items() if k not in ("bank", "bank_config", "parent_hash")})
+        info = complete_info(info, model, self.hierarchy)
+        config = model.member_config()  # type: ignore[operator]
+        state = shareless_state_dict(model)
+        checks.match_shapes(name, checks.expected_shapes(config, Path(f"member {name!r}: member_config()")),
+                            {k: tuple(v.shape) for k, v in state.items()})
+        return info, config, state, check_prior(name, label_prior, self.hierarchy)
+
     def add(self, info: MemberInfo, model: nn.Module, label_prior: torch.Tensor | None = None,
             overwrite: bool = False) -> MemberInfo:
         """Write ``model`` (and its optional label prior, float [num_label_nodes]) as member
@@ -272,28 +286,15 @@ class Library:
         The member is assembled in a hidden staging folder and swapped in by one
         :class:`Transaction` that the manifest rewrite commits; on any error the library is left as it was.
         """
-        name = check_name(info.name)
-        if bank_of(info) is not None:  # e.g. info copied from a bank's expert: this member is stored whole
-            info = replace(info, extra={k: v for k, v in info.extra.items() if k not in ("bank", "bank_config", "parent_hash")})
-        info = complete_info(info, model, self.hierarchy)
-        # Everything that can fail on the model's side happens before the disk is touched.
-        config = model.member_config()  # type: ignore[operator]
-        state = shareless_state_dict(model)
-        checks.match_shapes(name, checks.expected_shapes(config, Path(f"member {name!r}: member_config()")),
-                            {k: tuple(v.shape) for k, v in state.items()})
-        prior = check_prior(name, label_prior, self.hierarchy)
+        info, config, state, prior = self.prepare(info, model, label_prior)  # what can fail before the disk is touched
+        name = info.name
         with self._locked():
             if name in self._members and not overwrite:
                 raise LibraryError(f"the library already has a member {name!r}; pass overwrite=True to replace it, "
                                    "or pick another name")
             staging = self.path / MEMBERS / f"{STAGING}{name}-{uuid.uuid4().hex[:8]}"
             try:
-                staging.mkdir(parents=True)
-                atomic_write_json(staging / CONFIG, config)
-                atomic_save_safetensors(staging / WEIGHTS, state, metadata={"format": "pt", "member": name})
-                if prior is not None:
-                    atomic_save_safetensors(staging / PRIOR, {"prior": prior}, metadata={"member": name})
-                info = replace(info, files={f.name: sha256_file(f) for f in sorted(staging.iterdir())})
+                info = replace(info, files=member_files.write_member(staging, name, config, state, prior))
                 with Transaction() as tx:
                     tx.put(staging, self.path / MEMBERS / name)
                     tx.commit(lambda: self._write_manifest({**self._members, name: info}))

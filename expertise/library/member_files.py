@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from expertise.errors import LibraryError
-from expertise.io import sha256_file
+from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
 from expertise.library import banks, checks
 from expertise.library.manifest import CONFIG, PRIOR, WEIGHTS, bank_config_path, bank_of
 
@@ -97,3 +97,15 @@ def label_prior(lib: Library, name: str) -> torch.Tensor | None:
     if set(tensors) != {"prior"} or tensors["prior"].ndim != 1:
         raise LibraryError(f"member {name!r}: {f} must hold one 'prior' vector; re-create the member")
     return tensors["prior"].to(torch.float64)
+
+
+def write_member(folder: Path, name: str, config: dict[str, Any], state: dict[str, torch.Tensor],
+                 prior: torch.Tensor | None) -> dict[str, str]:
+    """A member's files (config, weights, optional label prior) written into the new folder
+    ``folder``; returns each file's sha256 (the manifest entry's ``files``)."""
+    folder.mkdir(parents=True)
+    atomic_write_json(folder / CONFIG, config)
+    atomic_save_safetensors(folder / WEIGHTS, state, metadata={"format": "pt", "member": name})
+    if prior is not None:
+        atomic_save_safetensors(folder / PRIOR, {"prior": prior}, metadata={"member": name})
+    return {f.name: sha256_file(f) for f in sorted(folder.iterdir())}

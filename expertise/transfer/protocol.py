@@ -253,10 +253,7 @@ class FinetuneRequest:
 
 def train_config(d: dict[str, Any]) -> TrainConfig:
     """The :class:`TrainConfig` of a unit config's ``train`` (its ``to_json``)."""
-    d = dict(d)
-    if "decay_at" in d:
-        d["decay_at"] = tuple(d["decay_at"])
-    return TrainConfig(**d)
+    return TrainConfig.from_json(d)
 
 
 def run_finetune(config: dict[str, Any], member: Callable[[], nn.Module], task: Task, device: torch.device,

@@ -8,7 +8,7 @@ library and tasks in (:meth:`WorkerContext.seed_with`), so running in-process re
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ class WorkerContext:
     _worlds: dict[str, Any] = field(default_factory=dict)
     _tasks: dict[str, Task] = field(default_factory=dict)
     _members: OrderedDict[tuple[str, str, str], nn.Module] = field(default_factory=OrderedDict)
+    _objects: dict[Any, Any] = field(default_factory=dict)
 
     def seed_with(self, libraries: Iterable[Library] = (), tasks: Iterable[Task] = ()) -> WorkerContext:
         """Hand in live objects (the coordinator's), found by folder and fingerprint instead of rebuilt."""
@@ -48,6 +49,17 @@ class WorkerContext:
             self._libraries[library_key(lib.path)] = lib
         for task in tasks:
             self._tasks[task.fingerprint()] = task
+        return self
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """Anything else a kind rebuilds from a spec (an upstream world's splits), made once per
+        process under ``key``; :meth:`seed_object` hands the coordinator's in."""
+        if key not in self._objects:
+            self._objects[key] = make()
+        return self._objects[key]
+
+    def seed_object(self, key: Any, obj: Any) -> WorkerContext:
+        self._objects[key] = obj
         return self
 
     def library(self, inputs: Mapping[str, Any]) -> Library:

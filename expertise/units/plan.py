@@ -36,6 +36,18 @@ class Plan:
     size: int
 
 
+def _batch(units: list[UnitSpec]) -> Steps:
+    if not units:
+        return []
+    done = yield units
+    return done
+
+
+def batch_plan(units: list[UnitSpec]) -> Plan:
+    """A plan of one batch of independent units; its result is their :class:`~expertise.store.Unit` s, in order."""
+    return Plan(_batch(list(units)), len(units))
+
+
 class Executor(Protocol):
     """Where units run: ``submit`` hands one over (``token`` names it), ``next_done`` blocks until
     one finishes and returns its token and result (its cost measured), ``cancel`` drops what is

@@ -91,7 +91,7 @@ class RayExecutor:
                 else:
                     ray.init(address="local", num_cpus=self.workers, include_dashboard=False,
                              logging_level=logging.WARNING, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 - Ray raises bare Exception when its local node does not start in time
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
                 raise ConfigError(f"cannot start or reach {where}: {' '.join(str(e).split())[:300]}; check "
                                   "--ray-address / RAY_ADDRESS ('ray status' on the head node)") from None

@@ -177,25 +177,9 @@ def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, b
     parent = library.info(baseline_name)
     backbone = parent.architecture or library.load(baseline_name).backbone_config.name  # type: ignore[union-attr]
     names = {node: adapter_expert_name(backbone, node) for node in nodes}
-    bank_path = f"adapters/{bank_name}.safetensors"
-
-    def plain(x: object) -> object:  # as JSON reads it back (tuples become lists), in memory or from the manifest
-        return json.loads(json.dumps(x))
 
     def reusable(quiet: bool = False) -> bool:
-        """Whether every expert is stored, intact, in this bank on this baseline with these settings."""
-        stored = [n for n in names.values() if n in library and library.info(n).kind == "adapter_expert"
-                  and library.info(n).parent == baseline_name and library.info(n).extra.get("bank") == bank_path]
-        other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())]
-        if other:
-            raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings; "
-                               "remove them (Library.remove) or use another --library")
-        if len(stored) != len(names):
-            return False
-        stale = [p for n in stored for p in library.problems(n)]
-        if stale and not quiet:
-            log(f"adapter experts of {baseline_name} are stored but unusable ({stale[0]}): training them again")
-        return not stale
+        return bank_reusable(library, names, baseline_name, bank_name, cfg, log, quiet)
 
     with library.claim(f"{bank_name}.adapter-bank", log, done=lambda: reusable(quiet=True)) as build:
         if not build:
@@ -210,14 +194,50 @@ def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, b
         return out
 
 
+def bank_reusable(library: Library, names: dict[str, str], baseline_name: str, bank_name: str, cfg: TrainConfig,
+                  log: Callable[[str], None], quiet: bool = False) -> bool:
+    """Whether every expert of ``names`` (node -> member name) is stored, intact, in bank ``bank_name``
+    on ``baseline_name`` with the settings ``cfg`` (one line when some were trained otherwise)."""
+    bank_path = f"adapters/{bank_name}.safetensors"
+
+    def plain(x: object) -> object:  # as JSON reads it back (tuples become lists), in memory or from the manifest
+        return json.loads(json.dumps(x))
+
+    stored = [n for n in names.values() if n in library and library.info(n).kind == "adapter_expert"
+              and library.info(n).parent == baseline_name and library.info(n).extra.get("bank") == bank_path]
+    other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())]
+    if other:
+        raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings; "
+                           "remove them (Library.remove) or use another --library")
+    if len(stored) != len(names):
+        return False
+    stale = [p for n in stored for p in library.problems(n)]
+    if stale and not quiet:
+        log(f"adapter experts of {baseline_name} are stored but unusable ({stale[0]}): training them again")
+    return not stale
+
+
 def _train_bank(library: Library, train: Upstream, holdout: Holdout, baseline_name: str, nodes: list[str],
                 names: dict[str, str], backbone: str, cfg: TrainConfig, seed: int, device: torch.device,
                 progress: bool, log, bank_name: str, checkpoint: Checkpoint | None = None) -> list[str]:
     baseline = library.load(baseline_name)
+    bank, infos, priors = bank_members(baseline, train, holdout, baseline_name, nodes, names, backbone, cfg,  # type: ignore[arg-type]
+                                       RunContext(device, seed, progress, log), checkpoint)
+    library.add_adapter_bank(bank, baseline_name, infos, priors, bank_name=bank_name, overwrite=True)
+    return list(names.values())
+
+
+def bank_members(baseline: ExpertModel, train: Upstream, holdout: Holdout, baseline_name: str, nodes: list[str],
+                 names: dict[str, str], backbone: str, cfg: TrainConfig, ctx: RunContext,
+                 checkpoint: Checkpoint | None = None) -> tuple[AdapterBank, dict[str, MemberInfo], dict[str, torch.Tensor]]:
+    """The adapter bank on ``baseline`` (the stored member ``baseline_name``) trained (with ``ctx``'s
+    seed, device, progress and log), each expert measured on the holdout: the bank, each node's
+    manifest entry and label prior, ready to store."""
     if not isinstance(baseline, ExpertModel):
         raise LibraryError(f"{baseline_name!r} is a {type(baseline).__name__}; adapter experts need an ExpertModel baseline")
+    seed, device, log = ctx.seed, ctx.device, ctx.log
     t0 = time.perf_counter()
-    bank, stats = train_adapter_bank(baseline, train, nodes, cfg, seed, device, progress, checkpoint=checkpoint)
+    bank, stats = train_adapter_bank(baseline, train, nodes, cfg, seed, device, ctx.progress, checkpoint=checkpoint)
     log(f"adapter bank: {len(nodes)} experts trained in {stats.seconds:.0f}s, "
         f"{adapter_overhead(bank.backbone_config, bank.reduction):.1%} parameters per expert")
     infos: dict[str, MemberInfo] = {}
@@ -237,5 +257,4 @@ def _train_bank(library: Library, train: Upstream, holdout: Holdout, baseline_na
                    "wall_seconds": round(time.perf_counter() - t0, 3)},
         )
         priors[node] = torch.from_numpy(train.label_distribution(idx))
-    library.add_adapter_bank(bank, baseline_name, infos, priors, bank_name=bank_name, overwrite=True)
-    return list(names.values())
+    return bank, infos, priors

@@ -9,8 +9,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 from expertise.config import Preset
 from expertise.data.world import WORLD_VERSION, World
@@ -25,6 +24,9 @@ from expertise.upstream.data_spec import DataSpec, recorded, resolve
 from expertise.upstream.epn import build_epn
 from expertise.upstream.full_experts import build_upstream, expert_domains
 from expertise.upstream.resume import Checkpointing, UpstreamCheckpoints
+
+if TYPE_CHECKING:
+    from expertise.units.plan import Executor
 
 UPSTREAM_FILE = UPSTREAM
 
@@ -67,7 +69,8 @@ def upstream_meta_at(path: Path) -> dict[str, Any] | None:
 
 def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), upstream_only: bool = False,
                   kinds: tuple[str, ...] | None = None, data: DataSpec | None = None,
-                  checkpointing: Checkpointing | None = None) -> tuple[Library, World | None, list[str]]:
+                  checkpointing: Checkpointing | None = None, executor: Executor | None = None,
+                  ) -> tuple[Library, World | None, list[str]]:
     """Create (or resume) a library at ``path``: baseline B, the EPN, and the experts of ``kinds``
     ("full", "adapter"; default: full, plus adapter when the preset builds them) for the top-K
     nodes, on the preset's embedded world (``data`` None: a library built from data on disk is
@@ -75,7 +78,9 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
     library records, else the world). With ``checkpointing`` every unit checkpoints as it trains
     and, when it says ``resume``, continues from its checkpoint. Returns the library, the world
     (None for a dataset on disk) and the pool members' names. A dataset is read, split and its
-    holdout decoded before the library is created, so bad data leaves nothing behind."""
+    holdout decoded before the library is created, so bad data leaves nothing behind. With an
+    ``executor`` (``--executor ray``) B is built here and the full experts, the EPN and the adapter
+    bank run as units on it (:mod:`expertise.upstream.units`), to the same library."""
     ctx = ctx.with_(seed=preset.seed)  # the preset's seed names every random stream of the build
     log = ctx.log
     kinds = () if upstream_only else (kinds if kinds is not None else ("full", "adapter") if preset.adapter_experts else ("full",))
@@ -121,11 +126,23 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
             f"{len(world.hierarchy.leaves)} leaves, rendered in {time.perf_counter() - t0:.1f}s")
     ckpts = None if checkpointing is None else UpstreamCheckpoints(
         path, {"settings": config_digest(upstream_cfg)}, checkpointing.resume, checkpointing.every_steps, log)
+    nodes = expert_domains(train, preset.num_experts)
+    if executor is not None:
+        from expertise.upstream.units import UpstreamUnits, build_units
+
+        names = build_upstream(library, train, holdout, preset.backbone, preset.baseline, preset.expert, 0, ctx, ckpts)
+        shared = UpstreamUnits(config_digest(upstream_cfg), preset.seed, preset.expert, preset.epn, preset.adapter,
+                               preset.epn_backbone or preset.backbone,
+                               {} if data is None else {"workers": data.workers, "strict": data.strict},
+                               None if checkpointing is None else checkpointing.every_steps, checkpointing is not None)
+        names += build_units(library, train, holdout, preset.backbone, nodes, kinds, shared, executor, ctx, ckpts)
+        if ckpts is not None:
+            ckpts.tidy()
+        return library, world, names
     names = build_upstream(library, train, holdout, preset.backbone, preset.baseline, preset.expert,
                            preset.num_experts if "full" in kinds else 0, ctx, ckpts)
     # The EPN routes to the preset's K expert domains, trained with the upstream stage (so domain
     # prediction works as soon as the experts exist, whichever kind they are).
-    nodes = expert_domains(train, preset.num_experts)
     if nodes:
         build_epn(library, train, holdout, nodes, preset.epn_backbone or preset.backbone, preset.epn, ctx, ckpts)
     if nodes and "adapter" in kinds:

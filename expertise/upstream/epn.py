@@ -130,41 +130,57 @@ def routing_accuracy(model: ExpertModel, data: Holdout, nodes: Sequence[str], ba
     return {"node_accuracy": float(right.mean()), "exact": float(right.all(axis=1).mean())}
 
 
+def epn_settings(nodes: Sequence[str], cfg: TrainConfig, seed: int) -> dict:
+    """What an EPN is trained with, kept in its manifest entry: a stored EPN is reused only for these."""
+    return {"nodes": list(nodes), "train": cfg.to_json(), "seed": seed}
+
+
+def reuse_epn(library, name: str, settings: dict, log) -> str:
+    """The stored EPN ``name``, when it was trained with ``settings``; one line otherwise."""
+    from expertise.errors import LibraryError
+
+    extra = library.info(name).extra
+    if {k: extra.get(k) for k in settings} != json.loads(json.dumps(settings)):
+        raise LibraryError(f"the library's EPN {name!r} was trained on other expert domains or settings; "
+                           f"remove it (Library.remove({name!r})) or use another --library")
+    log(f"EPN {name} already in the library: reusing it")
+    return name
+
+
+def epn_member(train: Upstream, holdout: Holdout, nodes: Sequence[str], backbone: str, cfg: TrainConfig,
+               ctx: RunContext, checkpoint: Checkpoint | None = None):
+    """The EPN trained (with ``ctx``'s seed, device, progress and log) and measured on the holdout:
+    its manifest entry and the model, ready to store."""
+    from expertise.library import MemberInfo
+
+    t0 = time.perf_counter()
+    name = epn_name(backbone)
+    settings = epn_settings(nodes, cfg, ctx.seed)
+    model = train_epn(train, nodes, backbone, cfg, ctx.seed, ctx.device, ctx.progress, checkpoint)
+    acc = routing_accuracy(model, holdout, nodes, device=ctx.device)
+    ctx.log(f"EPN {name}: holdout routing decisions {acc['node_accuracy']:.3f} right, every decision right on "
+            f"{acc['exact']:.3f} of images ({time.perf_counter() - t0:.0f}s)")
+    info = MemberInfo(
+        name=name, kind="epn", parent=None, domain=None, upstream_images=len(train), parameters=0, embedding_dim=0,
+        upstream_accuracy=None, preprocessing={}, files={}, architecture=backbone,
+        extra={**settings, "stats": model.epn_stats.to_json(), "holdout_routing": acc},
+    )
+    return info, model
+
+
 def build_epn(library, train: Upstream, holdout: Holdout, nodes: Sequence[str], backbone: str,
               cfg: TrainConfig, ctx: RunContext = RunContext(), checkpoints: UpstreamCheckpoints | None = None) -> str:
     """Train the EPN over the expert domains ``nodes`` and store it in ``library`` as kind ``epn``
     (its nodes, in output order, in the entry's ``extra``). An EPN already there is reused when it
     was trained on the same nodes with the same settings, and refused otherwise: selection must
     never route to experts the EPN does not know. With ``checkpoints`` its training checkpoints."""
-    seed, device, progress, log = ctx.seed, ctx.device, ctx.progress, ctx.log
-    from expertise.library import MemberInfo
-    from expertise.errors import LibraryError
-
     name = epn_name(backbone)
-    settings = {"nodes": list(nodes), "train": cfg.to_json(), "seed": seed}
-
-    def reuse() -> str:
-        extra = library.info(name).extra
-        if {k: extra.get(k) for k in settings} != json.loads(json.dumps(settings)):
-            raise LibraryError(f"the library's EPN {name!r} was trained on other expert domains or settings; "
-                               f"remove it (Library.remove({name!r})) or use another --library")
-        log(f"EPN {name} already in the library: reusing it")
-        return name
-
-    with library.claim(name, log) as build:  # a second builder waits here instead of training it again
+    settings = epn_settings(nodes, cfg, ctx.seed)
+    with library.claim(name, ctx.log) as build:  # a second builder waits here instead of training it again
         if not build:
-            return reuse()
-        t0 = time.perf_counter()
+            return reuse_epn(library, name, settings, ctx.log)
         ckpt = unit_checkpoint(checkpoints, name, **settings)
-        model = train_epn(train, nodes, backbone, cfg, seed, device, progress, ckpt)
-        acc = routing_accuracy(model, holdout, nodes, device=device)
-        log(f"EPN {name}: holdout routing decisions {acc['node_accuracy']:.3f} right, every decision right on "
-            f"{acc['exact']:.3f} of images ({time.perf_counter() - t0:.0f}s)")
-        info = MemberInfo(
-            name=name, kind="epn", parent=None, domain=None, upstream_images=len(train), parameters=0, embedding_dim=0,
-            upstream_accuracy=None, preprocessing={}, files={}, architecture=backbone,
-            extra={**settings, "stats": model.epn_stats.to_json(), "holdout_routing": acc},
-        )
+        info, model = epn_member(train, holdout, nodes, backbone, cfg, ctx, ckpt)
         library.add(info, model)
         finished(ckpt)
     return name

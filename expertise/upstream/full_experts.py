@@ -13,7 +13,7 @@ import torch
 
 from expertise.data.upstream_data import UpstreamData
 from expertise.errors import LibraryError
-from expertise.library import Library
+from expertise.library import Library, MemberInfo
 from expertise.models.backbones import ExpertModel
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig, TrainStats, fit, multilabel_loss
@@ -84,17 +84,25 @@ def build_upstream(library: Library, train: Upstream, holdout: Holdout, backbone
             if not build:
                 log(f"expert {name} already in the library: reusing it")
                 continue
-            t0 = time.perf_counter()
             ckpt = unit_checkpoint(checkpoints, name, train=expert_cfg.to_json(), seed=seed, node=node)
-            expert, stats = train_full_expert(baseline, train, node, expert_cfg, seed, device, progress, ckpt)
-            acc = leaf_accuracy(expert, holdout, device=device)
-            own = leaf_accuracy(expert, holdout, holdout.slice(node), device=device)
-            log(f"expert {name}: holdout leaf accuracy {acc:.3f}, on its own slice {own:.3f} ({time.perf_counter() - t0:.0f}s)")
-            idx = train.slice(node)
-            library.add(
-                member_info(name, "full_expert", expert, backbone, bname, node, len(idx), acc,
-                      {"train": expert_cfg.to_json(), "stats": stats.to_json(), "seed": seed, "slice_accuracy": own}),
-                expert, label_prior=torch.from_numpy(train.label_distribution(idx)),
-            )
+            info, expert, prior = full_expert_member(baseline, train, holdout, node, backbone, expert_cfg, ctx, ckpt)
+            library.add(info, expert, label_prior=prior)
             finished(ckpt)
     return names
+
+
+def full_expert_member(baseline: ExpertModel, train: Upstream, holdout: Holdout, node: str, backbone: str,
+                       cfg: TrainConfig, ctx: RunContext, checkpoint: Checkpoint | None = None,
+                       ) -> tuple[MemberInfo, ExpertModel, torch.Tensor]:
+    """The full expert of ``node`` trained (with ``ctx``'s seed, device, progress and log) and
+    measured on the holdout: its manifest entry, the model and its label prior, ready to store."""
+    t0 = time.perf_counter()
+    name = expert_name(backbone, node)
+    expert, stats = train_full_expert(baseline, train, node, cfg, ctx.seed, ctx.device, ctx.progress, checkpoint)
+    acc = leaf_accuracy(expert, holdout, device=ctx.device)
+    own = leaf_accuracy(expert, holdout, holdout.slice(node), device=ctx.device)
+    ctx.log(f"expert {name}: holdout leaf accuracy {acc:.3f}, on its own slice {own:.3f} ({time.perf_counter() - t0:.0f}s)")
+    idx = train.slice(node)
+    info = member_info(name, "full_expert", expert, backbone, baseline_name(backbone), node, len(idx), acc,
+                       {"train": cfg.to_json(), "stats": stats.to_json(), "seed": ctx.seed, "slice_accuracy": own})
+    return info, expert, torch.from_numpy(train.label_distribution(idx))
