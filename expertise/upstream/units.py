@@ -39,7 +39,10 @@ from expertise.upstream.full_experts import full_expert_member
 from expertise.upstream.resume import UpstreamCheckpoints
 
 if TYPE_CHECKING:
-    from expertise.library import Library
+    import torch
+    from torch import nn
+
+    from expertise.library import Library, MemberInfo
     from expertise.units.context import WorkerContext
     from expertise.units.plan import Executor
     from expertise.upstream.baseline import Holdout, Upstream
@@ -146,12 +149,7 @@ def _execute_full_expert(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
     cfg = TrainConfig.from_json(c["train"])
     ckpt = _checkpoint(spec, lib, c["member"], train=cfg.to_json(), seed=run.seed, node=c["node"])
     info, model, prior = full_expert_member(baseline, train, holdout, c["node"], c["backbone"], cfg, run, ckpt)  # type: ignore[arg-type]
-    with staging.writing(_staged(spec)) as into:
-        staging.stage_member(lib, into, info, model, prior)
-    if ckpt is not None:
-        ckpt.clear()
-    stats = info.extra["stats"]
-    return _result(_staged(spec), [info], lines, stats.get("images", 0), stats.get("seconds", 0.0))
+    return _stage_one(spec, lib, info, model, prior, ckpt, lines)
 
 
 def _execute_epn(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
@@ -160,8 +158,14 @@ def _execute_epn(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
     cfg = TrainConfig.from_json(c["train"])
     ckpt = _checkpoint(spec, lib, c["member"], **epn_settings(c["nodes"], cfg, run.seed))
     info, model = epn_member(train, holdout, c["nodes"], c["backbone"], cfg, run, ckpt)
+    return _stage_one(spec, lib, info, model, None, ckpt, lines)
+
+
+def _stage_one(spec: UnitSpec, lib: Library, info: MemberInfo, model: nn.Module, prior: torch.Tensor | None,
+               ckpt: Any, lines: list[str]) -> UnitResult:
+    """A one-member unit's end: its member staged, its checkpoint cleared, its result."""
     with staging.writing(_staged(spec)) as into:
-        staging.stage_member(lib, into, info, model)
+        staging.stage_member(lib, into, info, model, prior)
     if ckpt is not None:
         ckpt.clear()
     stats = info.extra["stats"]
