@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expertise.data.world import WorldConfig
+from expertise.data.world.catalogue import ALL_DOMAINS
 from expertise.errors import ConfigError
 from expertise.train import TrainConfig
 
@@ -53,20 +54,25 @@ PRESETS: dict[str, Preset] = {
         tasks=("glyph_digits", "count", "sklearn_digits"),
         embed_batch=256,
     ),
+    # World version 3 (six domains) and the settings that make choosing pay, docs/world.md: experts
+    # trained until they forget the other domains (1,000 steps at 0.1), fine-tunes short enough
+    # (150 steps) for the initialisation to matter, B shorter (3,000) to pay for both.
     "cpu": Preset(
         name="cpu",
-        world=WorldConfig(seed=0, resolution=32, upstream_size=60_000, holdout_size=5_000, test_size=1_000),
+        world=WorldConfig(seed=0, resolution=32, upstream_size=60_000, holdout_size=5_000, test_size=1_000,
+                          domains=ALL_DOMAINS, domain_weights=(0.3, 1.0, 1.0, 1.0, 1.0, 1.0)),
         backbone="bit_s",
-        baseline=TrainConfig(steps=4_000, batch_size=128, lr=0.1, warmup_steps=200, weight_decay=1e-4),
-        expert=TrainConfig(steps=600, batch_size=128, lr=0.03, warmup_steps=50, weight_decay=1e-4),
+        baseline=TrainConfig(steps=3_000, batch_size=128, lr=0.1, warmup_steps=200, weight_decay=1e-4),
+        expert=TrainConfig(steps=1_000, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
         num_experts=8,
-        finetune=TrainConfig(steps=500, batch_size=64, lr=0.01, warmup_steps=50),
+        finetune=TrainConfig(steps=150, batch_size=64, lr=0.01, warmup_steps=15),
         epn=TrainConfig(steps=500, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
         adapter=TrainConfig(steps=300, batch_size=64, lr=0.05, warmup_steps=30, weight_decay=1e-4),
     ),
     "gpu": Preset(
         name="gpu",
-        world=WorldConfig(seed=0, resolution=64, upstream_size=300_000, holdout_size=10_000, test_size=2_000),
+        world=WorldConfig(seed=0, resolution=64, upstream_size=300_000, holdout_size=10_000, test_size=2_000,
+                          domains=ALL_DOMAINS, domain_weights=(0.3, 1.0, 1.0, 1.0, 1.0, 1.0)),
         backbone="bit_r50x1",
         baseline=TrainConfig(steps=10_000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=1e-4),
         expert=TrainConfig(steps=2_000, batch_size=256, lr=0.03, warmup_steps=100, weight_decay=1e-4),

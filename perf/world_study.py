@@ -7,8 +7,9 @@ the kNN proxy (``run_selection``). Per task: the oracle (best member), the expec
 pool's mean), the worst member, B, the kNN pick and the task's domain expert. Writes
 ``perf/world_study/<label>.json`` and regenerates ``perf/world_study.md`` from every JSON there.
 
-    python -m perf.world_study --label v3 --set world.domains=glyph,shape,texture,scene,cell,solid \\
-        --set world.domain_weights=0.3,1,1,1,1,1 --set finetune.steps=150
+    python -m perf.world_study --label v3-s1 --set world.seed=1     # the cpu preset, world seed 1
+    python -m perf.world_study --label v2 --set world.domains=glyph,shape,texture \\
+        --set world.domain_weights=0.3,1,1 --set expert.steps=600 --set expert.lr=0.03
     python -m perf.world_study --report        # the table only, from the JSONs
 
 The study's numbers come from one training seed; ``expertise bench --seeds`` gives the intervals.
