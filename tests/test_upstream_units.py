@@ -87,6 +87,18 @@ def test_a_staged_member_that_is_not_what_the_worker_wrote_is_refused(tiny_libra
     with staging.writing(unit) as into:
         staging.stage_member(lib, into, source.info(name), source.load(name), source.label_prior(name))
     assert name not in Library.open(lib.path)  # staged, not in the manifest
+    killed = staging.folder(lib.path, ".epn.feedface.1234abcd.writing")
+    unfinished = staging.folder(lib.path, "epn.0123456789abcdef")
+    killed.mkdir(), unfinished.mkdir()
+    (lib.path / staging.STAGED / "units").mkdir()  # the finished units' records: not a unit
+    result = CliRunner().invoke(app, ["library", "verify", str(lib.path)])
+    assert result.exit_code == 0, result.output  # staged units are not damage: verify says what waits
+    lines = [line for line in result.output.splitlines() if line.startswith("staged, not in the library")]
+    assert len(lines) == 3
+    assert any(unit.name in line and f"members {name}," in line for line in lines)
+    assert any(unfinished.name in line and "unfinished" in line for line in lines)
+    assert any(killed.name in line and "killed" in line for line in lines)
+    killed.rmdir(), unfinished.rmdir(), (lib.path / staging.STAGED / "units").rmdir()
     weights = unit / "members" / name / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from expertise.cli.common import (LibOpt, open_library, err, library_app, out,
                                   pool_app, user_errors)
+from expertise.library import staging
 
 
 @pool_app.command("add")
@@ -125,6 +126,12 @@ def library_verify(library: Annotated[Path, typer.Argument(help="Library folder.
     for f in lib.clean():
         out.print(f"removed {f}, left over from an interrupted write", highlight=False, soft_wrap=True)
     problems = lib.verify()
+    waiting = staging.pending(library)
+    for folder, what in waiting:
+        out.print(f"staged, not in the library: {folder} ({what})", highlight=False, soft_wrap=True)
+    if waiting:
+        out.print("The next `expertise experts` (or `upstream`) run with the same settings commits finished "
+                  "units and retries the rest; delete a folder to drop it.", highlight=False, soft_wrap=True)
     if problems:
         for p in problems:
             err.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)

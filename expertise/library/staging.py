@@ -33,6 +33,7 @@ from expertise.io import atomic_write_json, sha256_file
 from expertise.library import banks, checks, member_files
 from expertise.library.manifest import ADAPTERS, CONFIG, MEMBERS, WEIGHTS, MemberInfo, bank_of, files_digest
 from expertise.library.transaction import Transaction
+from expertise.store import UNITS
 
 if TYPE_CHECKING:
     from expertise.library.core import Library
@@ -155,6 +156,30 @@ def commit(lib: Library, staged: Path, overwrite: bool = False) -> list[MemberIn
         discard(staged)
         banks.prune(lib)
     return infos
+
+
+def pending(library: Path) -> list[tuple[Path, str]]:
+    """What waits in ``LIBRARY/.staged``, one (folder, what it is) per entry, for ``library
+    verify``: a finished unit names its members (the next build with the same settings commits
+    it); a folder without a readable ``staged.json`` or a ``.writing`` folder is what a killed
+    worker left (the next try of that unit replaces it)."""
+    root = Path(library) / STAGED
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.iterdir()):
+        if d.name == UNITS:  # the records of finished units (a RecordStore), not a unit
+            continue
+        if d.name.endswith(".writing"):
+            out.append((d, "left by a worker killed while writing it"))
+            continue
+        try:
+            names = ", ".join(i.name for i in entries(d))
+        except (LibraryError, OSError):
+            out.append((d, "an unfinished or unreadable unit"))
+            continue
+        out.append((d, f"members {names}, waiting for the coordinator to commit them"))
+    return out
 
 
 def discard(staged: Path) -> None:
