@@ -90,7 +90,7 @@ def pool_selection(members: int = 20, seed: int = 0) -> tuple[list[tuple[str, st
 
 
 def adapters_section() -> str:
-    from adapters import section
+    from perf.adapters import section
 
     return section()
 
@@ -104,9 +104,9 @@ def benchmark_sections() -> list[str]:
         body = summary.read_text().split("\n", 1)[1]  # drop its title
         lines += ["## The built-in suite, `cpu` preset", "",
                   "Regenerate with `make demo` then `.venv/bin/expertise bench --library runs/demo/library --out runs/demo "
-                  "--preset cpu` (the benchmark reuses the demo's library, embeddings and fine-tunes; about half an hour "
-                  "on two cores for the rest). Protocol: the preset's fine-tune settings without a sweep, one retrain "
-                  "on the 1,000 train+val images, seed 0.", "",
+                  "--preset cpu --seeds 0,1,2`, then `make bench` (the benchmark reuses the demo's library, embeddings "
+                  "and fine-tunes). Protocol: the preset's fine-tune settings without a sweep, one retrain on the 1,000 "
+                  "train+val images per training seed; the tasks' splits are those of seed 0.", "",
                   *[("#" + x if x.startswith("## ") else x) for x in body.splitlines()], ""]
     dats = sorted((ROOT / "runs" / "dat").glob("dat.*.json")) if (ROOT / "runs" / "dat").exists() else []
     if dats:
