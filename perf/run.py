@@ -95,6 +95,17 @@ def adapters_section() -> str:
     return section()
 
 
+def summary_sections(path: Path, titles: tuple[str, ...], kind: str) -> list[str]:
+    """The sections of a benchmark's ``summary.md`` whose title starts with one of ``titles`` (of
+    the tables given with several interval kinds, only those of ``kind``), one heading level down."""
+    out: list[str] = []
+    for part in path.read_text().split("\n## ")[1:]:
+        title = part.split("\n", 1)[0]
+        if title.startswith(titles) and ("intervals over" not in title or title.endswith(kind)):
+            out += ["### " + part.rstrip(), ""]
+    return out
+
+
 def benchmark_sections() -> list[str]:
     """The benchmark of the built-in suite (`runs/demo/summary.md`, written by `expertise bench`)
     and the DAT records (`runs/dat/*.json`, written by `expertise dat`), when they exist."""
@@ -108,6 +119,15 @@ def benchmark_sections() -> list[str]:
                   "and fine-tunes). Protocol: the preset's fine-tune settings without a sweep, one retrain on the 1,000 "
                   "train+val images per training seed; the tasks' splits are those of seed 0.", "",
                   *[("#" + x if x.startswith("## ") else x) for x in body.splitlines()], ""]
+    unseen = ROOT / "runs" / "demo-w2" / "summary.md"
+    if unseen.exists():
+        lines += ["## The built-in suite on a world seed and training seeds not used in design", "",
+                  "Issue 14's goal 5: the same benchmark on world seed 2 (the world was designed on seeds 0 and 1) with "
+                  "training seeds 3, 4, 5. Regenerate with `.venv/bin/expertise demo --preset cpu --set world.seed=2 "
+                  "--out runs/demo-w2`, then `.venv/bin/expertise bench --library runs/demo-w2/library --out runs/demo-w2 "
+                  "--preset cpu --set world.seed=2 --seeds 3,4,5`, then `make bench`. Its sections below; "
+                  "`runs/demo-w2/summary.md` has every table.", "",
+                  *summary_sections(unseen, ("Table 1 layout", "Table 2 layout", "Does choosing pay?"), "intervals over tasks and runs")]
     dats = sorted((ROOT / "runs" / "dat").glob("dat.*.json")) if (ROOT / "runs" / "dat").exists() else []
     if dats:
         lines += ["## Domain adaptive transfer against kNN selection", "",
