@@ -1,5 +1,6 @@
 """The benchmark on the local executor against Ray on the same machine: `make bench-executors`, or
-`.venv/bin/python -m perf.executors [--preset tiny] [--workers 2] [--repeats 1] [--library DIR] [--quick]`.
+`.venv/bin/python -m perf.executors [--preset tiny] [--workers 2] [--repeats 1] [--library DIR]
+[--tasks NAME,...] [--warmup-tasks K] [--quick]`.
 
 Runs ``run_bench`` (the preset's fine-tune settings, one retrain per member and task, every default
 strategy and pool: what ``expertise bench --preset tiny`` runs) on the built-in suite into a fresh
@@ -8,7 +9,8 @@ Ray (a local Ray of ``--workers`` CPUs, one unit and one thread per CPU), and re
 own records:
 
 - the wall time of each (the median of the repeats; Ray's start, paid once per run of a command, and
-  its first run, whose workers still import torch, apart);
+  its first run, whose workers still import torch, apart: the whole suite, or with ``--warmup-tasks K``
+  its first K tasks, so that a preset whose suite takes an hour is not run three times);
 - the units run and their summed seconds as the units measured them;
 - the overhead per unit: the time the executor's workers were not running unit code, per unit,
   ``(workers x wall - summed unit seconds) / units`` (``workers`` is 1 for the local executor): Ray's
@@ -18,8 +20,8 @@ own records:
   numbers give for N workers, as long as the suite has N units ready at once.
 
 The library is ``--library`` or built once (resumable) in ``runs/perf_executors/library`` with the
-preset. Run it on an otherwise idle machine. Writes perf/executors.md and splices it into
-BENCHMARKS.md (``--quick``, a check that the script runs, builds a small library in a temporary
+preset; ``--tasks`` runs a subset of the built-in suite. Run it on an otherwise idle machine. Writes
+perf/executors.md (the ``tiny`` preset) or perf/executors_PRESET.md and splices it into BENCHMARKS.md (``--quick``, a check that the script runs, builds a small library in a temporary
 folder, runs one task once and only prints).
 """
 
@@ -44,7 +46,6 @@ from expertise.transfer.protocol import SweepConfig
 from perf.timing import splice_section
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- executors:start -->", "<!-- executors:end -->"
 QUICK = {"baseline.steps": "20", "expert.steps": "8", "epn.steps": "10", "num_experts": "2", "adapter.steps": "6",
          "finetune.steps": "3", "finetune.warmup_steps": "1"}
 EXECUTED = ("embed", "selection", "transfer_sweep", "transfer_retrain")  # a protocol record is the coordinator's sum
@@ -77,7 +78,7 @@ def one_run(lib, tasks, preset, out: Path, executor) -> tuple[float, int, float]
     return (wall, *unit_seconds(out))
 
 
-def measure(lib, tasks, preset, scratch: Path, workers: int, repeats: int) -> dict:
+def measure(lib, tasks, preset, scratch: Path, workers: int, repeats: int, warmup: int | None = None) -> dict:
     import ray
 
     from expertise.units.ray_executor import RayExecutor
@@ -87,28 +88,41 @@ def measure(lib, tasks, preset, scratch: Path, workers: int, repeats: int) -> di
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="warning")
     start = time.perf_counter() - t0
     try:
-        first = one_run(lib, tasks, preset, scratch / "ray", RayExecutor())
+        first = one_run(lib, tasks[:warmup], preset, scratch / "ray", RayExecutor())
         warm = [one_run(lib, tasks, preset, scratch / "ray", RayExecutor()) for _ in range(repeats)]
     finally:
         ray.shutdown()
-    return {"local": local, "ray_first": first, "ray": warm, "ray_start": start}
+    return {"local": local, "ray_first": first, "ray": warm, "ray_start": start, "warmup_tasks": len(tasks[:warmup])}
 
 
 def _median(runs: list[tuple[float, int, float]]) -> tuple[float, int, float]:
     return (statistics.median(r[0] for r in runs), runs[0][1], statistics.median(r[2] for r in runs))
 
 
-def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threads: int) -> str:
+def markers(preset: str) -> tuple[str, str]:
+    """The section's markers: ``executors`` for the tiny preset (the first one measured), else
+    ``executors_PRESET``, so each preset keeps its own section."""
+    name = "executors" if preset.startswith("tiny") else f"executors_{preset}"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threads: int, subset: bool = False) -> str:
     (lw, ln, ls), (rw, rn, rs) = _median(m["local"]), _median(m["ray"])
     fw = m["ray_first"][0]
     local_over = (lw - ls) / ln * 1000
     ray_over = (workers * rw - rs) / rn * 1000
     runs = "one run" if repeats == 1 else f"the median of {repeats} runs"
+    start_marker, end_marker = markers(preset)
+    n = len(tasks)
+    which = (f"{n} built-in task{'s' if n != 1 else ''}" if not subset else
+             f"{n} task{'s' if n != 1 else ''} of the built-in suite ({', '.join(t.name for t in tasks)})")
+    first = ("its first run" if m["warmup_tasks"] == n else
+             f"its first run, on {m['warmup_tasks']} task{'s' if m['warmup_tasks'] != 1 else ''},")
     every = {k: ", ".join(f"{r[0]:.1f}" for r in m[k]) for k in ("local", "ray")}
     lines = [
-        START, f"## The benchmark on Ray against the local executor (`{preset}`)", "",
-        f"Regenerate with `make bench-executors` (`python -m perf.executors`) on an otherwise idle machine. `run_bench` on "
-        f"{len(tasks)} built-in task{'s' if len(tasks) != 1 else ''} with the `{preset}` preset (one retrain per member and task, every default strategy "
+        start_marker, f"## The benchmark on Ray against the local executor (`{preset}`)", "",
+        f"Regenerate with {command(preset, tasks if subset else None, m['warmup_tasks'], n)} on an otherwise idle machine. "
+        f"`run_bench` on {which} with the `{preset}` preset (one retrain per member and task, every default strategy "
         f"and pool), into a fresh folder each run: the local executor with {threads} torch thread{'s' if threads != 1 else ''}, and Ray on the same "
         f"machine with {workers} workers (one unit, one CPU and one thread each); {os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}. Each wall time is {runs} (every run in "
@@ -117,16 +131,34 @@ def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threa
         "|---|---:|---:|---:|---:|",
         f"| local, {threads} thread{'s' if threads != 1 else ''} | {lw:.1f} [{every['local']}] | {ln} | {ls:.1f} | {local_over:.0f} |",
         f"| Ray, {workers} workers | {rw:.1f} [{every['ray']}] | {rn} | {rs:.1f} | {ray_over:.0f} |", "",
-        f"Ray / local wall time: **{rw / lw:.2f}x**. Starting the local Ray took {m['ray_start']:.1f} s and its first run "
+        f"Ray / local wall time: **{rw / lw:.2f}x**. Starting the local Ray took {m['ray_start']:.1f} s and {first} "
         f"{fw:.1f} s (its workers import torch and open the library once), neither counted above. Overhead per unit is "
         f"`(workers x wall - summed unit seconds) / units`: time a worker was not running unit code (Ray's scheduling, "
-        "rebuilding the task and library in a worker, waiting for a unit's inputs). On one machine Ray cannot beat the "
-        "local executor by more than the cores the local run leaves idle: both use every core, so the ratio shows what "
-        f"Ray costs, not what it gains. With N workers of their own, the wall time is about "
+        "rebuilding the task and library in a worker, waiting for a unit's inputs). Both executors use every core: the "
+        f"local one runs one unit at a time on {threads} thread{'s' if threads != 1 else ''}, Ray {workers} units at a time on one "
+        f"thread each. The same units summed {rs / ls:.2f}x the local run's seconds on one thread, so {threads} threads made "
+        f"a unit {rs / ls:.2f}x faster where {workers} one-thread units side by side do {workers}x the work: on one machine "
+        "the ratio holds that thread effect as well as Ray's cost (the overhead column), and says nothing of what more "
+        "machines gain. One thread per unit also changes a fine-tune's floating-point results (a thread count changes "
+        "the order of the convolutions' sums), so the two runs' accuracies differ as any two thread counts' do; with "
+        "the local executor on one thread (`--threads 1`) the records are identical, as the tests check. "
+        f"With N workers of their own, the wall time is about "
         f"`{lw - ls:.1f} s + ({rs:.1f} s + {rn} x {ray_over / 1000:.3f} s) / N` while N units are ready at once (the "
-        "coordinator's planning and report, then the units spread over the workers).", "", END,
+        "coordinator's planning and report, then the units spread over the workers).", "", end_marker,
     ]
     return "\n".join(lines)
+
+
+def command(preset: str, tasks: list | None, warmup: int, n: int) -> str:
+    """The command that regenerates a section."""
+    if preset.startswith("tiny") and tasks is None and warmup == n:
+        return "`make bench-executors` (`python -m perf.executors`)"
+    args = [f"--preset {preset}"]
+    if tasks is not None:
+        args.append("--tasks " + ",".join(t.name for t in tasks))
+    if warmup != n:
+        args.append(f"--warmup-tasks {warmup}")
+    return f"`python -m perf.executors {' '.join(args)}`"
 
 
 def main() -> None:
@@ -135,6 +167,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray (one unit each)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per executor (the median is reported)")
     ap.add_argument("--library", type=Path, default=None, help="library to benchmark (default: built in runs/perf_executors)")
+    ap.add_argument("--tasks", default=None, help="comma-separated built-in tasks to run (default: the whole suite)")
+    ap.add_argument("--warmup-tasks", type=int, default=None,
+                    help="tasks of Ray's first (unreported) run, whose workers import torch (default: all)")
     ap.add_argument("--quick", action="store_true", help="a small library, one task, one run: checks the script, writes nothing")
     args = ap.parse_args()
     threads = default_threads()
@@ -156,13 +191,31 @@ def main() -> None:
             else:
                 lib, world = library_for(preset, ROOT / "runs" / "perf_executors" / "library")
         res = int(lib.info(lib.names()[0]).preprocessing["size"])
-        tasks = suite_tasks("builtin", world, res, 0)[: 1 if args.quick else None]
-        m = measure(lib, tasks, preset, scratch, args.workers, 1 if args.quick else args.repeats)
-    text = section(m, "tiny (quick)" if args.quick else args.preset, tasks, args.workers,
-                   1 if args.quick else args.repeats, threads)
+        tasks = pick_tasks(suite_tasks("builtin", world, res, 0), args.tasks)[: 1 if args.quick else None]
+        if args.warmup_tasks is not None and args.warmup_tasks < 1:
+            raise SystemExit(f"--warmup-tasks must be at least 1, got {args.warmup_tasks}")
+        m = measure(lib, tasks, preset, scratch, args.workers, 1 if args.quick else args.repeats, args.warmup_tasks)
+    name = "tiny (quick)" if args.quick else args.preset
+    text = section(m, name, tasks, args.workers, 1 if args.quick else args.repeats, threads, args.tasks is not None)
     print(text)
     if not args.quick:
-        splice_section(ROOT / "perf" / "executors.md", START, END, text)
+        start, end = markers(name)
+        part = "executors" if name.startswith("tiny") else f"executors_{name}"
+        splice_section(ROOT / "perf" / f"{part}.md", start, end, text)
+        # The raw measurement beside its section, so the text can be rendered again without rerunning.
+        (ROOT / "perf" / f"{part}.json").write_text(json.dumps({**m, "tasks": [t.name for t in tasks]}, indent=1) + "\n")
+
+
+def pick_tasks(tasks: list, names: str | None) -> list:
+    """The suite's tasks named in ``names`` (comma-separated, in the suite's order), or all."""
+    if names is None:
+        return tasks
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - {t.name for t in tasks})
+    if unknown or not wanted:
+        raise SystemExit(f"--tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; "
+                         f"the built-in suite has {', '.join(t.name for t in tasks)}")
+    return [t for t in tasks if t.name in wanted]
 
 
 if __name__ == "__main__":
