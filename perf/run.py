@@ -150,6 +150,26 @@ def benchmark_sections() -> list[str]:
     return lines
 
 
+# The demo timed against the earlier three-domain design on one machine (README.md, "What `make demo`
+# does", has both commands): runs/demo-v3time and runs/demo-v2time, each from scratch.
+SIDE_BY_SIDE = (("version 3 (the `cpu` preset)", "demo-v3time"), ("version 2 settings", "demo-v2time"))
+
+
+def side_by_side_section() -> list[str]:
+    """The demo's stages against the version-2 design's, timed one after the other on one machine."""
+    recs = [(label, ROOT / "runs" / d / "results.json") for label, d in SIDE_BY_SIDE]
+    if not all(path.exists() for _, path in recs):
+        return []
+    secs = [(label, json.loads(path.read_text())["seconds"]) for label, path in recs]
+    (a_label, a), (b_label, b) = secs
+    rows = [f"| {k} | {a[k]:.0f} | {b[k]:.0f} | {a[k] / b[k]:.2f} |" for k in a if k in b and b[k] > 0]
+    return ["### The demo against the version-2 design, one machine", "",
+            "Both from scratch, one after the other on an otherwise idle machine: `expertise demo --preset cpu --out "
+            "runs/demo-v3time --fresh` and the same with the version-2 world and steps (README.md gives the `--set` "
+            "overrides) into `runs/demo-v2time`.", "",
+            f"| stage | {a_label} (s) | {b_label} (s) | ratio |", "|---|---:|---:|---:|", *rows, ""]
+
+
 def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     rows = [
@@ -183,9 +203,12 @@ def main() -> None:
     ]
     lines += adapters_section().splitlines() + [""]
     # Sections written by their own commands (each splices its part into BENCHMARKS.md too), kept here in
-    # this order: proxies_scale (make bench-proxies), threads, executors, upstream_data (make bench-data),
-    # ddp, preprocess, halving.
-    for name in ("proxies_scale", "threads", "executors", "upstream_data", "ddp", "preprocess", "halving"):
+    # this order: proxies_scale (make bench-proxies), threads, executors (make bench-executors; then
+    # other presets' perf/executors_PRESET.md), upstream_data (make bench-data), ddp, preprocess, halving.
+    parts = ["proxies_scale", "threads", "executors",
+             *sorted(p.stem for p in (ROOT / "perf").glob("executors_*.md")),
+             "upstream_data", "ddp", "preprocess", "halving"]
+    for name in parts:
         part = ROOT / "perf" / f"{name}.md"
         if part.exists():
             lines += part.read_text().splitlines() + [""]
@@ -197,6 +220,7 @@ def main() -> None:
                   "The stages of the last demo run. The committed figures are those of a run from scratch; a resumed "
                   "run skips what an earlier one finished, and regenerating after one shows its shorter times.", "",
                   "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.0f} |" for k, v in secs.items()], ""]
+    lines += side_by_side_section()
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
