@@ -99,10 +99,14 @@ def _median(runs: list[tuple[float, int, float]]) -> tuple[float, int, float]:
     return (statistics.median(r[0] for r in runs), runs[0][1], statistics.median(r[2] for r in runs))
 
 
+def part_name(preset: str) -> str:
+    """A preset's section and file name: ``executors`` for the tiny preset (the first one measured),
+    else ``executors_PRESET``, so each preset keeps its own section (perf/NAME.md, its markers)."""
+    return "executors" if preset.startswith("tiny") else f"executors_{preset}"
+
+
 def markers(preset: str) -> tuple[str, str]:
-    """The section's markers: ``executors`` for the tiny preset (the first one measured), else
-    ``executors_PRESET``, so each preset keeps its own section."""
-    name = "executors" if preset.startswith("tiny") else f"executors_{preset}"
+    name = part_name(preset)
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
@@ -172,6 +176,8 @@ def main() -> None:
                     help="tasks of Ray's first (unreported) run, whose workers import torch (default: all)")
     ap.add_argument("--quick", action="store_true", help="a small library, one task, one run: checks the script, writes nothing")
     args = ap.parse_args()
+    if args.warmup_tasks is not None and args.warmup_tasks < 1:
+        raise SystemExit(f"--warmup-tasks must be at least 1, got {args.warmup_tasks}")
     threads = default_threads()
     torch.set_num_threads(threads)
     os.environ.setdefault("EXPERTISE_PROGRESS", "0")
@@ -192,15 +198,13 @@ def main() -> None:
                 lib, world = library_for(preset, ROOT / "runs" / "perf_executors" / "library")
         res = int(lib.info(lib.names()[0]).preprocessing["size"])
         tasks = pick_tasks(suite_tasks("builtin", world, res, 0), args.tasks)[: 1 if args.quick else None]
-        if args.warmup_tasks is not None and args.warmup_tasks < 1:
-            raise SystemExit(f"--warmup-tasks must be at least 1, got {args.warmup_tasks}")
         m = measure(lib, tasks, preset, scratch, args.workers, 1 if args.quick else args.repeats, args.warmup_tasks)
     name = "tiny (quick)" if args.quick else args.preset
     text = section(m, name, tasks, args.workers, 1 if args.quick else args.repeats, threads, args.tasks is not None)
     print(text)
     if not args.quick:
         start, end = markers(name)
-        part = "executors" if name.startswith("tiny") else f"executors_{name}"
+        part = part_name(name)
         splice_section(ROOT / "perf" / f"{part}.md", start, end, text)
         # The raw measurement beside its section, so the text can be rendered again without rerunning.
         (ROOT / "perf" / f"{part}.json").write_text(json.dumps({**m, "tasks": [t.name for t in tasks]}, indent=1) + "\n")
