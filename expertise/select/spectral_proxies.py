@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from expertise.select.spectral import EPS, Spectrum, centred_residual_operator, class_quadratic_form, project
+from expertise.select.spectral import EPS, Spectrum, centred_residual_operator, class_quadratic_form, matmul, project
 
 # Spacing in log t of LogME's global search grid (73 points over float64's range).
 _GRID_STEP = 1.0
@@ -45,14 +45,16 @@ def ledoit_wolf_shrinkage(f: torch.Tensor, spec: Spectrum) -> tuple[float, float
     centred Gram's ``||Gc||_F^2`` and the squares of its diagonal, so no D x D product is formed."""
     n, d = f.shape
     mean = f.mean(dim=0)
-    xc2 = ((f - mean) ** 2).sum(dim=1)  # ||xc_i||^2 [N]
+    xc2 = (f - mean).square_().sum(dim=1)  # ||xc_i||^2 [N], one temporary
     if spec.gram is not None:
         g = spec.gram
         r = g.mean(dim=1)
-        gc = g - r[:, None] - r[None, :] + r.mean()
-        frob2 = float((gc * gc).sum())
+        gc = g - r[:, None]
+        gc -= r[None, :]
+        gc += r.mean()
+        frob2 = float(gc.square_().sum())
     else:
-        cc = f.T @ f - n * torch.outer(mean, mean)
+        cc = matmul(f.T, f) - n * torch.outer(mean, mean)
         frob2 = float((cc * cc).sum())
     mu = float(xc2.sum()) / (n * d)
     delta_ = frob2 / n**2
