@@ -110,7 +110,8 @@ def markers(preset: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
-def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threads: int, subset: bool = False) -> str:
+def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threads: int, subset: bool = False,
+            library: Path | None = None) -> str:
     (lw, ln, ls), (rw, rn, rs) = _median(m["local"]), _median(m["ray"])
     fw = m["ray_first"][0]
     local_over = (lw - ls) / ln * 1000
@@ -125,7 +126,7 @@ def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threa
     every = {k: ", ".join(f"{r[0]:.1f}" for r in m[k]) for k in ("local", "ray")}
     lines = [
         start_marker, f"## The benchmark on Ray against the local executor (`{preset}`)", "",
-        f"Regenerate with {command(preset, tasks if subset else None, m['warmup_tasks'], n)} on an otherwise idle machine. "
+        f"Regenerate with {command(preset, tasks if subset else None, m['warmup_tasks'], n, library)} on an otherwise idle machine. "
         f"`run_bench` on {which} with the `{preset}` preset (one retrain per member and task, every default strategy "
         f"and pool), into a fresh folder each run: the local executor with {threads} torch thread{'s' if threads != 1 else ''}, and Ray on the same "
         f"machine with {workers} workers (one unit, one CPU and one thread each); {os.cpu_count()} cores, "
@@ -153,11 +154,14 @@ def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threa
     return "\n".join(lines)
 
 
-def command(preset: str, tasks: list | None, warmup: int, n: int) -> str:
-    """The command that regenerates a section."""
-    if preset.startswith("tiny") and tasks is None and warmup == n:
+def command(preset: str, tasks: list | None, warmup: int, n: int, library: Path | None = None) -> str:
+    """The command that regenerates a section (``library``: the one given with ``--library``)."""
+    if preset.startswith("tiny") and tasks is None and warmup == n and library is None:
         return "`make bench-executors` (`python -m perf.executors`)"
     args = [f"--preset {preset}"]
+    if library is not None:
+        path = library.resolve()
+        args.append(f"--library {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     if tasks is not None:
         args.append("--tasks " + ",".join(t.name for t in tasks))
     if warmup != n:
@@ -200,14 +204,17 @@ def main() -> None:
         tasks = pick_tasks(suite_tasks("builtin", world, res, 0), args.tasks)[: 1 if args.quick else None]
         m = measure(lib, tasks, preset, scratch, args.workers, 1 if args.quick else args.repeats, args.warmup_tasks)
     name = "tiny (quick)" if args.quick else args.preset
-    text = section(m, name, tasks, args.workers, 1 if args.quick else args.repeats, threads, args.tasks is not None)
+    text = section(m, name, tasks, args.workers, 1 if args.quick else args.repeats, threads, args.tasks is not None,
+                   None if args.quick else args.library)
     print(text)
     if not args.quick:
         start, end = markers(name)
         part = part_name(name)
         splice_section(ROOT / "perf" / f"{part}.md", start, end, text)
         # The raw measurement beside its section, so the text can be rendered again without rerunning.
-        (ROOT / "perf" / f"{part}.json").write_text(json.dumps({**m, "tasks": [t.name for t in tasks]}, indent=1) + "\n")
+        raw = {**m, "tasks": [t.name for t in tasks], "subset": args.tasks is not None, "workers": args.workers,
+               "repeats": args.repeats, "threads": threads, "library": None if args.library is None else str(args.library)}
+        (ROOT / "perf" / f"{part}.json").write_text(json.dumps(raw, indent=1) + "\n")
 
 
 def pick_tasks(tasks: list, names: str | None) -> list:
