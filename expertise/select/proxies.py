@@ -51,8 +51,8 @@ class LogMEConvergenceWarning(RuntimeWarning):
 def nearest_neighbours_loo(x: Any, k: int, metric: str = "euclidean") -> np.ndarray:
     """Indices int64 [N, k] of each point's k nearest other points, nearest first.
 
-    Equidistant neighbours come in index order (lowest first). Exact duplicates of a row (found by
-    hashing the rows' bits, then compared exactly: see :mod:`expertise.select.knn`) are bit-for-bit
+    Equidistant neighbours come in index order (lowest first). Exact duplicates of a row (found from
+    the rows' bits, compared in full: see :mod:`expertise.select.knn`) are bit-for-bit
     equidistant from every point and at distance exactly 0 from each other: a duplicate of ``i`` at
     ``j != i`` is a legitimate (nearest) neighbour; only ``i`` itself is excluded. Rows that are all
     zero have no direction: under ``cosine`` they are at distance 1 from every other row but their
