@@ -1,6 +1,6 @@
 """The benchmark on the local executor against Ray on the same machine: `make bench-executors`, or
 `.venv/bin/python -m perf.executors [--preset tiny] [--workers 2] [--repeats 1] [--library DIR]
-[--tasks NAME,...] [--warmup-tasks K] [--quick]`.
+[--tasks NAME,...] [--warmup-tasks K] [--quick] [--render]`.
 
 Runs ``run_bench`` (the preset's fine-tune settings, one retrain per member and task, every default
 strategy and pool: what ``expertise bench --preset tiny`` runs) on the built-in suite into a fresh
@@ -22,7 +22,8 @@ own records:
 The library is ``--library`` or built once (resumable) in ``runs/perf_executors/library`` with the
 preset; ``--tasks`` runs a subset of the built-in suite. Run it on an otherwise idle machine. Writes
 perf/executors.md (the ``tiny`` preset) or perf/executors_PRESET.md and splices it into BENCHMARKS.md (``--quick``, a check that the script runs, builds a small library in a temporary
-folder, runs one task once and only prints).
+folder, runs one task once and only prints). The measurement is saved beside the section as
+perf/executors[_PRESET].json, from which ``--render`` lays the section out again without running.
 """
 
 from __future__ import annotations
@@ -110,8 +111,12 @@ def markers(preset: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
-def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threads: int, subset: bool = False,
-            library: Path | None = None) -> str:
+def section(m: dict, preset: str) -> str:
+    """The section of measurement ``m``: :func:`measure`'s result with the run's settings (``tasks``:
+    their names, ``subset``: whether ``--tasks`` chose them, ``workers``, ``repeats``, ``threads``,
+    ``library``: ``--library`` or None), as saved in perf/executors_PRESET.json."""
+    tasks, workers, repeats, threads, subset = m["tasks"], m["workers"], m["repeats"], m["threads"], m["subset"]
+    library = None if m["library"] is None else Path(m["library"])
     (lw, ln, ls), (rw, rn, rs) = _median(m["local"]), _median(m["ray"])
     fw = m["ray_first"][0]
     local_over = (lw - ls) / ln * 1000
@@ -120,7 +125,7 @@ def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threa
     start_marker, end_marker = markers(preset)
     n = len(tasks)
     which = (f"{n} built-in task{'s' if n != 1 else ''}" if not subset else
-             f"{n} task{'s' if n != 1 else ''} of the built-in suite ({', '.join(t.name for t in tasks)})")
+             f"{n} task{'s' if n != 1 else ''} of the built-in suite ({', '.join(tasks)})")
     first = ("its first run" if m["warmup_tasks"] == n else
              f"its first run, on {m['warmup_tasks']} task{'s' if m['warmup_tasks'] != 1 else ''},")
     every = {k: ", ".join(f"{r[0]:.1f}" for r in m[k]) for k in ("local", "ray")}
@@ -154,7 +159,7 @@ def section(m: dict, preset: str, tasks: list, workers: int, repeats: int, threa
     return "\n".join(lines)
 
 
-def command(preset: str, tasks: list | None, warmup: int, n: int, library: Path | None = None) -> str:
+def command(preset: str, tasks: list[str] | None, warmup: int, n: int, library: Path | None = None) -> str:
     """The command that regenerates a section (``library``: the one given with ``--library``)."""
     if preset.startswith("tiny") and tasks is None and warmup == n and library is None:
         return "`make bench-executors` (`python -m perf.executors`)"
@@ -163,7 +168,7 @@ def command(preset: str, tasks: list | None, warmup: int, n: int, library: Path 
         path = library.resolve()
         args.append(f"--library {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     if tasks is not None:
-        args.append("--tasks " + ",".join(t.name for t in tasks))
+        args.append("--tasks " + ",".join(tasks))
     if warmup != n:
         args.append(f"--warmup-tasks {warmup}")
     return f"`python -m perf.executors {' '.join(args)}`"
@@ -179,7 +184,15 @@ def main() -> None:
     ap.add_argument("--warmup-tasks", type=int, default=None,
                     help="tasks of Ray's first (unreported) run, whose workers import torch (default: all)")
     ap.add_argument("--quick", action="store_true", help="a small library, one task, one run: checks the script, writes nothing")
+    ap.add_argument("--render", action="store_true",
+                    help="render the preset's section again from its saved perf/executors_PRESET.json, running nothing")
     args = ap.parse_args()
+    if args.render:
+        raw = ROOT / "perf" / f"{part_name(args.preset)}.json"
+        if not raw.exists():
+            raise SystemExit(f"--render: no {raw.relative_to(ROOT)}; measure the {args.preset!r} preset first")
+        write(section(json.loads(raw.read_text()), args.preset), args.preset)
+        return
     if args.warmup_tasks is not None and args.warmup_tasks < 1:
         raise SystemExit(f"--warmup-tasks must be at least 1, got {args.warmup_tasks}")
     threads = default_threads()
@@ -203,18 +216,22 @@ def main() -> None:
         res = int(lib.info(lib.names()[0]).preprocessing["size"])
         tasks = pick_tasks(suite_tasks("builtin", world, res, 0), args.tasks)[: 1 if args.quick else None]
         m = measure(lib, tasks, preset, scratch, args.workers, 1 if args.quick else args.repeats, args.warmup_tasks)
-    name = "tiny (quick)" if args.quick else args.preset
-    text = section(m, name, tasks, args.workers, 1 if args.quick else args.repeats, threads, args.tasks is not None,
-                   None if args.quick else args.library)
+    m |= {"tasks": [t.name for t in tasks], "subset": args.tasks is not None, "workers": args.workers,
+          "repeats": 1 if args.quick else args.repeats, "threads": threads,
+          "library": None if args.quick or args.library is None else str(args.library)}
+    if args.quick:
+        print(section(m, "tiny (quick)"))
+        return
+    # The raw measurement beside its section, so that --render gives the text again without rerunning.
+    (ROOT / "perf" / f"{part_name(args.preset)}.json").write_text(json.dumps(m, indent=1) + "\n")
+    write(section(m, args.preset), args.preset)
+
+
+def write(text: str, preset: str) -> None:
+    """Print a preset's section and splice it into perf/executors[_PRESET].md and BENCHMARKS.md."""
     print(text)
-    if not args.quick:
-        start, end = markers(name)
-        part = part_name(name)
-        splice_section(ROOT / "perf" / f"{part}.md", start, end, text)
-        # The raw measurement beside its section, so the text can be rendered again without rerunning.
-        raw = {**m, "tasks": [t.name for t in tasks], "subset": args.tasks is not None, "workers": args.workers,
-               "repeats": args.repeats, "threads": threads, "library": None if args.library is None else str(args.library)}
-        (ROOT / "perf" / f"{part}.json").write_text(json.dumps(raw, indent=1) + "\n")
+    start, end = markers(preset)
+    splice_section(ROOT / "perf" / f"{part_name(preset)}.md", start, end, text)
 
 
 def pick_tasks(tasks: list, names: str | None) -> list:

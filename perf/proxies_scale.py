@@ -69,17 +69,18 @@ class PoolOnDisk(Mapping[str, np.ndarray]):
         from safetensors.numpy import load_file
 
         self.folder, self.members = folder, members
+        self.names = [f"m{i:03d}" for i in range(members)]
         self.labels = load_file(folder / "labels.safetensors")["labels"]
 
     def __getitem__(self, key: str) -> np.ndarray:
         from safetensors.numpy import load_file
 
-        if key not in set(self):
+        if key not in self.names:
             raise KeyError(key)
         return load_file(self.folder / f"{key}.safetensors")["features"]
 
     def __iter__(self) -> Iterator[str]:
-        return (f"m{i:03d}" for i in range(self.members))
+        return iter(self.names)
 
     def __len__(self) -> int:
         return self.members
