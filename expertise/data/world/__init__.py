@@ -13,7 +13,8 @@ The label hierarchy is root -> domain -> family -> leaf, e.g. ``glyph/latin_uppe
 frequencies are imbalanced (log-normal domain, family and leaf weights drawn from the seed), so
 the top nodes by image count mix domains and large families. Some classes of every domain (the
 digits, fourteen letters, fourteen shapes, fourteen textures) and some factors (font, count,
-orientation, location) never appear upstream: the downstream tasks are built from them.
+orientation, location) never appear upstream: the downstream tasks are built from them. The
+structured tasks of the built-in suite draw block pieces, art no upstream domain has (``blocks``).
 
 Determinism: image ``i`` of a split is a pure function of (seed, split, i). Per-image parameters
 come from a counter-based hash (splitmix64 on uint64 arrays) of that triple and a stream name;
@@ -29,7 +30,8 @@ The layers, each a module, each using only those above it:
 * ``catalogue``: every class of the world and the fonts, and which classes are held out;
 * ``banks`` (with ``textures``): the procedural art, built once per (seed, resolution);
 * ``canvas``: compositing on a batch (``Style``, ``Pose``, ``Canvas``);
-* ``recipes``: how each domain and each built-in task is drawn (``TaskSpec``);
+* ``recipes``: how each domain and each built-in task is drawn (``TaskSpec``); ``blocks``: the
+  block pieces and the structured tasks drawn from them;
 * ``world``: the facade, ``World`` and ``WorldConfig``; ``World.upstream`` returns the
   ``UpstreamData`` the rest of the library trains on, ``World.task`` a downstream ``Task``;
 * ``preview``: a PNG of a world.

@@ -12,7 +12,8 @@ from expertise.data.world.world import World
 
 def save_preview(world: World, path: str | os.PathLike, per_row: int = 12) -> Path:
     """Write a PNG grid: a row per upstream family (random leaves of it), then a row per task (its
-    first training images, class names under them omitted for space). Returns the path."""
+    first training images, class names under them omitted for space; the tasks outside the built-in
+    suite last). Returns the path."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -25,7 +26,7 @@ def save_preview(world: World, path: str | os.PathLike, per_row: int = 12) -> Pa
         pick = [leaves[i % len(leaves)] for i in range(per_row)]
         imgs = world.sample_grid(1, pick, split=f"preview/{fam}")
         rows.append((fam, imgs.numpy()))
-    for name in world.task_names:
+    for name in (*world.task_names, *world.extra_task_names):
         t = world.task(name).train
         rows.append((f"{name} ({world.task(name).group})", t.images[:per_row].numpy()))
     r, pad = world.cfg.resolution, 2

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from expertise.data.tasks import Group
+from expertise.data.world import blocks
 from expertise.data.world.canvas import (F32, GLYPH_STYLE, TEXTURE_STYLE, Canvas, Pose, Style, lowres_render,
                                          make_pose)
 from expertise.data.world.catalogue import FONT_TASK_FONTS, HELD_OUT, LATIN_FONTS, UNICODE_FONTS
@@ -109,6 +110,7 @@ class TaskSpec:
     classes: tuple[str, ...]
     render: Callable[[World, Draw, np.ndarray], np.ndarray] = field(repr=False)
     needs: tuple[str, ...] = ()  # the upstream domains its images draw on (default: its own domain)
+    builtin: bool = True  # in the built-in suite; False: run when a suite names it
 
     @property
     def domains_needed(self) -> tuple[str, ...]:
@@ -284,14 +286,23 @@ def task_specs() -> list[TaskSpec]:
         TaskSpec("texture_unseen", "natural", "texture", HELD_OUT["texture_unseen"], held("texture_unseen")),
         TaskSpec("shape_microscopy", "specialized", "shape", HELD_OUT["shape_microscopy"], _render_microscopy),
         TaskSpec("texture_sensor", "specialized", "texture", HELD_OUT["texture_sensor"], _render_sensor),
-        TaskSpec("count", "structured", "shape", tuple(f"count/{n}" for n in COUNTS), _render_count),
-        TaskSpec("orientation", "structured", "glyph",
-                 tuple(f"orientation/{k * 360 // ORIENTATION_BINS}deg" for k in range(ORIENTATION_BINS)),
-                 _render_orientation),
-        TaskSpec("location", "structured", None, _location_names(), _render_location,
-                 needs=("glyph", "shape", "texture")),
+        # the structured tasks: block pieces, art no upstream domain has (blocks.py), as VTAB's dSprites
+        # shares nothing with ImageNet's classes
+        TaskSpec("blocks_count", "structured", None, tuple(f"count/{n}" for n in blocks.COUNTS), blocks.render_count),
+        TaskSpec("blocks_orientation", "structured", None,
+                 tuple(f"orientation/{k * 360 // blocks.ORIENTATION_BINS}deg" for k in range(blocks.ORIENTATION_BINS)),
+                 blocks.render_orientation),
+        TaskSpec("blocks_location", "structured", None, _location_names(), blocks.render_location),
         # natural tasks of the optional domains (world version 3), held-out classes in upstream style
         TaskSpec("scene_unseen", "natural", "scene", HELD_OUT["scene_unseen"], held("scene_unseen")),
         TaskSpec("cell_unseen", "natural", "cell", HELD_OUT["cell_unseen"], held("cell_unseen")),
         TaskSpec("solid_unseen", "natural", "solid", HELD_OUT["solid_unseen"], held("solid_unseen")),
+        # the structured tasks of the built-in suite until 2026-12: objects drawn from upstream domains
+        # (glyphs, shapes, textures), so a domain's expert knows them; outside the suite, loadable by name
+        TaskSpec("count", "structured", "shape", tuple(f"count/{n}" for n in COUNTS), _render_count, builtin=False),
+        TaskSpec("orientation", "structured", "glyph",
+                 tuple(f"orientation/{k * 360 // ORIENTATION_BINS}deg" for k in range(ORIENTATION_BINS)),
+                 _render_orientation, builtin=False),
+        TaskSpec("location", "structured", None, _location_names(), _render_location,
+                 needs=("glyph", "shape", "texture"), builtin=False),
     ]
