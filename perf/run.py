@@ -106,9 +106,33 @@ def summary_sections(path: Path, titles: tuple[str, ...], kind: str) -> list[str
     return out
 
 
-def benchmark_sections() -> list[str]:
+KEPT = "_Kept from an earlier `make bench`:"
+
+
+def kept_section(old: str, heading: str, source: str, note: str = "") -> list[str]:
+    """The section of the current BENCHMARKS.md (``old``) whose heading line starts with ``heading``
+    ("## ..." or "### ...", up to the next heading of that level or above), kept as it is when its
+    source (``source``, a runs folder) is not on this machine, under a line that says so; [] when
+    there is none. Its figures stay those of the run that made them."""
+    lines = old.splitlines()
+    level = heading.split(" ", 1)[0]
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i].startswith("#") and len(lines[i].split(" ", 1)[0]) <= len(level)), len(lines))
+    body = [line for line in lines[start + 1: end] if not line.startswith(KEPT)]
+    while body and not body[0].strip():
+        body = body[1:]
+    why = f"{KEPT} `{source}` is not on the machine of this run, so these are that run's figures.{note}_"
+    return [lines[start], "", why, "", *body]
+
+
+def benchmark_sections(old: str = "") -> list[str]:
     """The benchmark of the built-in suite (`runs/demo/summary.md`, written by `expertise bench`)
-    and the DAT records (`runs/dat/*.json`, written by `expertise dat`), when they exist."""
+    and the DAT records (`runs/dat/*.json`, written by `expertise dat`), when they exist; the
+    sections of world seed 2 and of DAT are kept from ``old`` (the current BENCHMARKS.md) when
+    their runs are not here."""
     lines: list[str] = []
     summary = ROOT / "runs" / "demo" / "summary.md"
     if summary.exists():
@@ -128,6 +152,9 @@ def benchmark_sections() -> list[str]:
                   "--preset cpu --set world.seed=2 --seeds 3,4,5`, then `make bench`. Its sections below; "
                   "`runs/demo-w2/summary.md` has every table.", "",
                   *summary_sections(unseen, ("Table 1 layout", "Table 2 layout", "Does choosing pay?"), "intervals over tasks and runs")]
+    else:
+        lines += kept_section(old, "## The built-in suite on a world seed", "runs/demo-w2",
+                              STRUCTURED_BEFORE)
     dats = sorted((ROOT / "runs" / "dat").glob("dat.*.json")) if (ROOT / "runs" / "dat").exists() else []
     if dats:
         lines += ["## Domain adaptive transfer against kNN selection", "",
@@ -147,7 +174,15 @@ def benchmark_sections() -> list[str]:
                          f"| {m['unique_examples']:,} / {m['sampled_size']:,} | {secs:.0f} | {knn['seconds']:.1f} "
                          f"| {secs / knn['seconds']:,.0f}x | {imgs:,} | {knn['images']:,} | {imgs / knn['images']:,.0f}x |")
         lines.append("")
+    else:
+        lines += [*kept_section(old, "## Domain adaptive transfer", "runs/dat"), ""]
     return lines
+
+
+# The built-in suite's structured tasks changed on 2026-12-01 (docs/world.md); the world-seed-2 section
+# in BENCHMARKS.md then was made before, on the earlier ones (a new run of it replaces the kept one).
+STRUCTURED_BEFORE = (" Its structured tasks are the built-in suite's before 2026-12-01 (count, orientation, location), "
+                     "not today's block tasks (docs/world.md).")
 
 
 # The demo timed against the earlier three-domain design on one machine (README.md, "What `make demo`
@@ -155,11 +190,12 @@ def benchmark_sections() -> list[str]:
 SIDE_BY_SIDE = (("version 3 (the `cpu` preset)", "demo-v3time"), ("version 2 settings", "demo-v2time"))
 
 
-def side_by_side_section() -> list[str]:
-    """The demo's stages against the version-2 design's, timed one after the other on one machine."""
+def side_by_side_section(old: str = "") -> list[str]:
+    """The demo's stages against the version-2 design's, timed one after the other on one machine
+    (kept from ``old`` when the runs are not here)."""
     recs = [(label, ROOT / "runs" / d / "results.json") for label, d in SIDE_BY_SIDE]
     if not all(path.exists() for _, path in recs):
-        return []
+        return [*kept_section(old, "### The demo against the version-2 design", "runs/demo-v3time, runs/demo-v2time"), ""]
     secs = [(label, json.loads(path.read_text())["seconds"]) for label, path in recs]
     (a_label, a), (b_label, b) = secs
     rows = [f"| {k} | {a[k]:.0f} | {b[k]:.0f} | {a[k] / b[k]:.2f} |" for k in a if k in b and b[k] > 0]
@@ -212,7 +248,9 @@ def main() -> None:
         part = ROOT / "perf" / f"{name}.md"
         if part.exists():
             lines += part.read_text().splitlines() + [""]
-    lines += benchmark_sections()
+    bench_md = ROOT / "BENCHMARKS.md"
+    old = bench_md.read_text() if bench_md.exists() else ""
+    lines += benchmark_sections(old)
     if demo.exists():
         rec = json.loads(demo.read_text())
         secs = rec["seconds"]
@@ -220,8 +258,8 @@ def main() -> None:
                   "The stages of the last demo run. The committed figures are those of a run from scratch; a resumed "
                   "run skips what an earlier one finished, and regenerating after one shows its shorter times.", "",
                   "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.0f} |" for k, v in secs.items()], ""]
-    lines += side_by_side_section()
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    lines += side_by_side_section(old)
+    bench_md.write_text("\n".join(lines))
     print("\n".join(lines))
 
 
