@@ -124,7 +124,7 @@ def kept_section(old: str, heading: str, source: str, note: str = "") -> list[st
     body = [line for line in lines[start + 1: end] if not line.startswith(KEPT)]
     while body and not body[0].strip():
         body = body[1:]
-    why = f"{KEPT} `{source}` is not on the machine of this run, so these are that run's figures.{note}_"
+    why = f"{KEPT} the runs it reads (`{source}`) are not on the machine of this run, so these are their figures.{note}_"
     return [lines[start], "", why, "", *body]
 
 
@@ -195,7 +195,7 @@ def side_by_side_section(old: str = "") -> list[str]:
     (kept from ``old`` when the runs are not here)."""
     recs = [(label, ROOT / "runs" / d / "results.json") for label, d in SIDE_BY_SIDE]
     if not all(path.exists() for _, path in recs):
-        return [*kept_section(old, "### The demo against the version-2 design", "runs/demo-v3time, runs/demo-v2time"), ""]
+        return [*kept_section(old, "### The demo against the version-2 design", "runs/demo-v3time` and `runs/demo-v2time"), ""]
     secs = [(label, json.loads(path.read_text())["seconds"]) for label, path in recs]
     (a_label, a), (b_label, b) = secs
     rows = [f"| {k} | {a[k]:.0f} | {b[k]:.0f} | {a[k] / b[k]:.2f} |" for k in a if k in b and b[k] > 0]
