@@ -172,7 +172,8 @@ def test_experts_select_and_dat_on_ray_match_the_local_executor(cluster, tiny_li
         result = CliRunner().invoke(app, [
             "dat", "--library", str(tiny_library.library.path), "--task", "count", "--init", "baseline", "--size", "200",
             "--out", str(out), "--preset", "tiny", "--set", "expert.steps=2", "--set", "expert.warmup_steps=1",
-            "--set", "finetune.steps=2", "--set", "finetune.warmup_steps=1", "--executor", executor, "-q"])
+            "--set", "finetune.steps=2", "--set", "finetune.warmup_steps=1", "--executor", executor, "-q",
+            "--threads", "1"])  # the Ray workers' one thread (OMP_NUM_THREADS=1): the same summation order
         assert result.exit_code == 0, result.output
         dat[executor] = json.loads(next(out.glob("dat.count.*.json")).read_text())
         assert len(RecordStore(out).all("dat")) == 1
