@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from expertise.data.world.banks import _box_down, _supersampled
-from expertise.data.world.canvas import F32, Canvas, Pose, Style, make_pose
+from expertise.data.world.canvas import F32, Canvas, Pose, Style, grid_slots, make_pose
 from expertise.data.world.rng import Draw, contrasting, random_colour
 
 if TYPE_CHECKING:
@@ -100,18 +100,9 @@ _COUNT_STYLE = replace(BLOCKS_STYLE, scale=(0.24, 0.32))
 
 def render_count(world: World, d: Draw, labels: np.ndarray) -> np.ndarray:
     """1-6 small pieces, any rotation, in distinct cells of a jittered 3x3 grid."""
-    count = np.asarray(COUNTS)[labels]
-    cells = np.argsort(np.stack([d.u(f"cell{k}") for k in range(9)], axis=1), axis=1)  # [B, 9] random order
     c = world.canvas()
     img, lum = _ground(c, d)
-    for k in range(max(COUNTS)):
-        on = count > k
-        if not on.any():
-            continue
-        s = d.sub(on)
-        cell = cells[on, k]
-        centre = np.stack([(cell % 3 - 1) * 0.64, (cell // 3 - 1) * 0.64], axis=1) + \
-            np.stack([s.uniform(f"o{k}.jx", -0.06, 0.06), s.uniform(f"o{k}.jy", -0.06, 0.06)], axis=1)
+    for k, on, s, centre in grid_slots(d, np.asarray(COUNTS)[labels], max(COUNTS)):
         sub = img[on]
         _paint_pieces(world, c, s, f"o{k}", sub, lum[on], make_pose(s, f"o{k}", _COUNT_STYLE, centre))
         img[on] = sub

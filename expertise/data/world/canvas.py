@@ -6,7 +6,7 @@ no reduction across pixels or images, so an image's bytes do not depend on its b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +77,22 @@ def make_pose(d: Draw, name: str, style: Style, centre: np.ndarray | None = None
         centre = np.stack([d.uniform(name + ".tx", -style.shift, style.shift),
                            d.uniform(name + ".ty", -style.shift, style.shift)], axis=1)
     return Pose(m, centre, ang, sx)
+
+
+def grid_slots(d: Draw, count: np.ndarray, most: int) -> Iterator[tuple[int, np.ndarray, Draw, np.ndarray]]:
+    """The objects of counting images: for k < ``most``, the images with more than k objects (``on``),
+    their sub-draw, and the k-th object's centre [n, 2], each object in its own cell of a 3x3 grid
+    (cells in a random order per image), jittered by up to 0.06."""
+    cells = np.argsort(np.stack([d.u(f"cell{k}") for k in range(9)], axis=1), axis=1)  # [B, 9] random order
+    for k in range(most):
+        on = count > k
+        if not on.any():
+            continue
+        s = d.sub(on)
+        cell = cells[on, k]
+        centre = np.stack([(cell % 3 - 1) * 0.64, (cell // 3 - 1) * 0.64], axis=1) + \
+            np.stack([s.uniform(f"o{k}.jx", -0.06, 0.06), s.uniform(f"o{k}.jy", -0.06, 0.06)], axis=1)
+        yield k, on, s, centre
 
 
 def _bilinear(flat: np.ndarray, x: np.ndarray, y: np.ndarray, base: np.ndarray, width: int,

@@ -14,7 +14,7 @@ import numpy as np
 
 from expertise.data.tasks import Group
 from expertise.data.world import blocks
-from expertise.data.world.canvas import (F32, GLYPH_STYLE, TEXTURE_STYLE, Canvas, Pose, Style, lowres_render,
+from expertise.data.world.canvas import (F32, GLYPH_STYLE, TEXTURE_STYLE, Canvas, Pose, Style, grid_slots, lowres_render,
                                          make_pose)
 from expertise.data.world.catalogue import FONT_TASK_FONTS, HELD_OUT, LATIN_FONTS, UNICODE_FONTS
 from expertise.data.world.rng import COS, NUM_ANGLES, SIN, Draw, angle_index, colour_of, contrasting, random_colour
@@ -194,18 +194,9 @@ COUNTS = (1, 2, 3, 4, 5, 6)
 def _render_count(world: World, d: Draw, labels: np.ndarray) -> np.ndarray:
     """1-6 small seen shapes in distinct cells of a jittered 3x3 grid, among distractor strokes."""
     shapes = [wc for wc in world.leaf_classes if wc.domain == "shape"]
-    count = np.asarray(COUNTS)[labels]
-    cells = np.argsort(np.stack([d.u(f"cell{k}") for k in range(9)], axis=1), axis=1)  # [B, 9] random order
     c = world.canvas()
     img, _, lum = _vivid_scene(c, d, _COUNT_STYLE)
-    for k in range(max(COUNTS)):
-        on = count > k
-        if not on.any():
-            continue
-        s = d.sub(on)
-        cell = cells[on, k]
-        centre = np.stack([(cell % 3 - 1) * 0.64, (cell // 3 - 1) * 0.64], axis=1) + \
-            np.stack([s.uniform(f"o{k}.jx", -0.06, 0.06), s.uniform(f"o{k}.jy", -0.06, 0.06)], axis=1)
+    for k, on, s, centre in grid_slots(d, np.asarray(COUNTS)[labels], max(COUNTS)):
         cls = [shapes[i] for i in s.integers(f"o{k}.cls", len(shapes))]
         rows = world.bank_rows(Draw(s.bits(f"o{k}.v")), cls)  # an independent variant stream per object
         alpha = c.sprite(c.banks.shapes, rows, make_pose(s, f"o{k}", _COUNT_STYLE, centre))
