@@ -185,7 +185,7 @@ def read_task_meta(out: Path) -> dict[str, dict[str, str | None]]:
 
 def task_domains(tasks: Sequence[Any], world: Any) -> dict[str, dict[str, str | None]]:
     """{"group", "domain"} of each task: a world task's upstream domain, None for any other."""
-    names = {*world.task_names, *world.extra_task_names} if world is not None else set()
+    names = set(world.all_task_names) if world is not None else set()
     return {t.name: {"group": t.group, "domain": world.domain_of_task(t.name) if t.name in names else None}
             for t in tasks}
 

@@ -71,7 +71,7 @@ def bench(ctx: typer.Context,
         raise ConfigError("give --library LIB (a library built by 'expertise experts'), or use 'expertise bench report DIR'")
     lib = open_library(library)
     world = world_of_library(lib)
-    world_tasks = (*world.task_names, *world.extra_task_names) if world is not None else ()
+    world_tasks = world.all_task_names if world is not None else ()
     if entries is not None:
         suite_file.check_builtins(entries, [*world_tasks, *BUILTIN_TASKS])
         tasks = suite_file.load(entries, world, task_resolution(lib, world), seed, max_side)

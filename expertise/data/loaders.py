@@ -356,7 +356,7 @@ def load_task(spec: str, resolution: int | None = None, seed: int = 0, world: An
         return load_sklearn_digits(resolution or builtin_resolution, seed)
     if Path(spec).is_dir():
         return load_image_folder(Path(spec), resolution, seed, skip_corrupt=skip_corrupt, max_side=max_side)
-    world_names = [*getattr(world, "task_names", ()), *getattr(world, "extra_task_names", ())] if world is not None else []
+    world_names = list(getattr(world, "all_task_names", getattr(world, "task_names", ()))) if world is not None else []
     if spec in world_names:
         return world.task(spec)
     known = ", ".join([*BUILTIN_TASKS, *world_names])

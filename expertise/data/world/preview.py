@@ -26,7 +26,7 @@ def save_preview(world: World, path: str | os.PathLike, per_row: int = 12) -> Pa
         pick = [leaves[i % len(leaves)] for i in range(per_row)]
         imgs = world.sample_grid(1, pick, split=f"preview/{fam}")
         rows.append((fam, imgs.numpy()))
-    for name in (*world.task_names, *world.extra_task_names):
+    for name in world.all_task_names:
         t = world.task(name).train
         rows.append((f"{name} ({world.task(name).group})", t.images[:per_row].numpy()))
     r, pad = world.cfg.resolution, 2

@@ -115,6 +115,7 @@ class World:
         self._specs = {s.name: s for s in task_specs() if set(s.domains_needed) <= set(cfg.domains)}
         self.task_names: tuple[str, ...] = tuple(n for n, s in self._specs.items() if s.builtin)  # the built-in suite
         self.extra_task_names: tuple[str, ...] = tuple(n for n, s in self._specs.items() if not s.builtin)
+        self.all_task_names: tuple[str, ...] = (*self.task_names, *self.extra_task_names)  # any loads by name
         self._tasks: dict[str, Task] = {}
 
     def __reduce__(self):  # pickle the config only; banks are rebuilt (and cached) on the other side
@@ -241,7 +242,7 @@ class World:
     def _spec(self, name: str) -> TaskSpec:
         if name not in self._specs:
             raise DataError(f"unknown world task {name!r}; the world's tasks are: "
-                            f"{', '.join((*self.task_names, *self.extra_task_names))}")
+                            f"{', '.join(self.all_task_names)}")
         return self._specs[name]
 
     def domain_of_task(self, name: str) -> str | None:
