@@ -1,15 +1,18 @@
 """Does the embedded world give a pool worth choosing from? (issue 14, goals 1-3, one training seed)
 
 Builds (or reuses) a library of B and the full experts through the normal upstream path
-(``build_library``), then on every natural world task fine-tunes every pool member with the
-preset's settings (``finetune_member``, the demo's one-retrain protocol) and scores the pool with
-the kNN proxy (``run_selection``). Per task: the oracle (best member), the expected random pick (the
-pool's mean), the worst member, B, the kNN pick and the task's domain expert. Writes
-``perf/world_study/<label>.json`` and regenerates ``perf/world_study.md`` from every JSON there.
+(``build_library``), then on every natural world task (or ``--tasks``) fine-tunes every pool member
+with the preset's settings (``finetune_member``, the demo's one-retrain protocol) and scores the
+pool with the kNN proxy (``run_selection``). Per task: the oracle (best member), the expected random
+pick (the pool's mean), the worst member, B, the kNN pick and the task's domain expert; the summary
+is per task group (natural, structured, ...). Writes ``perf/world_study/<label>.json`` and
+regenerates ``perf/world_study.md`` from every JSON there.
 
     python -m perf.world_study --label v3-s1 --set world.seed=1     # the cpu preset, world seed 1
     python -m perf.world_study --label v2 --set world.domains=glyph,shape,texture \\
         --set world.domain_weights=0.3,1,1 --set expert.steps=600 --set expert.lr=0.03
+    python -m perf.world_study --label v3-ft600 --library runs/demo/library \\
+        --tasks blocks_count,glyph_digits --set finetune.steps=600 --set finetune.warmup_steps=60
     python -m perf.world_study --report        # the table only, from the JSONs
 
 The study's numbers come from one training seed; ``expertise bench --seeds`` gives the intervals.
@@ -63,14 +66,17 @@ def seed_with_baseline(preset: Preset, source: Path, path: Path, log=print) -> N
 
 
 def study(preset_name: str, overrides: dict[str, str], out: Path, tasks: list[str] | None,
-          reuse_baseline: Path | None = None, log=print) -> dict[str, Any]:
+          reuse_baseline: Path | None = None, library_path: Path | None = None, log=print) -> dict[str, Any]:
+    """``library_path``: a library built with the same upstream settings (``make demo``'s), whose
+    members are used as they are (``build_library`` trains none), so a study of fine-tune settings
+    costs only the fine-tunes; the fine-tunes' records go to ``out``."""
     preset = get_preset(preset_name, overrides)
     device = configure(None, "cpu")
     ctx = RunContext(device, preset.seed, False, log)
     t0 = time.perf_counter()
     if reuse_baseline is not None and not (out / "library").exists():
         seed_with_baseline(preset, reuse_baseline, out / "library", log)
-    library, world, names = build_library(preset, out / "library", ctx, kinds=("full",))
+    library, world, names = build_library(preset, library_path or out / "library", ctx, kinds=("full",))
     upstream_s = time.perf_counter() - t0
     assert world is not None
     pool = [n for n in names if library.info(n).kind in ("baseline", "full_expert")]
@@ -89,21 +95,30 @@ def study(preset_name: str, overrides: dict[str, str], out: Path, tasks: list[st
             ft_s += time.perf_counter() - t1
         domain = world.domain_of_task(name)
         expert = next((m for m in pool if library.info(m).domain == domain), None)
-        rows.append({"task": name, "domain": domain, "knn": knn, "test": test, "knn_pick": run.selection.best,
+        rows.append({"task": name, "group": task.group, "domain": domain, "knn": knn, "test": test, "knn_pick": run.selection.best,
                      "domain_expert": expert})
         log(f"{name}: " + ", ".join(f"{m.split('.', 1)[1]} {test[m]:.3f}" for m in pool))
     return {"preset": preset.name, "overrides": overrides, "world_version": WORLD_VERSION, "members": pool,
-            "baseline_reused": reuse_baseline is not None,
+            "baseline_reused": reuse_baseline is not None, "library_reused": library_path is not None,
             "baseline": base, "upstream_seconds": upstream_s, "finetune_seconds": ft_s,
             "finetunes": len(rows) * len(pool), "finetune_steps": preset.finetune.steps, "tasks": rows}
 
 
-def summary(r: dict[str, Any]) -> dict[str, float]:
-    """Means over tasks, in accuracy points: oracle - random, oracle - worst, kNN - random, kNN - B,
-    domain expert - B (tasks with one), and the kNN pick's share of domain experts."""
+def groups(r: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The study's task rows by task group, in the order they first appear (rows written before
+    the group was recorded are all natural tasks)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for t in r["tasks"]:
+        out.setdefault(t.get("group", "natural"), []).append(t)
+    return out
+
+
+def summary(r: dict[str, Any], tasks: list[dict[str, Any]] | None = None) -> dict[str, float]:
+    """Means over ``tasks`` (default: all of the study's), in accuracy points: oracle - random,
+    oracle - worst, kNN - random, kNN - B, domain expert - B (tasks with one), the oracle and B."""
     base = r["baseline"]
     per = {k: [] for k in ("oracle_random", "oracle_worst", "knn_random", "knn_b", "expert_b", "oracle", "b")}
-    for t in r["tasks"]:
+    for t in r["tasks"] if tasks is None else tasks:
         acc = np.array([t["test"][m] for m in r["members"]])
         pick = t["test"][t["knn_pick"]]
         per["oracle"].append(acc.max())
@@ -117,23 +132,31 @@ def summary(r: dict[str, Any]) -> dict[str, float]:
     return {k: 100 * float(np.mean(v)) if v else float("nan") for k, v in per.items()}
 
 
+def _signed(x: float) -> str:
+    """A signed figure, or "-" where there is none (a group with no domain expert)."""
+    return "-" if np.isnan(x) else f"{x:+.1f}"
+
+
 def report() -> str:
-    lines = ["# World study: is the pool worth choosing from? (natural world tasks, one training seed)", "",
+    lines = ["# World study: is the pool worth choosing from? (world tasks, one training seed)", "",
              "Regenerate with `python -m perf.world_study --report`; each row is `perf/world_study/<label>.json`, "
              "written by `python -m perf.world_study --label LABEL [--set ...]` (see the module docstring).", "",
-             "Points of test accuracy, mean over the natural world tasks. Targets (issue 14, cpu preset): "
-             "oracle - random >= 4, oracle - worst >= 8, kNN - random > 0, kNN - B >= 1.5.", "",
-             "| label | world | settings | tasks | members | B | oracle | oracle - random | oracle - worst "
+             "Points of test accuracy, mean over a study's tasks of one group. Targets (issue 14, cpu preset, "
+             "natural tasks): oracle - random >= 4, oracle - worst >= 8, kNN - random > 0, kNN - B >= 1.5; "
+             "on structured tasks, as in paper 000, no gain from choosing.", "",
+             "| label | world | settings | group | tasks | members | B | oracle | oracle - random | oracle - worst "
              "| kNN - random | kNN - B | domain expert - B | upstream s | fine-tunes (s) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
-        s = summary(r)
         sets = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "preset defaults"
-        lines.append(f"| {path.stem} | v{r['world_version']} | {sets} | {len(r['tasks'])} | {len(r['members'])} "
-                     f"| {s['b']:.1f} | {s['oracle']:.1f} | {s['oracle_random']:.1f} | {s['oracle_worst']:.1f} "
-                     f"| {s['knn_random']:+.1f} | {s['knn_b']:+.1f} | {s['expert_b']:+.1f} | {r['upstream_seconds']:.0f}{' (B reused)' if r.get('baseline_reused') else ''} "
-                     f"| {r['finetunes']} x {r['finetune_steps']} steps ({r['finetune_seconds']:.0f}) |")
+        reused = " (library reused)" if r.get("library_reused") else " (B reused)" if r.get("baseline_reused") else ""
+        for group, rows in groups(r).items():
+            s = summary(r, rows)
+            lines.append(f"| {path.stem} | v{r['world_version']} | {sets} | {group} | {len(rows)} | {len(r['members'])} "
+                         f"| {s['b']:.1f} | {s['oracle']:.1f} | {s['oracle_random']:.1f} | {s['oracle_worst']:.1f} "
+                         f"| {s['knn_random']:+.1f} | {s['knn_b']:+.1f} | {_signed(s['expert_b'])} | {r['upstream_seconds']:.0f}{reused} "
+                         f"| {r['finetunes']} x {r['finetune_steps']} steps ({r['finetune_seconds']:.0f}) |")
     lines += ["", "## Per task", ""]
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
@@ -156,6 +179,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="work folder (library, units); default /tmp/world_study/<label>")
     ap.add_argument("--tasks", default="", help="comma-separated tasks (default: every natural world task)")
     ap.add_argument("--reuse-baseline", type=Path, help="a library with B of the same world and baseline settings")
+    ap.add_argument("--library", type=Path, help="use this library's members as they are (same upstream settings), "
+                    "e.g. runs/demo/library: a study of fine-tune settings")
     ap.add_argument("--report", action="store_true", help="only regenerate perf/world_study.md")
     args = ap.parse_args()
     if not args.report:
@@ -163,10 +188,10 @@ def main() -> None:
             ap.error("--label is required unless --report")
         out = args.out or Path("/tmp/world_study") / args.label
         r = study(args.preset, parse_overrides(args.sets), out, [t for t in args.tasks.split(",") if t] or None,
-                  args.reuse_baseline)
+                  args.reuse_baseline, args.library)
         RESULTS.mkdir(exist_ok=True)
         atomic_write_json(RESULTS / f"{args.label}.json", r)
-        print(json.dumps({"label": args.label, **summary(r)}))
+        print(json.dumps({"label": args.label, **{g: summary(r, rows) for g, rows in groups(r).items()}}))
     atomic_write_text(TABLE, report() + "\n")
 
 
