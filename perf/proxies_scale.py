@@ -119,8 +119,9 @@ def _worker(kind: str, members: int, folder: Path, device: str, workers: int) ->
 
         threadpools()  # scipy.optimize and the thread-limit controller
     imports = time.perf_counter() - t
-    baseline_mb = _status_mb("VmRSS")
+    baseline_mb, anon_base_mb = _status_mb("VmRSS"), _status_mb("RssAnon")
     limits = threadpool_limits(torch.get_num_threads())
+    anon = AnonPeak().__enter__()
     t0 = time.perf_counter()
     if kind in ("new", "probe"):
 
@@ -147,9 +148,37 @@ def _worker(kind: str, members: int, folder: Path, device: str, workers: int) ->
         knn_loo(x, pool.labels)
         seconds["knn_loo"] = time.perf_counter() - t0
     total = time.perf_counter() - t0
+    anon.__exit__()
     limits.restore_original_limits()
     rss_mb = _status_mb("VmHWM")  # this process's peak (getrusage's survives exec: it would be the parent's)
-    return {"seconds": seconds, "total": total, "rss_mb": rss_mb, "work_mb": rss_mb - baseline_mb, "imports": imports}
+    return {"seconds": seconds, "total": total, "rss_mb": rss_mb, "work_mb": rss_mb - baseline_mb, "imports": imports,
+            "anon_mb": anon.peak_mb, "anon_base_mb": anon_base_mb, "file_mb": _status_mb("RssFile")}
+
+
+class AnonPeak:
+    """The peak of this process's anonymous resident memory (``RssAnon``: what it allocated, not the
+    pages of the shared libraries it maps, ``RssFile``, whose count varies with the page cache from
+    run to run), sampled every ``interval`` seconds by a daemon thread while in use."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import threading
+
+        self.interval, self.peak_mb = interval, _status_mb("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mb = max(self.peak_mb, _status_mb("RssAnon"))
+
+    def __enter__(self) -> AnonPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _status_mb("RssAnon"))
 
 
 def _status_mb(field: str) -> float:
@@ -245,7 +274,7 @@ def section(device: str, quick: bool, pools: Pools) -> str:
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS (`BENCH_THREADS`), {platform.machine()}. Ratios are to the "
         f"embedding time of the same pool: M x 1,000 images through an untrained `bit_r50x1` (128 px, 2,048-d), "
         f"measured here at {embed_r50 * 1000:.0f} ms per image (best of 2).", "",
-        "| members | " + " | ".join(FEATURE_PROXIES) + " | shared spectrum | all, wall (s) | per member (s) | score / embed | peak RSS (MB) | of which working (MB) |",
+        "| members | " + " | ".join(FEATURE_PROXIES) + " | shared spectrum | all, wall (s) | per member (s) | score / embed | peak RSS (MB) | anonymous peak (MB) | of which working (MB) |",
         "|---:|" + "---:|" * (len(FEATURE_PROXIES) + 7),
     ]
     for m, r in runs.items():
@@ -253,18 +282,18 @@ def section(device: str, quick: bool, pools: Pools) -> str:
         shared = s.get("spectrum", 0.0) + s.get("duplicates", 0.0) + s.get("validate", 0.0)
         lines.append(f"| {m} | " + " | ".join(f"{s.get(p, 0.0):.1f}" for p in FEATURE_PROXIES)
                      + f" | {shared:.1f} | {r['total']:.1f} | {r['total'] / m:.2f} | {r['total'] / (m * n * embed_r50):.3f} "
-                     f"| {r['rss_mb']:.0f} | {r['work_mb']:.0f} |")
+                     f"| {r['rss_mb']:.0f} | {r['anon_mb']:.0f} | {r['work_mb']:.0f} |")
     s = old["seconds"]
     scale = 100 / old_members
     lines += [
         "", f"Before (the NumPy proxies of before issue 17, `tests/numpy_reference_proxies.py`, each proxy on its own, "
         f"same threads), measured on {old_members} members and scaled x{scale:.0f} to 100 (cost is linear in members, "
         "as the table above shows):", "",
-        "| | " + " | ".join(FEATURE_PROXIES) + " | all (s) | peak RSS (MB) | of which working (MB) |",
-        "|---|" + "---:|" * (len(FEATURE_PROXIES) + 3),
+        "| | " + " | ".join(FEATURE_PROXIES) + " | all (s) | peak RSS (MB) | anonymous peak (MB) | of which working (MB) |",
+        "|---|" + "---:|" * (len(FEATURE_PROXIES) + 4),
         f"| before, {old_members} members | " + " | ".join(f"{s[p]:.1f}" for p in FEATURE_PROXIES)
-        + f" | {old['total']:.1f} | {old['rss_mb']:.0f} | {old['work_mb']:.0f} |",
-        "| before, scaled to 100 | " + " | ".join(f"{s[p] * scale:.0f}" for p in FEATURE_PROXIES) + f" | {old['total'] * scale:.0f} | | |",
+        + f" | {old['total']:.1f} | {old['rss_mb']:.0f} | {old['anon_mb']:.0f} | {old['work_mb']:.0f} |",
+        "| before, scaled to 100 | " + " | ".join(f"{s[p] * scale:.0f}" for p in FEATURE_PROXIES) + f" | {old['total'] * scale:.0f} | | | |",
     ]
     for w, rs in big.items():
         r = rs[len(rs) // 2]
@@ -272,18 +301,24 @@ def section(device: str, quick: bool, pools: Pools) -> str:
         every = f", median of {len(rs)}: [{walls}] s" if len(rs) > 1 else ""
         lines.append(f"| after, {sizes[-1]} members, {w} worker(s) (measured{every}) | "
                      + " | ".join(f"{r['seconds'].get(p, 0.0):.1f}" for p in FEATURE_PROXIES)
-                     + f" | {r['total']:.1f} | {r['rss_mb']:.0f} | {r['work_mb']:.0f} |")
+                     + f" | {r['total']:.1f} | {r['rss_mb']:.0f} | {r['anon_mb']:.0f} | {r['work_mb']:.0f} |")
     two = big.get(2)
     if two:
         med = two[len(two) // 2]["total"]
         lines += ["", f"Issue 17's target, all seven proxies for {sizes[-1]} members in at most 30 s on two cores: "
                   f"{med:.1f} s with 2 workers (median; runs {', '.join(f'{x:.1f}' for x in sorted(r['total'] for r in two))} s), "
                   f"{'within' if med <= 30 else 'over'} it on this machine."]
+    med_run = big[max(big)][len(big[max(big)]) // 2]
     lines += ["", "Per-proxy columns after issue 17 are summed over the workers (CPU seconds, so with 2 workers they add up to "
               "about twice the wall time) and exclude the shared stages (validation, the one spectrum per member, "
               "the search for duplicate rows), which the shared-spectrum column holds. Peak RSS includes what importing "
               "torch and scipy (before: scikit-learn) maps before any work; the working column is the peak above the "
-              "resident size after those imports, which are not timed (a process pays them once).", ""]
+              "resident size after those imports, which are not timed (a process pays them once). Of the peak RSS, "
+              "the anonymous peak is what the process allocated (sampled every 2 ms; of it, the imports allocate "
+              f"{med_run['anon_base_mb']:.0f} MB before any work, in the median {max(big)}-worker run of the largest pool); "
+              "the rest is file-backed, the pages of the shared libraries torch maps (shared with every process that "
+              "maps them), whose count varies from run to run with the page cache (in that run "
+              f"{med_run['file_mb']:.0f} MB at the end).", ""]
     lines += demo_pool_lines(pools, device, embed_s, quick)
     lines += knn_scaling_lines(pools, device, embed_s, quick)
     if device == "cpu":
@@ -334,11 +369,11 @@ def knn_scaling_lines(pools: Pools, device: str, embed_s: float, quick: bool) ->
              "One member, N images, 256-d features: exact leave-one-out 1-NN (distances in float64 blocks of 2^25 "
              "elements, 256 MiB, so memory is the features plus one block whatever N), single run in a fresh process. "
              "Embedding time: N images through untrained `bit_s` at the rate above.", "",
-             "| N | knn_loo (s) | embed (s) | knn / embed | peak RSS (MB) | of which working (MB) |", "|---:|---:|---:|---:|---:|---:|"]
+             "| N | knn_loo (s) | embed (s) | knn / embed | peak RSS (MB) | anonymous peak (MB) | of which working (MB) |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for n in sizes:
         r = run_worker(pools, "knn", 1, n, 256, device)
         embed = n * embed_s
-        lines.append(f"| {n:,} | {r['seconds']['knn_loo']:.2f} | {embed:.2f} | {r['seconds']['knn_loo'] / embed:.3f} | {r['rss_mb']:.0f} | {r['work_mb']:.0f} |")
+        lines.append(f"| {n:,} | {r['seconds']['knn_loo']:.2f} | {embed:.2f} | {r['seconds']['knn_loo'] / embed:.3f} | {r['rss_mb']:.0f} | {r['anon_mb']:.0f} | {r['work_mb']:.0f} |")
     return lines + [""]
 
 
