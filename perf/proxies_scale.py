@@ -160,7 +160,7 @@ class AnonPeak:
     pages of the shared libraries it maps, ``RssFile``, whose count varies with the page cache from
     run to run), sampled every ``interval`` seconds by a daemon thread while in use."""
 
-    def __init__(self, interval: float = 0.002) -> None:
+    def __init__(self, interval: float = 0.05) -> None:
         import threading
 
         self.interval, self.peak_mb = interval, _status_mb("RssAnon")
@@ -314,7 +314,7 @@ def section(device: str, quick: bool, pools: Pools) -> str:
               "the search for duplicate rows), which the shared-spectrum column holds. Peak RSS includes what importing "
               "torch and scipy (before: scikit-learn) maps before any work; the working column is the peak above the "
               "resident size after those imports, which are not timed (a process pays them once). Of the peak RSS, "
-              "the anonymous peak is what the process allocated (sampled every 2 ms; of it, the imports allocate "
+              "the anonymous peak is what the process allocated (sampled every 50 ms; of it, the imports allocate "
               f"{med_run['anon_base_mb']:.0f} MB before any work, in the median {max(big)}-worker run of the largest pool); "
               "the rest is file-backed, the pages of the shared libraries torch maps (shared with every process that "
               "maps them), whose count varies from run to run with the page cache (in that run "
