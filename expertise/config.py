@@ -31,6 +31,7 @@ class Preset:
     epn_backbone: str = ""             # the expert prediction network's shape; "" = the preset's backbone
     adapter: TrainConfig = TrainConfig(steps=10, batch_size=32, lr=0.05, warmup_steps=2, weight_decay=1e-4)
     adapter_experts: bool = True       # also build adapter experts for the same K nodes (one bank on B)
+    adapter_scaled: bool = False       # adapters' output scaled by the stream's RMS (models/adapters.py)
     tasks: tuple[str, ...] = ()        # the demo's tasks; empty means every built-in task
     embed_batch: int = 500
     seed: int = 0

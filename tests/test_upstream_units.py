@@ -4,6 +4,7 @@ coordinator to the library the one-process build makes, tensor for tensor; a uni
 whose coordinator died is committed by the next run without training again; a staged member that is
 not what the worker wrote is refused. (On Ray: tests/test_ray_executor.py.)"""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,22 @@ def test_executor_options_of_experts_and_select_are_one_line_errors(tiny_library
         assert result.exit_code == 2, result.output
         assert expected in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "lib").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_scaled_adapter_bank_as_a_unit_matches_the_local_build(tiny_library, tmp_path):
+    """``adapter_scaled`` travels in the unit's spec: the worker trains the same scaled bank the
+    local build does, and the library records its form."""
+    torch.set_num_threads(1)
+    preset = dataclasses.replace(tiny_library.preset, adapter_scaled=True)
+    ctx = RunContext(progress=False, log=lambda *a: None)
+    local = without_experts(tiny_library, tmp_path / "local")
+    build_library(preset, local.path, ctx, kinds=("adapter",))
+    units = without_experts(tiny_library, tmp_path / "units")
+    ran = Counting()
+    build_library(preset, units.path, ctx, kinds=("adapter",), executor=ran)
+    assert ran.kinds == ["epn", "adapter_bank"]
+    assert_same_library(units.path, Library.open(local.path))
+    lib = Library.open(units.path)
+    experts = [m for m in lib.members() if m.kind == "adapter_expert"]
+    assert experts and all(m.extra["scaled"] is True for m in experts)
+    assert lib.load_adapter_bank().scaled

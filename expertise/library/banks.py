@@ -89,11 +89,14 @@ def expert_state(lib: Library, name: str, info: MemberInfo, bank: str, verify: b
     return state
 
 
-def _reduction(lib: Library, path: str) -> int:
+def _architecture(lib: Library, path: str) -> tuple[int, bool]:
+    """(reduction, scaled) of the bank at ``path``, from its config (a bank written before
+    ``scaled`` existed is plain)."""
     f = lib.path / bank_config_path(path)
     cfg = checks.read_json(f, "an adapter bank config", "re-create the adapter experts or restore it")
     try:
-        return schema.integer(cfg.get("reduction", 2), f"{f}: reduction", 1, 256)
+        return (schema.integer(cfg.get("reduction", 2), f"{f}: reduction", 1, 256),
+                schema.boolean(cfg.get("scaled", False), f"{f}: scaled"))
     except ConfigError as e:
         raise LibraryError(f"{e}; re-create the adapter experts") from None
 
@@ -118,7 +121,7 @@ def load_bank(lib: Library, bank: str, verify: bool) -> AdapterBank:
     if not isinstance(parent, ExpertModel):
         raise LibraryError(f"bank {bank!r}: its backbone {members[0].parent!r} is not an ExpertModel; re-create the adapter experts")
     nodes = [str(m.extra.get("node")) for m in members]
-    model = AdapterBank(parent, nodes, _reduction(lib, path))
+    model = AdapterBank(parent, nodes, *_architecture(lib, path))
     keys = {f"{expert_key(n)}." for n in nodes}
     state = {k: v for k, v in lib._load_tensors(lib.path / path, bank).items() if k[:k.find(".") + 1] in keys}
     try:

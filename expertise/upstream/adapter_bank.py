@@ -76,10 +76,11 @@ class AdapterTrainStats(TrainStats):
 def train_adapter_bank(baseline: ExpertModel, train: Upstream, nodes: Sequence[str], cfg: TrainConfig, seed: int,
                        device: torch.device = torch.device("cpu"), progress: bool = True,
                        reduction: int = DEFAULT_REDUCTION, checkpoint: Checkpoint | None = None,
-                       ) -> tuple[AdapterBank, AdapterTrainStats]:
+                       scaled: bool = False) -> tuple[AdapterBank, AdapterTrainStats]:
     """An :class:`AdapterBank` on a copy of ``baseline`` with one adapter expert per node, trained for
     ``cfg.steps`` steps of ``cfg.batch_size`` images *per expert*; ``baseline`` itself is untouched.
 
+    ``scaled``: adapters whose output is scaled by the stream's RMS (:class:`AdapterBank`).
     ``cfg.grad_clip`` applies to each expert's own gradient (not to the joint one, which would
     couple the experts), so the job equals E separate trainings. On a dataset on disk an
     unreadable image leaves its expert's batch one shorter. A run resumed from ``checkpoint``
@@ -97,7 +98,7 @@ def train_adapter_bank(baseline: ExpertModel, train: Upstream, nodes: Sequence[s
         if len(train.slice(node)) == 0:
             raise DataError(f"adapter expert domain {node!r} has no upstream images; choose another node")
     torch.manual_seed(derive_seed(seed, "adapters", "init"))
-    bank = AdapterBank(copy.deepcopy(baseline).cpu(), nodes, reduction)
+    bank = AdapterBank(copy.deepcopy(baseline).cpu(), nodes, reduction, scaled)
     bank.base.requires_grad_(False)
     params = list(bank.adapters.parameters())
     b, e = cfg.batch_size, len(nodes)
@@ -164,7 +165,8 @@ def _clip_each_expert(bank: AdapterBank, nodes: Sequence[str], max_norm: float) 
 
 def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, baseline_name: str,
                           nodes: Sequence[str], cfg: TrainConfig, ctx: RunContext = RunContext(),
-                          bank_name: str = "bank", checkpoints: UpstreamCheckpoints | None = None) -> list[str]:
+                          bank_name: str = "bank", checkpoints: UpstreamCheckpoints | None = None,
+                          scaled: bool = False) -> list[str]:
     """Train one adapter expert per node on the stored baseline ``baseline_name`` and store them as a
     bank in ``library`` (checkpointing as it trains, with ``checkpoints``); returns the member names
     in node order.
@@ -179,7 +181,7 @@ def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, b
     names = {node: adapter_expert_name(backbone, node) for node in nodes}
 
     def reusable(quiet: bool = False) -> bool:
-        return bank_reusable(library, names, baseline_name, bank_name, cfg, log, quiet)
+        return bank_reusable(library, names, baseline_name, bank_name, cfg, log, quiet, scaled)
 
     with library.claim(f"{bank_name}.adapter-bank", log, done=lambda: reusable(quiet=True)) as build:
         if not build:
@@ -187,17 +189,24 @@ def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, b
             return list(names.values())
         reusable()  # says why a stored bank is trained again
         ckpt = unit_checkpoint(checkpoints, f"{bank_name}.adapter-bank", train=cfg.to_json(), seed=seed, nodes=nodes,
-                               baseline=baseline_name)
+                               baseline=baseline_name, **bank_identity(scaled))
         out = _train_bank(library, train, holdout, baseline_name, nodes, names, backbone, cfg, seed, device,
-                          progress, log, bank_name, ckpt)
+                          progress, log, bank_name, ckpt, scaled)
         finished(ckpt)
         return out
 
 
+def bank_identity(scaled: bool) -> dict[str, bool]:
+    """What a bank's checkpoint and manifest entries record of its adapters' form beyond the
+    training settings: nothing for plain adapters (as before ``scaled`` existed), else scaled."""
+    return {"scaled": True} if scaled else {}
+
+
 def bank_reusable(library: Library, names: dict[str, str], baseline_name: str, bank_name: str, cfg: TrainConfig,
-                  log: Callable[[str], None], quiet: bool = False) -> bool:
+                  log: Callable[[str], None], quiet: bool = False, scaled: bool = False) -> bool:
     """Whether every expert of ``names`` (node -> member name) is stored, intact, in bank ``bank_name``
-    on ``baseline_name`` with the settings ``cfg`` (one line when some were trained otherwise)."""
+    on ``baseline_name`` with the settings ``cfg`` and adapters of the form ``scaled`` (one line
+    when some were trained otherwise)."""
     bank_path = f"adapters/{bank_name}.safetensors"
 
     def plain(x: object) -> object:  # as JSON reads it back (tuples become lists), in memory or from the manifest
@@ -205,7 +214,8 @@ def bank_reusable(library: Library, names: dict[str, str], baseline_name: str, b
 
     stored = [n for n in names.values() if n in library and library.info(n).kind == "adapter_expert"
               and library.info(n).parent == baseline_name and library.info(n).extra.get("bank") == bank_path]
-    other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())]
+    other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())
+             or bool(library.info(n).extra.get("scaled", False)) != scaled]
     if other:
         raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings; "
                            "remove them (Library.remove) or use another --library")
@@ -219,17 +229,18 @@ def bank_reusable(library: Library, names: dict[str, str], baseline_name: str, b
 
 def _train_bank(library: Library, train: Upstream, holdout: Holdout, baseline_name: str, nodes: list[str],
                 names: dict[str, str], backbone: str, cfg: TrainConfig, seed: int, device: torch.device,
-                progress: bool, log, bank_name: str, checkpoint: Checkpoint | None = None) -> list[str]:
+                progress: bool, log, bank_name: str, checkpoint: Checkpoint | None = None, scaled: bool = False) -> list[str]:
     baseline = library.load(baseline_name)
     bank, infos, priors = bank_members(baseline, train, holdout, baseline_name, nodes, names, backbone, cfg,  # type: ignore[arg-type]
-                                       RunContext(device, seed, progress, log), checkpoint)
+                                       RunContext(device, seed, progress, log), checkpoint, scaled)
     library.add_adapter_bank(bank, baseline_name, infos, priors, bank_name=bank_name, overwrite=True)
     return list(names.values())
 
 
 def bank_members(baseline: ExpertModel, train: Upstream, holdout: Holdout, baseline_name: str, nodes: list[str],
                  names: dict[str, str], backbone: str, cfg: TrainConfig, ctx: RunContext,
-                 checkpoint: Checkpoint | None = None) -> tuple[AdapterBank, dict[str, MemberInfo], dict[str, torch.Tensor]]:
+                 checkpoint: Checkpoint | None = None, scaled: bool = False,
+                 ) -> tuple[AdapterBank, dict[str, MemberInfo], dict[str, torch.Tensor]]:
     """The adapter bank on ``baseline`` (the stored member ``baseline_name``) trained (with ``ctx``'s
     seed, device, progress and log), each expert measured on the holdout: the bank, each node's
     manifest entry and label prior, ready to store."""
@@ -237,7 +248,8 @@ def bank_members(baseline: ExpertModel, train: Upstream, holdout: Holdout, basel
         raise LibraryError(f"{baseline_name!r} is a {type(baseline).__name__}; adapter experts need an ExpertModel baseline")
     seed, device, log = ctx.seed, ctx.device, ctx.log
     t0 = time.perf_counter()
-    bank, stats = train_adapter_bank(baseline, train, nodes, cfg, seed, device, ctx.progress, checkpoint=checkpoint)
+    bank, stats = train_adapter_bank(baseline, train, nodes, cfg, seed, device, ctx.progress, checkpoint=checkpoint,
+                                     scaled=scaled)
     log(f"adapter bank: {len(nodes)} experts trained in {stats.seconds:.0f}s, "
         f"{adapter_overhead(bank.backbone_config, bank.reduction):.1%} parameters per expert")
     infos: dict[str, MemberInfo] = {}
@@ -252,7 +264,7 @@ def bank_members(baseline: ExpertModel, train: Upstream, holdout: Holdout, basel
             name=names[node], kind="adapter_expert", parent=baseline_name, domain=node, upstream_images=len(idx),
             parameters=count_parameters(expert), embedding_dim=expert.num_features, upstream_accuracy=acc,
             preprocessing=expert.preprocessing.to_json(), files={}, architecture=backbone,
-            extra={"train": cfg.to_json(), "stats": stats.to_json(), "seed": seed, "slice_accuracy": own,
+            extra={"train": cfg.to_json(), **bank_identity(scaled), "stats": stats.to_json(), "seed": seed, "slice_accuracy": own,
                    "adapter_parameters": expert_adapter_parameters(bank.backbone_config, bank.reduction),
                    "wall_seconds": round(time.perf_counter() - t0, 3)},
         )

@@ -134,7 +134,8 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
         shared = UpstreamUnits(config_digest(upstream_cfg), preset.seed, preset.expert, preset.epn, preset.adapter,
                                preset.epn_backbone or preset.backbone,
                                {} if data is None else {"workers": data.workers, "strict": data.strict},
-                               None if checkpointing is None else checkpointing.every_steps, checkpointing is not None)
+                               None if checkpointing is None else checkpointing.every_steps, checkpointing is not None,
+                               preset.adapter_scaled)
         names += build_units(library, train, holdout, preset.backbone, nodes, kinds, shared, executor, ctx, ckpts)
         if ckpts is not None:
             ckpts.tidy()
@@ -147,7 +148,7 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
         build_epn(library, train, holdout, nodes, preset.epn_backbone or preset.backbone, preset.epn, ctx, ckpts)
     if nodes and "adapter" in kinds:
         names += build_adapter_experts(library, train, holdout, names[0], nodes, preset.adapter, ctx,
-                                       checkpoints=ckpts)
+                                       checkpoints=ckpts, scaled=preset.adapter_scaled)
     if ckpts is not None:
         ckpts.tidy()
     return library, world, names

@@ -32,7 +32,7 @@ from expertise.units.context import library_key
 from expertise.units.plan import batch_plan, drive
 from expertise.units.registry import UnitKind, register_kind
 from expertise.units.spec import UnitSpec
-from expertise.upstream.adapter_bank import adapter_expert_name, bank_members, bank_reusable
+from expertise.upstream.adapter_bank import adapter_expert_name, bank_identity, bank_members, bank_reusable
 from expertise.upstream.baseline import baseline_name, expert_name
 from expertise.upstream.epn import epn_member, epn_name, epn_settings, reuse_epn
 from expertise.upstream.full_experts import full_expert_member
@@ -66,6 +66,7 @@ class UpstreamUnits:
     data: dict[str, Any]
     checkpoint_every: int | None = None
     checkpointing: bool = False
+    adapter_scaled: bool = False
 
 
 def check_upstream(lib: Library, spec: UnitSpec) -> dict[str, Any]:
@@ -179,9 +180,11 @@ def _execute_adapter_bank(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
     cfg = TrainConfig.from_json(c["train"])
     nodes = list(c["nodes"])
     names = {node: adapter_expert_name(c["backbone"], node) for node in nodes}
-    ckpt = _checkpoint(spec, lib, c["member"], train=cfg.to_json(), seed=run.seed, nodes=nodes, baseline=c["baseline"])
+    scaled = bool(c.get("scaled", False))
+    ckpt = _checkpoint(spec, lib, c["member"], train=cfg.to_json(), seed=run.seed, nodes=nodes, baseline=c["baseline"],
+                       **bank_identity(scaled))
     bank, infos, priors = bank_members(baseline, train, holdout, c["baseline"], nodes, names, c["backbone"], cfg,  # type: ignore[arg-type]
-                                       run, ckpt)
+                                       run, ckpt, scaled)
     with staging.writing(_staged(spec)) as into:
         stored = staging.stage_bank(lib, into, bank, c["baseline"], infos, priors, c["bank"])
     if ckpt is not None:
@@ -220,10 +223,11 @@ def build_units(library: Library, train: Upstream, holdout: Holdout, backbone: s
                                 "train": shared.epn.to_json(), "backbone": shared.epn_backbone}))
     if adapters:
         planned.append(("adapter_bank", {**common, **base, "member": f"{bank_name}.adapter-bank", "bank": bank_name,
-                                         "nodes": list(nodes), "train": shared.adapter.to_json()}))
+                                         "nodes": list(nodes), "train": shared.adapter.to_json(),
+                                         **bank_identity(shared.adapter_scaled)}))
 
     def bank_stored(quiet: bool = True) -> bool:
-        return bank_reusable(library, adapters, bname, bank_name, shared.adapter, log, quiet)
+        return bank_reusable(library, adapters, bname, bank_name, shared.adapter, log, quiet, shared.adapter_scaled)
 
     def reuse(kind: str, name: str) -> None:
         """What the local build says of a member it finds stored (and, for the EPN, checks)."""
