@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from perf.timing import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- ddp:start -->", "<!-- ddp:end -->"
@@ -119,7 +120,7 @@ def section(preset: str, steps: int, repeats: int, ranks: int) -> str:
         f"{cfg.baseline.batch_size}, {first['parameters']:,} parameters: {grad_mb:.1f} MB of float32 gradients "
         f"all-reduced per step), synthetic images already in memory (the step alone, no data loading), {steps} timed "
         f"steps after {WARMUP} warm-up steps, each cell {runs} in a fresh process; {os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}. Every setup takes the same global "
+        f"{machine()}, torch {torch.__version__}. Every setup takes the same global "
         f"batch, so the same steps reach the same weights (tests/test_distributed.py).", "",
         "| setup | s / step | images / s | time / 1 process with 1 thread |", "|---|---:|---:|---:|",
     ]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -44,7 +43,7 @@ from expertise.bench.runner import run_bench, suite_tasks
 from expertise.config import get_preset
 from expertise.runtime import RunContext, default_threads
 from expertise.transfer.protocol import SweepConfig
-from perf.timing import splice_section
+from perf.timing import machine, splice_section
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"baseline.steps": "20", "expert.steps": "8", "epn.steps": "10", "num_experts": "2", "adapter.steps": "6",
@@ -135,7 +134,7 @@ def section(m: dict, preset: str) -> str:
         f"`run_bench` on {which} with the `{preset}` preset (one retrain per member and task, every default strategy "
         f"and pool), into a fresh folder each run: the local executor with {threads} torch thread{'s' if threads != 1 else ''}, and Ray on the same "
         f"machine with {workers} workers (one unit, one CPU and one thread each); {os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}. Each wall time is {runs} (every run in "
+        f"{machine()}, torch {torch.__version__}. Each wall time is {runs} (every run in "
         f"brackets); unit seconds are what the units measured themselves, from the run's records.", "",
         "| executor | wall (s) | units run | summed unit seconds | overhead per unit (ms) |",
         "|---|---:|---:|---:|---:|",

@@ -13,7 +13,6 @@ BENCHMARKS.md (``--quick``: 4 tiny test architectures at 32 px on 200 images, on
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from expertise.pool import add_external
 from expertise.runtime import RunContext
 from expertise.select.embed import EmbeddingCache
 from expertise.select.run import run_selection
-from perf.timing import splice_section
+from perf.timing import machine, splice_section
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- halving:start -->", "<!-- halving:end -->"
@@ -80,7 +79,7 @@ def section(archs: list[str], n: int, side: int, proxy: str, size: int | None = 
         f"Regenerate with `make bench-halving` (`python -m perf.halving`) on an otherwise idle machine. {len(archs)} timm "
         f"architectures (random weights, each at its own data config: {', '.join(archs)}) ranked by {proxy} on a "
         f"synthetic two-class task of {n:,} train+val images of {side} px, on cold embedding caches. "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}.", "",
+        f"{torch.get_num_threads()} threads, {machine()}, torch {torch.__version__}.", "",
         "| search | seconds | images embedded | top-1 | Kendall tau vs full |", "|---|---:|---:|---|---:|",
         f"| full | {t_full:.1f} | {full.embed.images:,} | {full.selection.best} | 1.00 |",
         f"| halving | {t_halving:.1f} | {report.images_embedded:,} | {halving.selection.best} | {tau:.2f} |", "",

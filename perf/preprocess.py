@@ -22,7 +22,6 @@ check that the script runs at a tiny size, only prints).
 from __future__ import annotations
 
 import argparse
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from expertise.data.ragged import Images, RaggedImages
 from expertise.models.external import ExternalModel
 from expertise.models.forward import forward_batches
 from expertise.models.preprocess import prepare, timm_preprocessing
-from perf.timing import best_of, splice_section
+from perf.timing import best_of, machine, splice_section
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- preprocess:start -->", "<!-- preprocess:end -->"
@@ -86,7 +85,7 @@ def section(arch: str, n: int, batch: int, repeats: int, size: int | None = None
         f"source images: the shorter side resized to {p.resize} px ({p.interpolation}), the centre {p.size} px cropped, "
         f"normalised, batch by batch) against timm's own forward on the same images transformed up front (float "
         f"tensors), both in batches of {batch}, {n} images; best of {repeats} runs after a warm-up. "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}. "
+        f"{torch.get_num_threads()} threads, {machine()}, torch {torch.__version__}. "
         "Target: our path at >= 90% of the bare forward.", "",
         "| source images | our path (images/s) | bare forward (images/s) | ours / bare |",
         "|---|---:|---:|---:|",

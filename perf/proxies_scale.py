@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from perf.timing import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -271,7 +272,7 @@ def section(device: str, quick: bool, pools: Pools) -> str:
         f"features over; the files are written before the clock starts), all seven feature proxies through `score_pool` (one spectrum per member; members scored "
         f"{WORKERS} at a time on the CPU, `BENCH_WORKERS`). Each pool is one "
         f"fresh process, single run ({sizes[-1]} members: the median of {repeats}, every run in the rows below; the machine is shared: load averages {' / '.join(loads)} during the runs); "
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS (`BENCH_THREADS`), {platform.machine()}. Ratios are to the "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS (`BENCH_THREADS`), {machine()}. Ratios are to the "
         f"embedding time of the same pool: M x 1,000 images through an untrained `bit_r50x1` (128 px, 2,048-d), "
         f"measured here at {embed_r50 * 1000:.0f} ms per image (best of 2).", "",
         "| members | " + " | ".join(FEATURE_PROXIES) + " | shared spectrum | all, wall (s) | per member (s) | score / embed | peak RSS (MB) | anonymous peak (MB) | of which working (MB) |",

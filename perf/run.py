@@ -7,7 +7,6 @@ they compare like with like. Throughputs are best-of-3 after a warm-up.
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from expertise.models.backbones import BACKBONES, ExpertModel  # noqa: E402
 from expertise.runtime import RunContext  # noqa: E402
 from expertise.select.embed import embed_images  # noqa: E402
 from expertise.train import TrainConfig, fit, multilabel_loss  # noqa: E402
-from perf.timing import best_of  # noqa: E402
+from perf.timing import best_of, machine  # noqa: E402
 
 
 def world_rate(resolution: int, n: int = 4000) -> float:
@@ -223,7 +222,7 @@ def main() -> None:
     lines = [
         "# Benchmarks", "",
         "Regenerate with `make bench`. Measured on "
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.", "",
+        f"{machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.", "",
         "## Throughput", "",
         "Scoring rows: one pool member on a 1,000-image task, 10 classes; features 1,000 x 256, or for "
         "LEEP and NCE upstream probabilities over 128 source labels. Compare with the embedding row: "

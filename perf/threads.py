@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from expertise.data.tasks import Split
 from expertise.models.backbones import BACKBONES, ExpertModel
 from expertise.runtime import default_threads
 from expertise.transfer.finetune import finetune
-from perf.timing import splice_section
+from perf.timing import machine, splice_section
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- threads:start -->", "<!-- threads:end -->"
@@ -115,7 +114,7 @@ def section(preset: str, steps: int, repeats: int, busy: int) -> str:
         f"fine-tune of the `{preset}` preset ({cfg.backbone}, {BACKBONES[cfg.backbone].resolution} px, batch "
         f"{cfg.finetune.batch_size}, 1,000 synthetic images) through `transfer.finetune`, with 1 thread and with the default "
         f"({default}: {source}), alone and beside {what} (a Python loop spinning on one core each); {os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}. Each cell is {runs} after a warm-up "
+        f"{machine()}, torch {torch.__version__}. Each cell is {runs} after a warm-up "
         f"(every run in brackets); load averages {loads[0]} before and {loads[1]} after. The last two columns say "
         "whether fewer threads pay when another process holds a core (`--threads 1`, or `OMP_NUM_THREADS=1`).", "",
         f"| threads | alone (s) | beside {what} (s) | slowdown from the busy process | time / 1 thread's, alone | time / 1 thread's, beside {what} |",

@@ -3,6 +3,7 @@ splice that puts a script's section into BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,3 +33,15 @@ def splice_section(md: Path, start: str, end: str, text: str) -> None:
     else:
         doc = doc.rstrip("\n") + "\n\n" + text + "\n"
     path.write_text(doc)
+
+
+def machine() -> str:
+    """The CPU's model name (``/proc/cpuinfo``) and architecture, e.g. "AMD EPYC 7B13 (x86_64)":
+    results differ between machines, so every section names the one it was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

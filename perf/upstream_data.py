@@ -26,7 +26,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from perf.timing import splice_section
+from perf.timing import machine, splice_section
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- upstream_data:start -->", "<!-- upstream_data:end -->"
@@ -132,7 +132,7 @@ def section(repeats: int, images: int, jpegs: int, jpeg_size: int = 256) -> str:
     lines = [
         START, "## Upstream data from disk", "",
         "Regenerate with `make bench-data` (`python -m perf.upstream_data`). "
-        f"Measured on {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"Measured on {machine()}, Python {platform.python_version()}, "
         f"torch {torch.__version__}, each time the best of {repeats} fresh processes (the machine is shared: load "
         f"average {os.getloadavg()[0]:.1f} at the end).", "",
         "### The ImageNet-21k hierarchy from WordNet 3.0", "",
