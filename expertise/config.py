@@ -88,8 +88,11 @@ PRESETS: dict[str, Preset] = {
 
 
 def _coerce(current: Any, value: str) -> Any:
-    if isinstance(current, bool):
-        return value.lower() in ("1", "true", "yes")
+    if isinstance(current, bool):  # a typo is an error, not a silent false
+        words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+        if value.lower() not in words:
+            raise ValueError(value)
+        return words[value.lower()]
     if isinstance(current, int):
         return int(value)
     if isinstance(current, float):

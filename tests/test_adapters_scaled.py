@@ -11,7 +11,7 @@ import torch
 
 from expertise.config import get_preset
 from expertise.data.world import World, WorldConfig
-from expertise.errors import LibraryError
+from expertise.errors import ConfigError, LibraryError
 from expertise.library import Library, MemberInfo
 from expertise.models.adapters import Adapter, AdapterBank, AdapterExpert
 from expertise.models.backbones import BACKBONES, ExpertModel, model_from_config
@@ -48,6 +48,9 @@ def test_scaled_adapter_starts_as_identity_and_follows_the_stream_scale() -> Non
 def test_preset_default_is_plain_and_the_setting_overrides() -> None:
     assert get_preset("cpu").adapter_scaled is False
     assert get_preset("cpu", {"adapter_scaled": "true"}).adapter_scaled is True
+    assert get_preset("cpu", {"adapter_scaled": "no"}).adapter_scaled is False
+    with pytest.raises(ConfigError, match="adapter_scaled"):  # a typo is refused, not read as false
+        get_preset("cpu", {"adapter_scaled": "ture"})
 
 
 @pytest.fixture(scope="module")
