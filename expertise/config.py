@@ -70,7 +70,10 @@ PRESETS: dict[str, Preset] = {
         num_experts=8,
         finetune=TrainConfig(steps=150, batch_size=64, lr=0.01, warmup_steps=15),
         epn=TrainConfig(steps=500, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
-        adapter=TrainConfig(steps=300, batch_size=64, lr=0.05, warmup_steps=30, weight_decay=1e-4),
+        # Scaled adapters (x + rms(x) A(x)) trained 600 steps at 0.1: plain ones add under 5% to the
+        # growing residual stream and stay B (docs/world.md, "Why adapter experts sit on B").
+        adapter=TrainConfig(steps=600, batch_size=64, lr=0.1, warmup_steps=30, weight_decay=1e-4),
+        adapter_scaled=True,
     ),
     "gpu": Preset(
         name="gpu",
@@ -82,6 +85,7 @@ PRESETS: dict[str, Preset] = {
         finetune=TrainConfig(steps=500, batch_size=128, lr=0.01, warmup_steps=50),
         epn=TrainConfig(steps=3_000, batch_size=256, lr=0.1, warmup_steps=200, weight_decay=1e-4),
         adapter=TrainConfig(steps=2_000, batch_size=128, lr=0.05, warmup_steps=100, weight_decay=1e-4),
+        adapter_scaled=True,
         embed_batch=256,
     ),
 }

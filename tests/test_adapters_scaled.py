@@ -45,10 +45,11 @@ def test_scaled_adapter_starts_as_identity_and_follows_the_stream_scale() -> Non
         assert torch.allclose(scaled(x) - x, rms * (plain(x) - x), rtol=1e-5, atol=1e-6)
 
 
-def test_preset_default_is_plain_and_the_setting_overrides() -> None:
-    assert get_preset("cpu").adapter_scaled is False
-    assert get_preset("cpu", {"adapter_scaled": "true"}).adapter_scaled is True
+def test_cpu_and_gpu_presets_build_scaled_adapters_and_the_setting_overrides() -> None:
+    assert get_preset("cpu").adapter_scaled is True and get_preset("gpu").adapter_scaled is True
+    assert get_preset("tiny").adapter_scaled is False  # the tests' preset keeps the plain form
     assert get_preset("cpu", {"adapter_scaled": "no"}).adapter_scaled is False
+    assert get_preset("tiny", {"adapter_scaled": "true"}).adapter_scaled is True
     with pytest.raises(ConfigError, match="adapter_scaled"):  # a typo is refused, not read as false
         get_preset("cpu", {"adapter_scaled": "ture"})
 
