@@ -91,7 +91,7 @@ def test_a_scaled_bank_round_trips_with_its_form(library) -> None:
 def test_a_bank_of_the_other_form_is_refused_not_reused(library) -> None:
     lib, _ = library
     ctx = RunContext(seed=0, progress=False, log=lambda _: None)
-    with pytest.raises(LibraryError, match="other settings"):
+    with pytest.raises(LibraryError, match="other settings .to reuse them: --set adapter_scaled=true."):
         build_adapter_experts(lib, None, None, "bit_xs.baseline", NODES, CFG, ctx, scaled=False)  # type: ignore[arg-type]
     logs: list[str] = []
     again = build_adapter_experts(lib, None, None, "bit_xs.baseline", NODES, CFG,  # type: ignore[arg-type]

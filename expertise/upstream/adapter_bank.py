@@ -217,14 +217,30 @@ def bank_reusable(library: Library, names: dict[str, str], baseline_name: str, b
     other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())
              or bool(library.info(n).extra.get("scaled", False)) != scaled]
     if other:
-        raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings; "
-                           "remove them (Library.remove) or use another --library")
+        raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings "
+                           f"({_stored_settings(library.info(other[0]).extra, cfg, scaled)}); to train them again with "
+                           "these, use another --library (or `expertise demo --fresh`), or remove them (Library.remove)")
     if len(stored) != len(names):
         return False
     stale = [p for n in stored for p in library.problems(n)]
     if stale and not quiet:
         log(f"adapter experts of {baseline_name} are stored but unusable ({stale[0]}): training them again")
     return not stale
+
+
+def _stored_settings(extra: dict, cfg: TrainConfig, scaled: bool) -> str:
+    """The ``--set`` overrides that would reuse a stored bank's experts (``extra``: one expert's
+    manifest entry), e.g. "to reuse them: --set adapter.steps=300 --set adapter_scaled=false"."""
+    stored = json.loads(json.dumps(extra["train"])) if isinstance(extra.get("train"), dict) else {}
+    ours = json.loads(json.dumps(cfg.to_json()))
+    differ = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
+    sets = [f"--set adapter.{k}={str(stored[k]).lower() if isinstance(stored[k], bool) else stored[k]}"
+            for k in differ if isinstance(stored.get(k), (int, float, str)) and ours.get(k) is not None]
+    rest = [k for k in differ if not any(x.startswith(f"--set adapter.{k}=") for x in sets)]
+    if bool(extra.get("scaled", False)) != scaled:
+        sets.append(f"--set adapter_scaled={str(bool(extra.get('scaled', False))).lower()}")
+    said = "to reuse them: " + " ".join(sets) if sets else ""
+    return said + (f"{'; ' if said else ''}they also differ in adapter.{', adapter.'.join(rest)}" if rest else "")
 
 
 def _train_bank(library: Library, train: Upstream, holdout: Holdout, baseline_name: str, nodes: list[str],
