@@ -219,7 +219,8 @@ def bank_reusable(library: Library, names: dict[str, str], baseline_name: str, b
     if other:
         raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings "
                            f"({_stored_settings(library.info(other[0]).extra, cfg, scaled)}); to train them again with "
-                           "these, use another --library (or `expertise demo --fresh`), or remove them (Library.remove)")
+                           "these, build into a new folder (--out or --library), start over (`expertise demo --fresh`), "
+                           "or remove them (Library.remove)")
     if len(stored) != len(names):
         return False
     stale = [p for n in stored for p in library.problems(n)]
