@@ -34,6 +34,7 @@ from expertise.models.backbones import ExpertModel, Preprocessing, count_paramet
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
 from expertise.upstream.baseline import leaf_accuracy
+from expertise.checkpoint import differences
 from expertise.upstream.resume import UpstreamCheckpoints, finished, unit_checkpoint
 
 if TYPE_CHECKING:
@@ -234,12 +235,12 @@ def _stored_settings(extra: dict, cfg: TrainConfig, scaled: bool) -> str:
     manifest entry), e.g. "to reuse them: --set adapter.steps=300 --set adapter_scaled=false"."""
     stored = json.loads(json.dumps(extra["train"])) if isinstance(extra.get("train"), dict) else {}
     ours = json.loads(json.dumps(cfg.to_json()))
-    differ = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
-    sets = [f"--set adapter.{k}={str(stored[k]).lower() if isinstance(stored[k], bool) else stored[k]}"
-            for k in differ if isinstance(stored.get(k), (int, float, str)) and ours.get(k) is not None]
-    rest = [k for k in differ if not any(x.startswith(f"--set adapter.{k}=") for x in sets)]
+    differ = differences(stored, ours)
+    settable = [k for k in differ if isinstance(stored.get(k), (int, float, str)) and ours.get(k) is not None]
+    sets = [f"--set adapter.{k}={str(stored[k]).lower() if isinstance(stored[k], bool) else stored[k]}" for k in settable]
     if bool(extra.get("scaled", False)) != scaled:
         sets.append(f"--set adapter_scaled={str(bool(extra.get('scaled', False))).lower()}")
+    rest = [k for k in differ if k not in settable]
     said = "to reuse them: " + " ".join(sets) if sets else ""
     return said + (f"{'; ' if said else ''}they also differ in adapter.{', adapter.'.join(rest)}" if rest else "")
 
