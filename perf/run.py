@@ -118,8 +118,9 @@ def kept_section(old: str, heading: str, source: str, note: str = "") -> list[st
     start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
     if start is None:
         return []
-    end = next((i for i in range(start + 1, len(lines))
-                if lines[i].startswith("#") and len(lines[i].split(" ", 1)[0]) <= len(level)), len(lines))
+    end = next((i for i in range(start + 1, len(lines))  # a heading of that level or above, or a script's section
+                if lines[i].startswith("#") and len(lines[i].split(" ", 1)[0]) <= len(level)
+                or lines[i].startswith("<!-- ") and lines[i].endswith(":start -->")), len(lines))
     body = [line for line in lines[start + 1: end] if not line.startswith(KEPT)]
     while body and not body[0].strip():
         body = body[1:]
@@ -241,10 +242,11 @@ def main() -> None:
     lines += adapters_section().splitlines() + [""]
     # Sections written by their own commands (each splices its part into BENCHMARKS.md too), kept here in
     # this order: proxies_scale (make bench-proxies), threads, executors (make bench-executors; then
-    # other presets' perf/executors_PRESET.md), upstream_data (make bench-data), ddp, preprocess, halving.
+    # other presets' perf/executors_PRESET.md), upstream_data (make bench-data), ddp, preprocess, halving,
+    # demo_levers (make bench-levers).
     parts = ["proxies_scale", "threads", "executors",
              *sorted(p.stem for p in (ROOT / "perf").glob("executors_*.md")),
-             "upstream_data", "ddp", "preprocess", "halving"]
+             "upstream_data", "ddp", "preprocess", "halving", "demo_levers"]
     for name in parts:
         part = ROOT / "perf" / f"{name}.md"
         if part.exists():
