@@ -106,8 +106,7 @@ def measure(rounds: int, reps: int) -> dict[str, object]:
     head, backbone = bank.base.head, bank.base.backbone
 
     def per_expert() -> torch.Tensor:  # train_adapter_bank's forward
-        s = bank.stem(xb)
-        return torch.cat([head(bank.embed_from_stem(c, n)) for c, n in zip(s.split(ADAPTER_BATCH), nodes)])
+        return bank.upstream_logits_of_chunks(xb, [ADAPTER_BATCH] * EXPERTS, nodes)
 
     def joint() -> torch.Tensor:  # the frozen stages once on every expert's batch
         h = bank.stem(xb)

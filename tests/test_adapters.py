@@ -183,6 +183,21 @@ def test_shared_stem_embedding_equals_per_expert_embedding() -> None:
             assert torch.allclose(many[e], bank.embed(x, e), atol=1e-6)
 
 
+def test_chunk_logits_route_each_chunk_through_its_own_expert() -> None:
+    bank = AdapterBank(_baseline(7), ["shape", "texture", "glyph"])
+    _randomise(bank.adapters, seed=1)
+    x = torch.randn(9, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    sizes, experts = [2, 4, 3], ["glyph", "shape", "texture"]
+    with torch.inference_mode():
+        got = bank.upstream_logits_of_chunks(x, sizes, experts)
+        want = torch.cat([bank.upstream_logits(c, e) for c, e in zip(x.split(sizes), experts)])
+    assert got.shape == (9, bank.base.head.out_features)
+    assert torch.allclose(got, want, atol=1e-6)
+    headless = AdapterBank(ExpertModel(BACKBONES["bit_xs"], num_outputs=0), ["shape"])
+    with pytest.raises(ConfigError, match="no upstream head"):
+        headless.upstream_logits_of_chunks(x[:2], [2], ["shape"])
+
+
 def test_adapter_expert_is_a_pool_member() -> None:
     expert = AdapterExpert(BACKBONES["bit_xs"], 5, node="shape")
     cfg = expert.member_config()

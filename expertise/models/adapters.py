@@ -303,6 +303,14 @@ class AdapterBank(nn.Module):
     def forward(self, x: torch.Tensor, expert: str) -> torch.Tensor:
         return self.upstream_logits(x, expert)
 
+    def upstream_logits_of_chunks(self, x: torch.Tensor, sizes: Sequence[int], experts: Sequence[str]) -> torch.Tensor:
+        """Upstream logits of consecutive chunks of ``x`` (``sizes[i]`` rows under ``experts[i]``),
+        computing the shared stem once on all of them: how the bank trains, one batch per expert."""
+        if not self.base.has_upstream_head:
+            raise ConfigError("the bank's baseline has no upstream head")
+        stems = self.stem(x).split(list(sizes))
+        return torch.cat([self.base.head(self.embed_from_stem(s, e)) for s, e in zip(stems, experts)])  # type: ignore[misc]
+
     def embed_experts(self, x: torch.Tensor, experts: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Pre-logits features of ``x`` under each expert, computing the shared stem once."""
         s = self.stem(x)

@@ -20,12 +20,13 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from expertise.checkpoint import differences
 from expertise.data.upstream_data import UpstreamData
 from expertise.errors import ConfigError, DataError, LibraryError
 from expertise.library import Library, MemberInfo
@@ -34,7 +35,6 @@ from expertise.models.backbones import ExpertModel, Preprocessing, count_paramet
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
 from expertise.upstream.baseline import leaf_accuracy
-from expertise.checkpoint import differences
 from expertise.upstream.resume import UpstreamCheckpoints, finished, unit_checkpoint
 
 if TYPE_CHECKING:
@@ -117,9 +117,7 @@ def train_adapter_bank(baseline: ExpertModel, train: Upstream, nodes: Sequence[s
 
         def forward(model: AdapterBank, x: torch.Tensor) -> torch.Tensor:
             reset_clipping()  # a fresh count each step, even after an interrupted backward
-            stem = model.stem(x)  # frozen and shared: once for every expert's batch
-            head = model.base.head
-            return torch.cat([head(model.embed_from_stem(s, n)) for s, n in zip(stem.split(sizes()), nodes)])  # type: ignore[misc]
+            return model.upstream_logits_of_chunks(x, sizes(), nodes)  # the frozen stem once for every expert's batch
 
         def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             per_expert = [multilabel_loss(lg, t) for lg, t in zip(logits.split(sizes()), targets.split(sizes()))]
@@ -203,19 +201,21 @@ def bank_identity(scaled: bool) -> dict[str, bool]:
     return {"scaled": True} if scaled else {}
 
 
+def _as_json(x: object) -> Any:
+    """``x`` as JSON reads it back (tuples become lists), so that settings in memory and from the
+    manifest compare equal."""
+    return json.loads(json.dumps(x))
+
+
 def bank_reusable(library: Library, names: dict[str, str], baseline_name: str, bank_name: str, cfg: TrainConfig,
                   log: Callable[[str], None], quiet: bool = False, scaled: bool = False) -> bool:
     """Whether every expert of ``names`` (node -> member name) is stored, intact, in bank ``bank_name``
     on ``baseline_name`` with the settings ``cfg`` and adapters of the form ``scaled`` (one line
     when some were trained otherwise)."""
     bank_path = f"adapters/{bank_name}.safetensors"
-
-    def plain(x: object) -> object:  # as JSON reads it back (tuples become lists), in memory or from the manifest
-        return json.loads(json.dumps(x))
-
     stored = [n for n in names.values() if n in library and library.info(n).kind == "adapter_expert"
               and library.info(n).parent == baseline_name and library.info(n).extra.get("bank") == bank_path]
-    other = [n for n in stored if plain(library.info(n).extra.get("train")) != plain(cfg.to_json())
+    other = [n for n in stored if _as_json(library.info(n).extra.get("train")) != _as_json(cfg.to_json())
              or bool(library.info(n).extra.get("scaled", False)) != scaled]
     if other:
         raise LibraryError(f"adapter experts {other[:3]} in the library at {library.path} were trained with other settings "
@@ -233,8 +233,8 @@ def bank_reusable(library: Library, names: dict[str, str], baseline_name: str, b
 def _stored_settings(extra: dict, cfg: TrainConfig, scaled: bool) -> str:
     """The ``--set`` overrides that would reuse a stored bank's experts (``extra``: one expert's
     manifest entry), e.g. "to reuse them: --set adapter.steps=300 --set adapter_scaled=false"."""
-    stored = json.loads(json.dumps(extra["train"])) if isinstance(extra.get("train"), dict) else {}
-    ours = json.loads(json.dumps(cfg.to_json()))
+    stored = _as_json(extra["train"]) if isinstance(extra.get("train"), dict) else {}
+    ours = _as_json(cfg.to_json())
     differ = differences(stored, ours)
     settable = [k for k in differ if isinstance(stored.get(k), (int, float, str)) and ours.get(k) is not None]
     sets = [f"--set adapter.{k}={str(stored[k]).lower() if isinstance(stored[k], bool) else stored[k]}" for k in settable]
