@@ -3,14 +3,16 @@
 Upstream: baseline B, the top-K full experts and the expert prediction network. Selection: kNN
 leave-one-out accuracy of every member on each task's 1,000 images, beside the pick of every other
 strategy. Transfer: fine-tune B and the kNN pick, test both. Writes ``OUT/results.md``,
-``OUT/results.json``, ``OUT/knn.png`` and ``OUT/world.png``.
+``OUT/results.json``, ``OUT/knn.png`` and ``OUT/world.png``. The training and embedding are units
+(:mod:`expertise.units`) run on one executor, so ``--jobs`` runs them side by side; choosing and
+the report happen here.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,14 +22,20 @@ from expertise.data.world import save_preview
 from expertise.io import atomic_write_json, atomic_write_text
 from expertise.runtime import RunContext
 from expertise.store import RecordStore
-from expertise.transfer.protocol import finetune_member
-from expertise.upstream.build import build_library
+from expertise.bench.units import embed_plan
+from expertise.plots import pyplot, save_figure, short_name
 from expertise.records import make_record
 from expertise.select.embed import EmbeddingCache
-from expertise.plots import pyplot, save_figure, short_name
-from expertise.select.registry import default_rows
+from expertise.select.registry import default_rows, get_strategy
 from expertise.select.run import run_selection
+from expertise.transfer.protocol import DEMO_SWEEP
+from expertise.transfer.units import protocol_units
+from expertise.units import LocalExecutor, WorkerContext, drive, task_ref
 from expertise.upstream.baseline import baseline_name
+from expertise.upstream.build import build_library
+
+if TYPE_CHECKING:
+    from expertise.units.plan import Executor
 
 
 # The strategies whose picks the demo shows, from the registry's default rows: (label, strategy, proxy, budget).
@@ -38,15 +46,18 @@ DEMO_STRATEGIES: tuple[tuple[str, str, str, int], ...] = tuple(
 
 
 def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device: torch.device = torch.device("cpu"),
-             progress: bool = True, log=print) -> dict[str, Any]:
+             progress: bool = True, log=print, executor: Executor | None = None) -> dict[str, Any]:
+    """The demo into ``out``: every stage's work as units on ``executor`` (default: in this process,
+    one after another; ``--jobs N``: N at a time in worker processes), its report written at the end."""
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    executor = executor or LocalExecutor()
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
     ctx = RunContext(device, preset.seed, progress, log)
-    library, world, names = build_library(preset, Path(library_path or out / "library"), ctx)
+    library, world, names = build_library(preset, Path(library_path or out / "library"), ctx, executor=executor)
     timings["upstream"] = time.perf_counter() - t0
     save_preview(world, out / "world.png")
     base = baseline_name(preset.backbone)
@@ -55,31 +66,46 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     task_names = list(preset.tasks or (*world.task_names, "sklearn_digits"))
     cache = EmbeddingCache(library.path / "cache")  # the library's one cache, shared with select, transfer and bench
     store = RecordStore(out)
+    worker = WorkerContext(device, progress).seed_with([library])
+    tasks = [load_sklearn_digits(preset.world.resolution, preset.seed) if t == "sklearn_digits" else world.task(t)
+             for t in task_names]
+    worker.seed_with(tasks=tasks)
+
+    # Selection: every member's features of every task embedded as units (into the cache), then ranked here.
+    t0 = time.perf_counter()
+    readers = sorted({m for _, strategy, _, _ in DEMO_STRATEGIES for m in get_strategy(strategy).members_to_embed(library, names)}
+                     | set(names), key=library.names().index)
+    embedded = drive([embed_plan(library, task, readers, cache, preset.seed, preset.embed_batch) for task in tasks],
+                     executor, store, worker, progress, desc="embed units", log=log)
+    runs = [run_selection(library, task, "proxy", 1, "knn_loo", names, ctx.with_(cache=cache), preset.embed_batch)
+            .embedded_by([u for u in units if u.config["member"] in names])
+            for task, units in zip(tasks, embedded)]
+    timings["select"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    picks: list[dict[str, list[str]]] = []
+    for task in tasks:
+        picks.append({label: list(run_selection(library, task, strategy, budget, proxy or "knn_loo", names,
+                                                ctx.with_(cache=cache, progress=False), preset.embed_batch).selection.picks)
+                      for label, strategy, proxy, budget in DEMO_STRATEGIES})
+    timings["other_strategies"] = time.perf_counter() - t0
+
+    # Transfer: B and the kNN pick fine-tuned on every task, as protocol units (a pick that is B runs once).
+    t0 = time.perf_counter()
+    plans = [protocol_units(library, member, task, task_ref(task, preset.seed), preset.finetune, DEMO_SWEEP,
+                            preset.seed, store) for task, run in zip(tasks, runs) for member in (base, run.selection.best)]
+    results = drive(plans, executor, store, worker, progress, desc="fine-tune units", log=log)
+    timings["finetune"] = time.perf_counter() - t0
+
     rows: list[dict[str, Any]] = []
-    timings["select"] = timings["finetune"] = 0.0
-    for tname in task_names:
-        task = load_sklearn_digits(preset.world.resolution, preset.seed) if tname == "sklearn_digits" else world.task(tname)
-        t0 = time.perf_counter()
-        run = run_selection(library, task, "proxy", 1, "knn_loo", names, ctx.with_(cache=cache), preset.embed_batch)
-        timings["select"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        picks = {}
-        for label, strategy, proxy, budget in DEMO_STRATEGIES:
-            other = run_selection(library, task, strategy, budget, proxy or "knn_loo", names,
-                                  ctx.with_(cache=cache, progress=False), preset.embed_batch)
-            picks[label] = list(other.selection.picks)
-        timings["other_strategies"] = timings.get("other_strategies", 0.0) + time.perf_counter() - t0
+    for i, (task, run) in enumerate(zip(tasks, runs)):
+        tname, res_b, res_sel = task.name, results[2 * i], results[2 * i + 1]
         scores = run.selection.scores()
         chosen = run.selection.best
         domain = world.domain_of_task(tname) if tname in world.task_names else None
         matched = next((n for n in names if domain_of_member[n] == domain), None)
-        t0 = time.perf_counter()
-        res_b = finetune_member(library, base, task, preset, ctx.with_(store=store))
-        res_sel = finetune_member(library, chosen, task, preset, ctx.with_(store=store))
-        timings["finetune"] += time.perf_counter() - t0
         row = {
             "task": tname, "group": task.group, "classes": task.num_classes, "domain": domain,
-            "knn": scores, "selected": chosen, "matched_expert": matched, "picks": picks,
+            "knn": scores, "selected": chosen, "matched_expert": matched, "picks": picks[i],
             "test_baseline": res_b.test_accuracy, "test_selected": res_sel.test_accuracy,
             "select_seconds": run.seconds, "embedded_images": run.embed.images,
         }

@@ -21,6 +21,8 @@ import timm
 import torch
 
 os.environ.setdefault("EXPERTISE_PROGRESS", "0")
+# Commands run their units in this process unless a test asks for workers (--jobs N, tests/test_process_executor.py).
+os.environ.setdefault("EXPERTISE_JOBS", "1")
 
 from expertise.runtime import RunContext  # noqa: E402
 from expertise.config import Preset, get_preset  # noqa: E402  (after the progress switch)

@@ -14,7 +14,8 @@ import torch
 
 import expertise.library.manifest as library_module
 from expertise.runtime import RunContext
-from expertise.upstream.adapter_bank import adapter_expert_name, build_adapter_experts, train_adapter_bank
+from expertise.upstream.adapter_bank import adapter_expert_name, train_adapter_bank
+from expertise.upstream.units import build_adapter_experts
 from expertise.data.tasks import Split
 from expertise.data.world import World, WorldConfig
 from expertise.errors import ConfigError, LibraryError

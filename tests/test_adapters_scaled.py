@@ -17,7 +17,7 @@ from expertise.models.adapters import Adapter, AdapterBank, AdapterExpert
 from expertise.models.backbones import BACKBONES, ExpertModel, model_from_config
 from expertise.runtime import RunContext
 from expertise.train import TrainConfig
-from expertise.upstream.adapter_bank import build_adapter_experts
+from expertise.upstream.units import build_adapter_experts
 
 NODES = ["shape", "texture"]
 CFG = TrainConfig(steps=3, batch_size=8, lr=0.5, warmup_steps=0)

@@ -65,7 +65,11 @@ def test_demo_writes_library_results_and_plots(demo_run):
     # The demo fine-tunes B and the kNN pick only; Table 2 comes from `expertise bench` on the same folder.
     assert "## Table 2 layout" not in md
     base = next(n for n in pool if n.endswith(".baseline"))
-    assert len(RecordStore(out).all()) == len({(r["task"], m) for r in rows for m in (base, r["selected"])})
+    store = RecordStore(out)
+    assert len(store.all("transfer_retrain")) == len({(r["task"], m) for r in rows for m in (base, r["selected"])})
+    # each task's features of every member the strategies read (the pool and the EPN), embedded as units
+    assert len(store.all("embed")) == len(rows) * (len(pool) + 1)
+    assert len(store.all()) == len(store.all("transfer_retrain")) + len(store.all("embed"))
 
 
 def test_demo_ends_with_its_takeaway_from_what_it_measured(demo_run):

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from expertise.cli import checks
-from expertise.cli.common import (DeviceOpt, ExecutorOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, MaxSideOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
-                                  resumes, run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP)
+from expertise.cli.common import (DeviceOpt, ExecutorOpt, JobsOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, MaxSideOpt, PresetOpt, QuietOpt, SeedOpt, ThreadsOpt, parse_floats, open_library,
+                                  resumes, run_log, task_resolution, setup, bench_app, out, user_errors, BENCH_STRATEGY_HELP, units_executor)
 from expertise.runtime import RunContext
 
 
@@ -39,12 +39,13 @@ def bench(ctx: typer.Context,
                                                 "with full scoring (top-1, Kendall tau), images embedded and seconds; "
                                                 "off by default (docs/benchmark.md).")] = False,
           preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-          quiet: QuietOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None, executor: ExecutorOpt = "local",
-          ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
+          quiet: QuietOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None, jobs: JobsOpt = None,
+          executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
     """Evaluate every strategy and pool on a suite: the oracle fine-tunes every member, each unit is
     a record (a killed run resumes), and DIR/summary.md gets Tables 1-2, regret and compute.
-    'expertise bench report DIR' rebuilds the report from the records alone. With --executor ray the
-    units (embeddings, selection cells, each fine-tune) run as Ray tasks, with the same records. With
+    'expertise bench report DIR' rebuilds the report from the records alone. The units (embeddings,
+    selection cells, each fine-tune) run --jobs at a time, or with --executor ray as Ray tasks, with the
+    same records. With
     --seeds 0,1,2 every cell runs once per training seed, and the report compares strategies by paired
     differences over tasks and seeds ("Does choosing pay?"). With --halving the report adds successive
     halving against full scoring."""
@@ -53,6 +54,7 @@ def bench(ctx: typer.Context,
     cfg, dev = setup(preset, overrides, device, threads)
     checks.bench_options(strategies, pools, lr_factors, sweeps, retrains, preset, overrides, device, seeds)
     checks.executor(executor, ray_address, workers)
+    n_jobs, per_job = checks.jobs(jobs, threads, cfg, executor)
     checks.max_side(max_side)
     from expertise.bench import suite_file
     from expertise.bench.folder import task_domains
@@ -62,7 +64,6 @@ def bench(ctx: typer.Context,
     from expertise.data.loaders import BUILTIN_TASKS
     from expertise.errors import ConfigError
     from expertise.select.embed import EmbeddingCache
-    from expertise.units import open_executor
     from expertise.upstream.build import world_of_library
 
     training_seeds = parse_seeds(seeds) if seeds is not None else (seed,)
@@ -83,7 +84,7 @@ def bench(ctx: typer.Context,
     log(f"[bold]expertise bench[/]: {len(tasks)} tasks, preset {cfg.name}, {sweep.num_finetunes} fine-tune(s) per "
         f"member and task" + (f", training seeds {', '.join(map(str, training_seeds))}" if seeds is not None else "")
         + f", writing to {out_dir}")
-    with open_executor(executor, ray_address, workers) as units_on:
+    with units_executor(executor, ray_address, workers, n_jobs, per_job, quiet) as units_on:
         summary = run_bench(lib, tasks, out_dir, cfg.finetune, sweep, parse_strategies(strategies),
                             tuple(pools or DEFAULT_POOLS),
                             RunContext(dev, seed, not quiet, log, cache=EmbeddingCache(cache or library / "cache")),

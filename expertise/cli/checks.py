@@ -200,6 +200,28 @@ def dat_options(upstream: str, sampler: str, weighting: str, init: str, size: in
     device(device_name)
 
 
+def jobs(value: int | None, threads: int | None, cfg: Preset | None = None, name: str = "local") -> tuple[int, int]:
+    """``--jobs`` (and the threads each job takes): at least 1, at most what the memory holds
+    (estimated per worker from the preset), 1 under torchrun (each rank trains in its process), and
+    only for the local executor. Returns (jobs, threads per job)."""
+    from expertise import distributed
+    from expertise.units.processes import check_memory, resolve_jobs
+
+    if name != "local":
+        if value is not None:
+            raise ConfigError(f"--jobs is the local executor's; --executor {name} sizes its workers itself "
+                              "(--ray-cpus for a local Ray)")
+        return 1, threads or 1
+    if distributed.world() > 1:
+        if value is not None and value != 1:
+            raise ConfigError("under torchrun each rank trains every unit in its own process, data-parallel with the "
+                              "others: drop --jobs")
+        return 1, threads or 1
+    n, per = resolve_jobs(value, threads)
+    check_memory(n, cfg)
+    return n, per
+
+
 def executor(name: str, ray_address: str | None, workers: int | None, data_parallel: bool = False) -> None:
     """``--executor``, ``--ray-address`` and ``--ray-cpus``: a known executor; the Ray options only with
     ``ray``; Ray installed; and a cluster address (``--ray-address``, else ``RAY_ADDRESS``) that answers.

@@ -118,9 +118,13 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the run: th
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: OMP_NUM_THREADS when "
                                                    "set, else the cores this process may use). Fewer can be faster when "
                                                    "other work shares the cores.")]
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where the units of work run: local (this process, one after "
-                                           "another) or ray (Ray tasks on the cluster at --ray-address or RAY_ADDRESS, "
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where the units of work run: local (this machine, --jobs "
+                                           "at a time) or ray (Ray tasks on the cluster at --ray-address or RAY_ADDRESS, "
                                            "else on a local Ray of --ray-cpus CPUs); the records are the same.")]
+JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Units of work (experts, embeddings, fine-tunes) "
+                                             "run at once on this machine, each in a worker process of --threads threads "
+                                             "(default: the cores shared among the jobs); default: the cores this process "
+                                             "may use (or EXPERTISE_JOBS); 1 runs them in this process, one after another.")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster of --executor ray: HOST:PORT of "
                                                       "its head (default: RAY_ADDRESS; unset: start a local Ray).")]
 RayCpusOpt = Annotated[Optional[int], typer.Option("--ray-cpus", help="CPUs of the local Ray that --executor ray starts when "
@@ -306,3 +310,11 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"{what} takes comma-separated numbers, e.g. 1,0.3,3; got {text!r}") from None
+
+
+def units_executor(name: str, ray_address: str | None, ray_cpus: int | None, jobs: int, threads: int, quiet: bool):
+    """The executor a command's units run on (a context: its workers stop when it closes), from the
+    options :func:`expertise.cli.checks.jobs` and :func:`~expertise.cli.checks.executor` checked."""
+    from expertise.units import open_executor
+
+    return open_executor(name, ray_address, ray_cpus, jobs=jobs, threads=threads, progress=not quiet)

@@ -11,7 +11,7 @@ from rich.table import Table
 from expertise.cli import checks
 from expertise.cli.common import (DeviceOpt, ExecutorOpt, ProxyOpt, RayAddressOpt, RayCpusOpt, QuietOpt, SeedOpt, SkipOpt, MaxSideOpt, StrategyOpt, TaskOpt, ThreadsOpt,
                                   open_library, load_cli_task, app, out,
-                                  user_errors)
+                                  user_errors, JobsOpt, units_executor)
 from expertise.errors import ConfigError
 from expertise.runtime import RunContext
 
@@ -37,13 +37,13 @@ def select(task: TaskOpt,
            resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples of the task's images for "
                                                   "each score's 95% interval and the ties with the best (0: none).")] = 1000,
            seed: SeedOpt = 0, device: DeviceOpt = "auto", quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512,
-           threads: ThreadsOpt = None, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
-           workers: RayCpusOpt = None) -> None:
+           threads: ThreadsOpt = None, jobs: JobsOpt = None, executor: ExecutorOpt = "local",
+           ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
     """Rank every pool member of LIBRARY (or of a pool file) for TASK with a strategy; print and save
     the picks, each member's score with its 95% interval and whether it is tied with the best or at
-    chance (table, JSON and a bar chart) and the time each stage took. With --executor ray each
-    member the strategy reads embeds the task as a Ray task (worth it for a large pool); the ranking
-    is then made here from the cache they fill."""
+    chance (table, JSON and a bar chart) and the time each stage took. Each member the strategy
+    reads embeds the task as a unit of work, --jobs at a time (or with --executor ray as a Ray task,
+    worth it for a large pool); the ranking is then made here from the cache they fill."""
     from expertise.runtime import configure
 
     dev = configure(threads, device)
@@ -51,6 +51,7 @@ def select(task: TaskOpt,
     checks.select_options(library, strategy, proxy, budget, device, pool)
     checks.search(search, strategy)
     checks.executor(executor, ray_address, workers)
+    n_jobs, per_job = checks.jobs(jobs, threads, None, executor)
     if executor != "local" and search != "full":
         raise ConfigError(f"--search {search} embeds only the members that survive each round, in this process; "
                           f"drop --executor {executor} or --search {search}")
@@ -65,11 +66,12 @@ def select(task: TaskOpt,
     t = load_cli_task(lib, task, seed, skip_corrupt, max_side)
     folder = out_dir or Path("runs/select")
     embeddings = EmbeddingCache(cache or lib.path / "cache")
-    if executor != "local":
-        _embed_as_units(lib, t, strategy, embeddings, folder, seed, skip_corrupt, dev, not quiet, executor, ray_address,
-                        workers)
+    units = []
+    if search == "full":
+        with units_executor(executor, ray_address, workers, n_jobs, per_job, quiet) as units_on:
+            units = _embed_as_units(lib, t, strategy, embeddings, folder, seed, skip_corrupt, dev, not quiet, units_on)
     run = run_selection(lib, t, strategy, budget, proxy, ctx=RunContext(dev, seed, not quiet, cache=embeddings),
-                        resamples=resamples, search=search)
+                        resamples=resamples, search=search).embedded_by(units)
     rows = ranking_table(run, lib)
     score_label = SCORE_LABELS.get(run.proxy or strategy, "score")
     table = Table(title=f"{run.label} on {t.name} ({len(t.trainval)} images): {score_label}")
@@ -115,22 +117,22 @@ def select(task: TaskOpt,
 
 
 def _embed_as_units(lib, task, strategy: str, cache, folder: Path, seed: int, skip_corrupt: bool, dev, progress: bool,
-                    executor: str, ray_address: str | None, workers: int | None) -> None:
+                    units_on) -> list:
     """Every member the strategy reads that has no cached features of the task embeds it as an
-    ``embed`` unit on the executor (recorded in FOLDER/units, as the benchmark records them)."""
+    ``embed`` unit on the executor (recorded in FOLDER/units, as the benchmark records them); their
+    :class:`~expertise.store.Unit` s."""
     from expertise.bench.units import embed_plan
     from expertise.select.registry import get_strategy
     from expertise.select.run import pool_names
     from expertise.store import RecordStore
-    from expertise.units import WorkerContext, drive, open_executor
+    from expertise.units import WorkerContext, drive
 
     names = get_strategy(strategy).members_to_embed(lib, pool_names(lib))
     plan = embed_plan(lib, task, names, cache, seed, batch_size=500, skip_corrupt=skip_corrupt)
     if plan.size == 0:
-        return
-    with open_executor(executor, ray_address, workers) as units_on:
-        drive([plan], units_on, RecordStore(folder), WorkerContext(dev, progress).seed_with([lib], [task]), progress,
-              desc="embedding units")
+        return []
+    return drive([plan], units_on, RecordStore(folder), WorkerContext(dev, progress).seed_with([lib], [task]), progress,
+                 desc="embedding units")[0]
 
 
 def _pool_library(pool: Path):

@@ -11,7 +11,7 @@ import typer
 from expertise.cli import checks
 from expertise.cli.common import (DatSetOpt, DeviceOpt, ExecutorOpt, RayAddressOpt, RayCpusOpt, FinetuneSetOpt, MaxSideOpt, LibOpt, PresetOpt, ProxyOpt, QuietOpt, SeedOpt, SkipOpt,
                                   StrategyOpt, TaskOpt, ThreadsOpt, parse_floats, open_library, resumes, run_log, load_cli_task,
-                                  setup, app, out, user_errors)
+                                  setup, app, out, user_errors, JobsOpt, units_executor)
 from expertise.cli.data_opts import ClassesOpt, DataOpt, HierarchyOpt, StrictOpt, WorkersOpt, data_spec
 from expertise.runtime import RunContext
 
@@ -60,20 +60,23 @@ def transfer(library: LibOpt, task: TaskOpt,
              cache: Annotated[Optional[Path], typer.Option("--cache", help="Embedding cache folder (default LIBRARY/cache).")] = None,
              preset: PresetOpt = "cpu", overrides: FinetuneSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
              quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None,
-             executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, workers: RayCpusOpt = None) -> None:
+             jobs: JobsOpt = None, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
+             workers: RayCpusOpt = None) -> None:
     """The transfer protocol for one task: select on the 1,000 train+val images, sweep
     hyperparameters on 800/200, retrain the pick on all 1,000, report the median test accuracy.
-    The first retrain of each pick is kept as a model folder (for 'expertise predict'). With
-    --executor ray every fine-tune (each sweep setting of each pick) is a Ray task."""
+    The first retrain of each pick is kept as a model folder (for 'expertise predict'). Every
+    fine-tune (each sweep setting of each pick) is a unit of work, --jobs at a time, or with
+    --executor ray a Ray task."""
     cfg, dev = setup(preset, overrides, device, threads)
     checks.transfer_options(library, strategy, proxy, budget, lr_factors, sweeps, retrains, preset, overrides, device)
     checks.executor(executor, ray_address, workers)
+    n_jobs, per_job = checks.jobs(jobs, threads, cfg, executor)
     checks.max_side(max_side)
     from expertise.transfer.protocol import SweepConfig
     from expertise.transfer.keep import folder_name
     from expertise.transfer.units import protocol_units
     from expertise.store import RecordStore
-    from expertise.units import WorkerContext, drive, open_executor, task_ref
+    from expertise.units import WorkerContext, drive, task_ref
     from expertise.select.embed import EmbeddingCache
     from expertise.select.run import run_selection
 
@@ -87,7 +90,7 @@ def transfer(library: LibOpt, task: TaskOpt,
     settings = {"preset": cfg.name, "library": str(library), "sweep_config": sweep.to_json()}
     folders = {name: out_dir / "models" / folder_name(t.name, name) for name in run.selection.picks}
     ref = task_ref(t, seed, skip_corrupt)
-    with open_executor(executor, ray_address, workers) as units_on:
+    with units_executor(executor, ray_address, workers, n_jobs, per_job, quiet) as units_on:
         plans = [protocol_units(lib, name, t, ref, cfg.finetune, sweep, seed, store, {"folder": folders[name], "settings": settings})
                  for name in run.selection.picks]
         results = drive(plans, units_on, store, WorkerContext(dev, not quiet).seed_with([lib], [t]), not quiet,
@@ -162,16 +165,19 @@ def dat(library: LibOpt, task: TaskOpt,
         strict: StrictOpt = False,
         preset: PresetOpt = "cpu", overrides: DatSetOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
         quiet: QuietOpt = False, skip_corrupt: SkipOpt = False, max_side: MaxSideOpt = 512, threads: ThreadsOpt = None,
-        executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None, ray_cpus: RayCpusOpt = None) -> None:
+        jobs: JobsOpt = None, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
+        ray_cpus: RayCpusOpt = None) -> None:
     """Domain adaptive transfer for TASK: weight upstream labels by B's predictions on the task,
     re-sample upstream, pre-train a specialist (as long as B for --init scratch, as an expert for
     --init baseline), fine-tune it; reports its accuracy and cost beside a kNN selection's. The
     upstream data is the library's: its embedded world, or the dataset on disk it was built from
     (recorded in the library; --data must name the same one). The run is one unit recorded in
-    OUT/units (a rerun with the same settings reads it back); with --executor ray it runs as a Ray task."""
+    OUT/units (a rerun with the same settings reads it back); it runs in a worker process (--jobs 1: in
+    this one), or with --executor ray as a Ray task."""
     cfg, dev = setup(preset, overrides, device, threads)
     checks.dat_options(upstream_data, sampler, weighting, init, size, temperature, preset, overrides, device)
     checks.executor(executor, ray_address, ray_cpus)
+    n_jobs, per_job = checks.jobs(jobs, threads, cfg, executor)
     spec = data_spec(data, hierarchy, classes, None, workers, strict)
     checks.max_side(max_side)
     import time
@@ -179,7 +185,7 @@ def dat(library: LibOpt, task: TaskOpt,
     from expertise.dat import DATConfig, cost_ratios, dat_record
     from expertise.dat.units import dat_result, dat_spec
     from expertise.store import RecordStore
-    from expertise.units import WorkerContext, batch_plan, drive, open_executor, task_ref
+    from expertise.units import WorkerContext, batch_plan, drive, task_ref
     from expertise.upstream.build import config_digest
     from expertise.upstream.units import TRAIN
     from expertise.units.context import library_key
@@ -214,7 +220,7 @@ def dat(library: LibOpt, task: TaskOpt,
     unit_spec = dat_spec(lib, t, task_ref(t, seed, skip_corrupt), base, settings, pretrain, cfg.finetune, seed,
                          config_digest(meta["settings"]), {"workers": workers, "strict": strict})
     worker = WorkerContext(dev, not quiet).seed_with([lib], [t]).seed_object((TRAIN, library_key(lib.path)), (upstream, None))
-    with open_executor(executor, ray_address, ray_cpus) as units_on:
+    with units_executor(executor, ray_address, ray_cpus, n_jobs, per_job, quiet) as units_on:
         [unit] = drive([batch_plan([unit_spec])], units_on, RecordStore(out_dir), worker, not quiet, desc="DAT unit")[0]
     res = dat_result(unit)
     if not unit.computed:

@@ -256,6 +256,13 @@ class Library:
         yields True when this process should build it (see :func:`expertise.library.locking.claim`)."""
         return locking.claim(self, name, log, done, poll_s)
 
+    def commit_staged(self, folder: Path) -> list[MemberInfo]:
+        """Move the members a unit staged in ``folder`` (:mod:`expertise.library.staging`) in, in one
+        transaction under the writer lock."""
+        from expertise.library import staging
+
+        return staging.commit(self, folder)
+
     def _write_manifest(self, members: dict[str, MemberInfo] | None = None) -> None:
         members = self._members if members is None else members
         if self._top_files is None:  # a library written before top-level files were hashed: record them now

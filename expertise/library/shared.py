@@ -64,6 +64,14 @@ class SharedLibrary(Library):
             return super().add_adapter_bank(bank, parent, members, label_priors, bank_name, overwrite)
         return list(members.values())
 
+    def commit_staged(self, folder: Path) -> list[MemberInfo]:
+        """Rank 0 commits what it staged; the others wait for it and read the manifest again."""
+        infos = super().commit_staged(folder) if distributed.is_main() else []
+        distributed.barrier()
+        if not distributed.is_main():
+            self.refresh()
+        return infos
+
     def write_meta(self, fname: str, data: dict[str, Any]) -> None:
         if distributed.is_main():
             super().write_meta(fname, data)

@@ -40,8 +40,12 @@ class Transaction:
             self._retired.append(aside)
 
     def put(self, staged: Path, final: Path) -> None:
-        """Move ``staged`` to ``final``, moving aside what was there."""
+        """Move ``staged`` to ``final`` (its folder made when missing), moving aside what was there."""
         self.remove(final)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise disk_error(e, final.parent) from None
         self._move(staged, final)
 
     def commit(self, write_manifest: Callable[[], None]) -> None:

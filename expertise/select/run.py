@@ -61,6 +61,21 @@ class SelectionRun:
             return strategy
         return self.proxy if strategy == self.proxy else f"{strategy}({self.proxy})"
 
+    def embedded_by(self, units: list) -> SelectionRun:
+        """This run with the embedding its ``embed`` units did just before it (``units``: their
+        :class:`~expertise.store.Unit` s; those computed now, not read back) counted as its own: the
+        images, the seconds, and those members no longer counted as read from the cache."""
+        now = [u for u in units if u.computed]
+        if not now:
+            return self
+        images = sum(int(u.images.get("embed", 0)) for u in now)
+        seconds = sum(float(u.seconds.get("embed", 0.0)) for u in now)
+        stats = EmbedStats(self.embed.seconds + seconds, self.embed.images + images, max(0, self.embed.cached - len(now)))
+        sel = self.selection
+        spent = {**sel.seconds, "embed": sel.seconds.get("embed", 0.0) + seconds}
+        return SelectionRun(Selection(sel.strategy, sel.ranking, sel.picks, spent, sel.images), self.task, self.proxy,
+                            stats, self.members_embedded, self.images_per_member, self.uncertainty, self.search)
+
     def to_json(self) -> dict:
         sel = self.selection.to_json()
         sel["ranking"] = [[n, None if not math.isfinite(s) else s] for n, s in sel["ranking"]]

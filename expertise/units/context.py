@@ -93,7 +93,10 @@ class WorkerContext:
         return self._worlds[key]
 
     def check_member(self, lib: Library, name: str, member_hash: str) -> None:
-        """The member ``name`` of ``lib`` is the one the spec names by hash."""
+        """The member ``name`` of ``lib`` is the one the spec names by hash (the library read again
+        first when it is not: the coordinator may have committed it since this process opened it)."""
+        if name not in lib or lib.member_hash(name) != member_hash:
+            lib.refresh()
         found = lib.verified_hash(name)
         if found != member_hash:
             raise LibraryError(f"member {name!r} of {lib.path} is not the one this unit was planned with (its weights "

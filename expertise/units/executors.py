@@ -1,5 +1,6 @@
-"""Executors: where a plan's units run. ``local`` runs them one after another in this process (what
-every stage did before plans existed); ``ray`` runs them as Ray tasks
+"""Executors: where a plan's units run. ``local`` runs them on this machine: with one job one after
+another in this process (:class:`LocalExecutor`), with ``--jobs N`` N at a time in worker processes
+(:class:`~expertise.units.processes.ProcessExecutor`); ``ray`` runs them as Ray tasks
 (:mod:`expertise.units.ray_executor`, imported only when asked for)."""
 
 from __future__ import annotations
@@ -64,13 +65,21 @@ def ray_address(address: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def open_executor(name: str = "local", address: str | None = None, workers: int | None = None) -> Iterator[Executor]:
-    """The executor ``name`` for one run, closed (a Ray started for it shut down) at the end.
-    ``ray`` connects to ``address`` (else ``RAY_ADDRESS``) or starts a local Ray with ``workers`` CPUs."""
+def open_executor(name: str = "local", address: str | None = None, workers: int | None = None, jobs: int = 1,
+                  threads: int = 1, progress: bool = True) -> Iterator[Executor]:
+    """The executor ``name`` for one run, closed (its worker processes stopped, a Ray started for it
+    shut down) at the end. ``local`` runs ``jobs`` units at a time (1: in this process, with the
+    threads torch has; more: in worker processes of ``threads`` threads each, showing their progress
+    when ``progress``); ``ray`` connects to ``address`` (else ``RAY_ADDRESS``) or starts a local Ray
+    with ``workers`` CPUs."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; choose {' or '.join(EXECUTORS)}")
-    if name == "local":
-        executor: LocalExecutor | object = LocalExecutor()
+    if name == "local" and jobs > 1:
+        from expertise.units.processes import ProcessExecutor
+
+        executor: LocalExecutor | object = ProcessExecutor(jobs, threads, progress)
+    elif name == "local":
+        executor = LocalExecutor()
     else:
         from expertise.units.ray_executor import RayExecutor
 

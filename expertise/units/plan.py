@@ -12,7 +12,7 @@ own units are done, so on a cluster one member's retrains start while another's 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -74,9 +74,11 @@ class _Running:
 
 
 def drive(plans: Sequence[Plan], executor: Executor, store: RecordStore, ctx: WorkerContext,
-          progress: bool = True, desc: str = "units") -> list[Any]:
+          progress: bool = True, desc: str = "units", log: Callable[[str], None] | None = None) -> list[Any]:
     """Run every plan to its end on ``executor``; returns each plan's result, in order. On an error
-    whatever is still queued is cancelled; every unit finished so far is recorded, so a rerun resumes."""
+    whatever is still queued is cancelled; every unit finished so far is recorded, so a rerun resumes.
+    ``log`` gets the lines a finished unit returns (its metrics' ``log``) and, where units run in
+    other processes (the executor shows one bar over units), one line per finished unit."""
     running = [_Running(p, []) for p in plans]
     results: list[Any] = [None] * len(plans)
     waiting: dict[int, list[tuple[int, int]]] = {}          # token -> (plan, slot) waiting for it
@@ -125,6 +127,8 @@ def drive(plans: Sequence[Plan], executor: Executor, store: RecordStore, ctx: Wo
                 key, spec = specs.pop(token)
                 del token_of[key]
                 unit = store.record_result(spec.kind, spec.config, result, 0.0)
+                if log is not None:
+                    _tell(log, spec, unit, executor.unit_progress)
                 for i, pos in waiting.pop(token):
                     run = running[i]
                     run.slots[pos] = unit
@@ -136,3 +140,12 @@ def drive(plans: Sequence[Plan], executor: Executor, store: RecordStore, ctx: Wo
             executor.cancel()
             raise
     return results
+
+
+def _tell(log: Callable[[str], None], spec: UnitSpec, unit: Unit, each: bool) -> None:
+    """What a finished unit says: its own lines, and (``each``) one line that it finished."""
+    if each:
+        log(f"done: {spec.describe()} in {unit.total_seconds:.1f}s")
+    lines = unit.metrics.get("log")
+    for line in lines if isinstance(lines, list) else []:
+        log(str(line))

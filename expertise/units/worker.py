@@ -4,6 +4,7 @@ JSON out (the unit's metrics and cost). Everything else the unit needs it rebuil
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from expertise.units.context import WorkerContext
+from expertise.units.registry import KINDS
 
 # A test hook: with this set to a folder, the first unit that finds the file ARMED there (holding its
 # kind, or nothing for any kind) renames it to FIRED and kills its worker process after doing its work
@@ -22,13 +24,19 @@ _contexts: dict[tuple[str, int], WorkerContext] = {}
 
 
 def run_context(settings: dict[str, Any]) -> WorkerContext:
-    """This worker's context for ``settings`` (device type, threads), made once per process."""
+    """This worker's context for ``settings`` (device type, threads, progress), made once per
+    process; torch's and the BLAS libraries' threads are set for the unit."""
+    from threadpoolctl import threadpool_limits
+
     device, threads = str(settings.get("device", "cpu")), max(1, int(settings.get("threads", 1)))
     torch.set_num_threads(threads)
-    key = (device, threads)
-    if key not in _contexts:
+    threadpool_limits(threads)
+    key = (device, 0)
+    if key not in _contexts:  # one per device: what it rebuilt serves every thread count
         _contexts[key] = WorkerContext(torch.device(device), progress=False)
-    return _contexts[key]
+    ctx = _contexts[key]
+    ctx.progress = bool(settings.get("progress", False))
+    return ctx
 
 
 def _kill_if_armed(kind: str) -> None:
@@ -51,6 +59,9 @@ def run_unit_json(spec_json: dict[str, Any], settings: dict[str, Any]) -> dict[s
     from expertise.units.spec import UnitSpec
 
     spec = UnitSpec.from_json(spec_json)
+    module = settings.get("module")
+    if isinstance(module, str) and module and spec.kind not in KINDS:
+        importlib.import_module(module)  # registers a kind defined outside expertise, as the coordinator did
     out = timed(spec, run_context(settings))
     _kill_if_armed(spec.kind)
     return {"metrics": out.metrics, "images": out.images, "seconds": out.seconds}

@@ -35,7 +35,6 @@ from expertise.models.backbones import ExpertModel, Preprocessing, count_paramet
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilabel_loss
 from expertise.upstream.baseline import leaf_accuracy
-from expertise.upstream.resume import UpstreamCheckpoints, finished, unit_checkpoint
 
 if TYPE_CHECKING:
     from expertise.checkpoint import Checkpoint
@@ -162,39 +161,6 @@ def _clip_each_expert(bank: AdapterBank, nodes: Sequence[str], max_norm: float) 
     return handles, reset
 
 
-def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, baseline_name: str,
-                          nodes: Sequence[str], cfg: TrainConfig, ctx: RunContext = RunContext(),
-                          bank_name: str = "bank", checkpoints: UpstreamCheckpoints | None = None,
-                          scaled: bool = False) -> list[str]:
-    """Train one adapter expert per node on the stored baseline ``baseline_name`` and store them as a
-    bank in ``library`` (checkpointing as it trains, with ``checkpoints``); returns the member names
-    in node order.
-
-    The bank is one unit of work: when every expert is already stored in bank ``bank_name`` on this
-    baseline it is reused (resumption); otherwise the whole bank is trained and replaces the old one.
-    """
-    seed, device, progress, log = ctx.seed, ctx.device, ctx.progress, ctx.log
-    nodes = list(nodes)
-    parent = library.info(baseline_name)
-    backbone = parent.architecture or library.load(baseline_name).backbone_config.name  # type: ignore[union-attr]
-    names = {node: adapter_expert_name(backbone, node) for node in nodes}
-
-    def reusable(quiet: bool = False) -> bool:
-        return bank_reusable(library, names, baseline_name, bank_name, cfg, log, quiet, scaled)
-
-    with library.claim(f"{bank_name}.adapter-bank", log, done=lambda: reusable(quiet=True)) as build:
-        if not build:
-            log(f"adapter experts of {baseline_name} already in the library: reusing {len(names)} experts")
-            return list(names.values())
-        reusable()  # says why a stored bank is trained again
-        ckpt = unit_checkpoint(checkpoints, f"{bank_name}.adapter-bank", train=cfg.to_json(), seed=seed, nodes=nodes,
-                               baseline=baseline_name, **bank_identity(scaled))
-        out = _train_bank(library, train, holdout, baseline_name, nodes, names, backbone, cfg, seed, device,
-                          progress, log, bank_name, ckpt, scaled)
-        finished(ckpt)
-        return out
-
-
 def bank_identity(scaled: bool) -> dict[str, bool]:
     """What a bank's checkpoint and manifest entries record of its adapters' form beyond the
     training settings: nothing for plain adapters (as before ``scaled`` existed), else scaled."""
@@ -243,16 +209,6 @@ def _stored_settings(extra: dict, cfg: TrainConfig, scaled: bool) -> str:
     rest = [k for k in differ if k not in settable]
     said = "to reuse them: " + " ".join(sets) if sets else ""
     return said + (f"{'; ' if said else ''}they also differ in adapter.{', adapter.'.join(rest)}" if rest else "")
-
-
-def _train_bank(library: Library, train: Upstream, holdout: Holdout, baseline_name: str, nodes: list[str],
-                names: dict[str, str], backbone: str, cfg: TrainConfig, seed: int, device: torch.device,
-                progress: bool, log, bank_name: str, checkpoint: Checkpoint | None = None, scaled: bool = False) -> list[str]:
-    baseline = library.load(baseline_name)
-    bank, infos, priors = bank_members(baseline, train, holdout, baseline_name, nodes, names, backbone, cfg,  # type: ignore[arg-type]
-                                       RunContext(device, seed, progress, log), checkpoint, scaled)
-    library.add_adapter_bank(bank, baseline_name, infos, priors, bank_name=bank_name, overwrite=True)
-    return list(names.values())
 
 
 def bank_members(baseline: ExpertModel, train: Upstream, holdout: Holdout, baseline_name: str, nodes: list[str],

@@ -9,6 +9,7 @@ decoded holdout); :func:`batch_source` and :func:`leaf_accuracy` tell them apart
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from expertise.train import EpochSampler, TrainConfig, TrainStats, fit, multilab
 
 if TYPE_CHECKING:
     from expertise.checkpoint import Checkpoint
+    from expertise.runtime import RunContext
     from expertise.upstream.disk_data import DiskHoldout, DiskUpstream
 
     Upstream = UpstreamData | DiskUpstream
@@ -111,6 +113,20 @@ def train_baseline(train: Upstream, backbone: str, cfg: TrainConfig, seed: int,
         stats = fit(model, batches, cfg, multilabel_loss, device=device, desc="baseline B", show_progress=progress,
                     checkpoint=checkpoint)
     return model, stats
+
+
+def baseline_member(train: Upstream, holdout: Holdout, backbone: str, cfg: TrainConfig, ctx: RunContext,
+                    checkpoint: Checkpoint | None = None) -> tuple[MemberInfo, ExpertModel, torch.Tensor]:
+    """B trained (with ``ctx``'s seed, device, progress and log) and measured on the holdout: its
+    manifest entry, the model and its label prior, ready to store."""
+    t0 = time.perf_counter()
+    name = baseline_name(backbone)
+    model, stats = train_baseline(train, backbone, cfg, ctx.seed, ctx.device, ctx.progress, checkpoint)
+    acc = leaf_accuracy(model, holdout, device=ctx.device)
+    ctx.log(f"baseline {name}: upstream holdout leaf accuracy {acc:.3f} ({time.perf_counter() - t0:.0f}s)")
+    info = member_info(name, "baseline", model, backbone, None, "root", len(train), acc,
+                       {"train": cfg.to_json(), "stats": stats.to_json(), "seed": ctx.seed})
+    return info, model, torch.from_numpy(train.label_distribution())
 
 
 def member_info(name: str, kind: str, model: ExpertModel, backbone: str, parent: str | None, domain: str | None,

@@ -19,11 +19,11 @@ from expertise.library.shared import shared_library
 from expertise.library.upstream_meta import check_upstream, world_config
 from expertise.models.backbones import BACKBONES
 from expertise.runtime import RunContext
-from expertise.upstream.adapter_bank import build_adapter_experts
+from expertise.units.executors import LocalExecutor
 from expertise.upstream.data_spec import DataSpec, recorded, resolve
-from expertise.upstream.epn import build_epn
-from expertise.upstream.full_experts import build_upstream, expert_domains
+from expertise.upstream.full_experts import expert_domains
 from expertise.upstream.resume import Checkpointing, UpstreamCheckpoints
+from expertise.upstream.units import UpstreamUnits, build_units
 
 if TYPE_CHECKING:
     from expertise.units.plan import Executor
@@ -78,9 +78,10 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
     library records, else the world). With ``checkpointing`` every unit checkpoints as it trains
     and, when it says ``resume``, continues from its checkpoint. Returns the library, the world
     (None for a dataset on disk) and the pool members' names. A dataset is read, split and its
-    holdout decoded before the library is created, so bad data leaves nothing behind. With an
-    ``executor`` (``--executor ray``) B is built here and the full experts, the EPN and the adapter
-    bank run as units on it (:mod:`expertise.upstream.units`), to the same library."""
+    holdout decoded before the library is created, so bad data leaves nothing behind. Every member
+    is a unit of :mod:`expertise.upstream.units` run on ``executor`` (default: in this process, one
+    after another; ``--jobs N`` or ``--executor ray``: the experts, EPN and bank at once), to the same
+    library."""
     ctx = ctx.with_(seed=preset.seed)  # the preset's seed names every random stream of the build
     log = ctx.log
     kinds = () if upstream_only else (kinds if kinds is not None else ("full", "adapter") if preset.adapter_experts else ("full",))
@@ -127,28 +128,15 @@ def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), up
     ckpts = None if checkpointing is None else UpstreamCheckpoints(
         path, {"settings": config_digest(upstream_cfg)}, checkpointing.resume, checkpointing.every_steps, log)
     nodes = expert_domains(train, preset.num_experts)
-    if executor is not None:
-        from expertise.upstream.units import UpstreamUnits, build_units
-
-        names = build_upstream(library, train, holdout, preset.backbone, preset.baseline, preset.expert, 0, ctx, ckpts)
-        shared = UpstreamUnits(config_digest(upstream_cfg), preset.seed, preset.expert, preset.epn, preset.adapter,
-                               preset.epn_backbone or preset.backbone,
-                               {} if data is None else {"workers": data.workers, "strict": data.strict},
-                               None if checkpointing is None else checkpointing.every_steps, checkpointing is not None,
-                               preset.adapter_scaled)
-        names += build_units(library, train, holdout, preset.backbone, nodes, kinds, shared, executor, ctx, ckpts)
-        if ckpts is not None:
-            ckpts.tidy()
-        return library, world, names
-    names = build_upstream(library, train, holdout, preset.backbone, preset.baseline, preset.expert,
-                           preset.num_experts if "full" in kinds else 0, ctx, ckpts)
+    shared = UpstreamUnits(config_digest(upstream_cfg), preset.seed, preset.baseline, preset.expert, preset.epn,
+                           preset.adapter, preset.epn_backbone or preset.backbone,
+                           {} if data is None else {"workers": data.workers, "strict": data.strict},
+                           None if checkpointing is None else checkpointing.every_steps, checkpointing is not None,
+                           preset.adapter_scaled)
     # The EPN routes to the preset's K expert domains, trained with the upstream stage (so domain
     # prediction works as soon as the experts exist, whichever kind they are).
-    if nodes:
-        build_epn(library, train, holdout, nodes, preset.epn_backbone or preset.backbone, preset.epn, ctx, ckpts)
-    if nodes and "adapter" in kinds:
-        names += build_adapter_experts(library, train, holdout, names[0], nodes, preset.adapter, ctx,
-                                       checkpoints=ckpts, scaled=preset.adapter_scaled)
+    names = build_units(library, train, holdout, preset.backbone, nodes, kinds, shared, executor or LocalExecutor(),
+                        ctx, ckpts)
     if ckpts is not None:
         ckpts.tidy()
     return library, world, names

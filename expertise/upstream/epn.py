@@ -28,7 +28,6 @@ from expertise.models.forward import check_images, forward_batches
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig, fit, multilabel_loss
 from expertise.upstream.baseline import UpstreamBatches
-from expertise.upstream.resume import UpstreamCheckpoints, finished, unit_checkpoint
 
 if TYPE_CHECKING:
     from expertise.checkpoint import Checkpoint
@@ -166,21 +165,3 @@ def epn_member(train: Upstream, holdout: Holdout, nodes: Sequence[str], backbone
         extra={**settings, "stats": model.epn_stats.to_json(), "holdout_routing": acc},
     )
     return info, model
-
-
-def build_epn(library, train: Upstream, holdout: Holdout, nodes: Sequence[str], backbone: str,
-              cfg: TrainConfig, ctx: RunContext = RunContext(), checkpoints: UpstreamCheckpoints | None = None) -> str:
-    """Train the EPN over the expert domains ``nodes`` and store it in ``library`` as kind ``epn``
-    (its nodes, in output order, in the entry's ``extra``). An EPN already there is reused when it
-    was trained on the same nodes with the same settings, and refused otherwise: selection must
-    never route to experts the EPN does not know. With ``checkpoints`` its training checkpoints."""
-    name = epn_name(backbone)
-    settings = epn_settings(nodes, cfg, ctx.seed)
-    with library.claim(name, ctx.log) as build:  # a second builder waits here instead of training it again
-        if not build:
-            return reuse_epn(library, name, settings, ctx.log)
-        ckpt = unit_checkpoint(checkpoints, name, **settings)
-        info, model = epn_member(train, holdout, nodes, backbone, cfg, ctx, ckpt)
-        library.add(info, model)
-        finished(ckpt)
-    return name

@@ -1,8 +1,8 @@
 """Full experts (paper 000, section 4.3): B fine-tuned on one hierarchy node's slice, the same
-number of steps for every expert, and :func:`build_upstream`, which trains B and the top-K full
-experts into a library. Each model is a unit of work stored as soon as it is done and claimed
-while it trains, so a killed run resumes by skipping the members already there and a second
-builder waits instead of training the same member."""
+number of steps for every expert, and the top-K expert domains. Each expert is a unit of
+:mod:`expertise.upstream.units`, stored as soon as it is done and claimed while it trains, so a
+killed run resumes by skipping the members already there and a second builder waits instead of
+training the same member."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ import torch
 
 from expertise.data.upstream_data import UpstreamData
 from expertise.errors import LibraryError
-from expertise.library import Library, MemberInfo
+from expertise.library import MemberInfo
 from expertise.models.backbones import ExpertModel
 from expertise.runtime import RunContext, derive_seed
 from expertise.train import TrainConfig, TrainStats, fit, multilabel_loss
-from expertise.upstream.baseline import batch_source, baseline_name, expert_name, leaf_accuracy, member_info, train_baseline
-from expertise.upstream.resume import UpstreamCheckpoints, finished, unit_checkpoint
+from expertise.upstream.baseline import batch_source, baseline_name, expert_name, leaf_accuracy, member_info
 
 if TYPE_CHECKING:
     from expertise.checkpoint import Checkpoint
@@ -48,47 +47,6 @@ def train_full_expert(baseline: ExpertModel, train: Upstream, node: str, cfg: Tr
         stats = fit(model, batches, cfg, multilabel_loss, device=device, desc=f"expert {node}", show_progress=progress,
                     checkpoint=checkpoint)
     return model, stats
-
-
-def build_upstream(library: Library, train: Upstream, holdout: Holdout, backbone: str,
-                   baseline_cfg: TrainConfig, expert_cfg: TrainConfig, num_experts: int,
-                   ctx: RunContext = RunContext(), checkpoints: UpstreamCheckpoints | None = None) -> list[str]:
-    """Train B and the top-``num_experts`` full experts into ``library``; members already present
-    are kept (resumption), and with ``checkpoints`` the one being trained checkpoints as it goes.
-    Returns the member names, baseline first."""
-    seed, device, progress, log = ctx.seed, ctx.device, ctx.progress, ctx.log
-    bname = baseline_name(backbone)
-    baseline: ExpertModel | None = None
-    with library.claim(bname, log) as build:  # a second builder waits here instead of training B again
-        if build:
-            t0 = time.perf_counter()
-            ckpt = unit_checkpoint(checkpoints, bname, train=baseline_cfg.to_json(), seed=seed)
-            baseline, stats = train_baseline(train, backbone, baseline_cfg, seed, device, progress, ckpt)
-            acc = leaf_accuracy(baseline, holdout, device=device)
-            log(f"baseline {bname}: upstream holdout leaf accuracy {acc:.3f} ({time.perf_counter() - t0:.0f}s)")
-            library.add(
-                member_info(bname, "baseline", baseline, backbone, None, "root", len(train), acc,
-                      {"train": baseline_cfg.to_json(), "stats": stats.to_json(), "seed": seed}),
-                baseline, label_prior=torch.from_numpy(train.label_distribution()),
-            )
-            finished(ckpt)
-    if baseline is None:
-        log(f"baseline {bname} already in the library: reusing it")
-        baseline = library.load(bname)  # type: ignore[assignment]
-    names = [bname]
-    # No full experts asked for (`expertise upstream`, `expertise experts --kind adapter`): B alone.
-    for node in expert_domains(train, num_experts):
-        name = expert_name(backbone, node)
-        names.append(name)
-        with library.claim(name, log) as build:
-            if not build:
-                log(f"expert {name} already in the library: reusing it")
-                continue
-            ckpt = unit_checkpoint(checkpoints, name, train=expert_cfg.to_json(), seed=seed, node=node)
-            info, expert, prior = full_expert_member(baseline, train, holdout, node, backbone, expert_cfg, ctx, ckpt)
-            library.add(info, expert, label_prior=prior)
-            finished(ckpt)
-    return names
 
 
 def full_expert_member(baseline: ExpertModel, train: Upstream, holdout: Holdout, node: str, backbone: str,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from expertise import distributed
 from expertise.errors import ConfigError, LibraryError
 from expertise.library import staging
 from expertise.models.backbones import BACKBONES
@@ -29,11 +30,12 @@ from expertise.runtime import RunContext
 from expertise.store import RecordStore, UnitResult
 from expertise.train import TrainConfig
 from expertise.units.context import library_key
+from expertise.units.executors import LocalExecutor
 from expertise.units.plan import batch_plan, drive
 from expertise.units.registry import UnitKind, register_kind
 from expertise.units.spec import UnitSpec
 from expertise.upstream.adapter_bank import adapter_expert_name, bank_identity, bank_members, bank_reusable
-from expertise.upstream.baseline import baseline_name, expert_name
+from expertise.upstream.baseline import baseline_member, baseline_name, expert_name
 from expertise.upstream.epn import epn_member, epn_name, epn_settings, reuse_epn
 from expertise.upstream.full_experts import full_expert_member
 from expertise.upstream.resume import UpstreamCheckpoints
@@ -57,8 +59,9 @@ class UpstreamUnits:
     reads a dataset on disk (``data``: decoding workers, strictness) and checkpoints (``every``:
     steps between checkpoints, None for none)."""
 
-    upstream: str
+    upstream: str | None  # None: a library without upstream.json, whose units run only in the coordinator
     seed: int
+    baseline: TrainConfig
     expert: TrainConfig
     epn: TrainConfig
     adapter: TrainConfig
@@ -69,11 +72,14 @@ class UpstreamUnits:
     adapter_scaled: bool = False
 
 
-def check_upstream(lib: Library, spec: UnitSpec) -> dict[str, Any]:
-    """The library's checked ``upstream.json``, which must be the one the unit was planned on."""
+def check_upstream(lib: Library, spec: UnitSpec) -> dict[str, Any] | None:
+    """The library's checked ``upstream.json``, which must be the one the unit was planned on (None
+    for a library assembled without one, whose units run only in the process that has its data)."""
     from expertise.upstream.build import config_digest, upstream_meta
 
     meta = upstream_meta(lib)
+    if meta is None and spec.config["upstream"] is None:
+        return None
     if meta is None or config_digest(meta.get("settings")) != spec.config["upstream"]:
         raise LibraryError(f"the library at {lib.path} is not the one unit {spec.describe()} was planned on (its "
                            "upstream settings differ); every worker must see the same library: rerun to plan again")
@@ -99,6 +105,9 @@ def _upstream(ctx: WorkerContext, lib: Library, spec: UnitSpec, holdout: bool) -
     meta = check_upstream(lib, spec)
 
     def make() -> tuple[Upstream, Holdout | None]:
+        if meta is None:
+            raise LibraryError(f"the library at {lib.path} records no upstream data (no upstream.json): its units run "
+                               "only in the process that holds that data (the local executor with one job)")
         settings = meta["settings"]
         if meta.get("world"):
             world = ctx.world(lib)
@@ -120,14 +129,15 @@ def _unit_run(spec: UnitSpec, ctx: WorkerContext) -> tuple[Library, Upstream, Ho
     return lib, train, holdout, RunContext(ctx.device, int(spec.config["seed"]), ctx.progress, lines.append), lines
 
 
-def _checkpoint(spec: UnitSpec, lib: Library, name: str, **identity: Any):
+def _checkpoint(spec: UnitSpec, lib: Library, name: str, log: Any = None, **identity: Any):
     """The unit's checkpoint when the build checkpoints: resumed when an earlier try left one (the
-    coordinator refused, before any unit ran, one left by a run without --resume)."""
+    coordinator refused, before any unit ran, one left by a run without --resume); what it says
+    goes to ``log``."""
     every = spec.options.get("checkpoint")
     if every is None:
         return None
     ckpts = UpstreamCheckpoints(lib.path, {"settings": spec.config["upstream"]}, resume=True,
-                                every_steps=every or None, log=lambda _: None)
+                                every_steps=every or None, log=log or (lambda _: None))
     return ckpts.unit(name, **identity)
 
 
@@ -143,12 +153,21 @@ def _result(staged: Path, infos: Sequence[Any], lines: list[str], images: int, s
                       images={"train": int(images)}, seconds={"train": float(seconds)})
 
 
+def _execute_baseline(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
+    c = spec.config
+    lib, train, holdout, run, lines = _unit_run(spec, ctx)
+    cfg = TrainConfig.from_json(c["train"])
+    ckpt = _checkpoint(spec, lib, c["member"], run.log, train=cfg.to_json(), seed=run.seed)
+    info, model, prior = baseline_member(train, holdout, c["backbone"], cfg, run, ckpt)
+    return _stage_one(spec, lib, info, model, prior, ckpt, lines)
+
+
 def _execute_full_expert(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
     c = spec.config
     lib, train, holdout, run, lines = _unit_run(spec, ctx)
     baseline = ctx.member(lib, c["baseline"], c["baseline_hash"])
     cfg = TrainConfig.from_json(c["train"])
-    ckpt = _checkpoint(spec, lib, c["member"], train=cfg.to_json(), seed=run.seed, node=c["node"])
+    ckpt = _checkpoint(spec, lib, c["member"], run.log, train=cfg.to_json(), seed=run.seed, node=c["node"])
     info, model, prior = full_expert_member(baseline, train, holdout, c["node"], c["backbone"], cfg, run, ckpt)  # type: ignore[arg-type]
     return _stage_one(spec, lib, info, model, prior, ckpt, lines)
 
@@ -157,16 +176,18 @@ def _execute_epn(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
     c = spec.config
     lib, train, holdout, run, lines = _unit_run(spec, ctx)
     cfg = TrainConfig.from_json(c["train"])
-    ckpt = _checkpoint(spec, lib, c["member"], **epn_settings(c["nodes"], cfg, run.seed))
+    ckpt = _checkpoint(spec, lib, c["member"], run.log, **epn_settings(c["nodes"], cfg, run.seed))
     info, model = epn_member(train, holdout, c["nodes"], c["backbone"], cfg, run, ckpt)
     return _stage_one(spec, lib, info, model, None, ckpt, lines)
 
 
 def _stage_one(spec: UnitSpec, lib: Library, info: MemberInfo, model: nn.Module, prior: torch.Tensor | None,
                ckpt: Any, lines: list[str]) -> UnitResult:
-    """A one-member unit's end: its member staged, its checkpoint cleared, its result."""
-    with staging.writing(_staged(spec)) as into:
-        staging.stage_member(lib, into, info, model, prior)
+    """A one-member unit's end: its member staged (under torchrun by rank 0 alone, which commits it),
+    its checkpoint cleared, its result."""
+    if distributed.is_main():
+        with staging.writing(_staged(spec)) as into:
+            staging.stage_member(lib, into, info, model, prior)
     if ckpt is not None:
         ckpt.clear()
     stats = info.extra["stats"]
@@ -181,7 +202,7 @@ def _execute_adapter_bank(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
     nodes = list(c["nodes"])
     names = {node: adapter_expert_name(c["backbone"], node) for node in nodes}
     scaled = bool(c.get("scaled", False))
-    ckpt = _checkpoint(spec, lib, c["member"], train=cfg.to_json(), seed=run.seed, nodes=nodes, baseline=c["baseline"],
+    ckpt = _checkpoint(spec, lib, c["member"], run.log, train=cfg.to_json(), seed=run.seed, nodes=nodes, baseline=c["baseline"],
                        **bank_identity(scaled))
     bank, infos, priors = bank_members(baseline, train, holdout, c["baseline"], nodes, names, c["backbone"], cfg,  # type: ignore[arg-type]
                                        run, ckpt, scaled)
@@ -193,6 +214,8 @@ def _execute_adapter_bank(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
     return _result(_staged(spec), stored, lines, stats.get("images", 0), stats.get("seconds", 0.0))
 
 
+register_kind(UnitKind("baseline", _execute_baseline, num_cpus=1.0, num_gpus=1.0, wide=True,
+                       help="the baseline B on all upstream data, staged for the coordinator"), replace=True)
 register_kind(UnitKind("full_expert", _execute_full_expert, num_cpus=1.0, num_gpus=1.0,
                        help="one full expert: B tuned on one node's slice, staged for the coordinator"), replace=True)
 register_kind(UnitKind("epn", _execute_epn, num_cpus=1.0, num_gpus=1.0,
@@ -201,84 +224,166 @@ register_kind(UnitKind("adapter_bank", _execute_adapter_bank, num_cpus=1.0, num_
                        help="every adapter expert of a bank (one joint job), staged for the coordinator"), replace=True)
 
 
-def build_units(library: Library, train: Upstream, holdout: Holdout, backbone: str, nodes: Sequence[str],
-                kinds: Sequence[str], shared: UpstreamUnits, executor: Executor, ctx: RunContext,
-                checkpoints: UpstreamCheckpoints | None = None, bank_name: str = "bank") -> list[str]:
-    """The full experts (``"full"`` in ``kinds``), the EPN (when there are ``nodes``) and the adapter
-    bank (``"adapter"``) of a build whose B is stored, as units on ``executor``; members already in
-    the library are kept. Returns the experts' names (full, then adapter), as the local build does."""
-    from expertise.units.context import WorkerContext
-
-    log = ctx.log
-    bname = baseline_name(backbone)
+def _planned(library: Library, backbone: str, nodes: Sequence[str], kinds: Sequence[str], shared: UpstreamUnits,
+             bank_name: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every unit of the build as (kind, config), in the order one process stores their members: B,
+    the full experts in node order, the EPN, the bank. The configs after B's name it by hash when
+    it is stored (``baseline_hash``: filled in once B is)."""
     common = {"seed": shared.seed, "upstream": shared.upstream}
-    base = {"baseline": bname, "baseline_hash": library.verified_hash(bname), "backbone": backbone}
-    full = [expert_name(backbone, n) for n in nodes] if "full" in kinds else []
-    adapters = {n: adapter_expert_name(backbone, n) for n in nodes} if "adapter" in kinds else {}
-    planned: list[tuple[str, dict[str, Any]]] = []  # (kind, config), in the order one process stores them
-    for node, name in zip(nodes, full):
-        planned.append(("full_expert", {**common, **base, "member": name, "node": node, "train": shared.expert.to_json()}))
+    bname = baseline_name(backbone)
+    base = {"baseline": bname, "backbone": backbone}
+    planned: list[tuple[str, dict[str, Any]]] = [
+        ("baseline", {**common, "member": bname, "backbone": backbone, "train": shared.baseline.to_json()})]
+    if "full" in kinds:
+        for node in nodes:
+            planned.append(("full_expert", {**common, **base, "member": expert_name(backbone, node), "node": node,
+                                            "train": shared.expert.to_json()}))
     if nodes:
         planned.append(("epn", {**common, "member": epn_name(shared.epn_backbone), "nodes": list(nodes),
                                 "train": shared.epn.to_json(), "backbone": shared.epn_backbone}))
-    if adapters:
+    if nodes and "adapter" in kinds:
         planned.append(("adapter_bank", {**common, **base, "member": f"{bank_name}.adapter-bank", "bank": bank_name,
                                          "nodes": list(nodes), "train": shared.adapter.to_json(),
                                          **bank_identity(shared.adapter_scaled)}))
+    return planned
+
+
+def _cost(kind: str, config: dict[str, Any]) -> int:
+    """Images a unit trains on, the order in which a batch of units is handed out (the longest
+    first, so that the last to finish is a short one)."""
+    train = config["train"]
+    return int(train["steps"]) * int(train["batch_size"]) * (len(config["nodes"]) if kind == "adapter_bank" else 1)
+
+
+def build_units(library: Library, train: Upstream, holdout: Holdout, backbone: str, nodes: Sequence[str],
+                kinds: Sequence[str], shared: UpstreamUnits, executor: Executor, ctx: RunContext,
+                checkpoints: UpstreamCheckpoints | None = None, bank_name: str = "bank") -> list[str]:
+    """The upstream build as units on ``executor``: B, the full experts (``"full"`` in ``kinds``),
+    the EPN (when there are ``nodes``) and the adapter bank (``"adapter"``); members already in the
+    library are kept. Returns the pool's names: B, the full experts, the adapter experts."""
+    planned = _planned(library, backbone, nodes, kinds, shared, bank_name)
+    run_units(library, train, holdout, planned, shared, executor, ctx, checkpoints)
+    full = [config["member"] for kind, config in planned if kind == "full_expert"]
+    adapters = [adapter_expert_name(backbone, n) for n in nodes] if "adapter" in kinds else []
+    return [baseline_name(backbone), *full, *adapters]
+
+
+def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, baseline: str, nodes: Sequence[str],
+                          cfg: TrainConfig, ctx: RunContext = RunContext(), bank_name: str = "bank",
+                          scaled: bool = False, executor: Executor | None = None) -> list[str]:
+    """One adapter expert per node on the stored baseline ``baseline``, trained as one bank (the
+    ``adapter_bank`` unit) and stored in ``library``; returns their names in node order. A bank
+    stored with these settings on this baseline is reused; one whose backbone changed is trained
+    again. For a library assembled by hand (no ``upstream.json``), its unit runs only here."""
+    from expertise.upstream.build import config_digest, upstream_meta
+
+    if not nodes:
+        raise ConfigError("adapter experts need at least one expert domain (hierarchy node)")
+    meta = upstream_meta(library)
+    parent = library.info(baseline)
+    backbone = parent.architecture or library.load(baseline).backbone_config.name  # type: ignore[union-attr]
+    shared = UpstreamUnits(None if meta is None else config_digest(meta.get("settings")), ctx.seed, cfg, cfg, cfg, cfg,
+                           backbone, {}, adapter_scaled=scaled)
+    planned = [(kind, config) for kind, config in _planned(library, backbone, nodes, ("adapter",), shared, bank_name)
+               if kind == "adapter_bank"]
+    planned[0][1]["baseline"] = baseline
+    run_units(library, train, holdout, planned, shared, executor or LocalExecutor(), ctx)
+    return [adapter_expert_name(backbone, n) for n in nodes]
+
+
+def run_units(library: Library, train: Upstream, holdout: Holdout, planned: list[tuple[str, dict[str, Any]]],
+              shared: UpstreamUnits, executor: Executor, ctx: RunContext,
+              checkpoints: UpstreamCheckpoints | None = None) -> None:
+    """Run the ``planned`` units (from :func:`_planned`) on ``executor``: B first when planned (every
+    other unit starts from it), then the rest at once, the longest first. Every member is claimed
+    before anything trains (a second builder waits, a member another stored is reused) and
+    committed in the planned order, one process's order."""
+    from expertise.units.context import WorkerContext
+
+    log = ctx.log
+    bank = next((config for kind, config in planned if kind == "adapter_bank"), None)
+    bname = bank["baseline"] if bank is not None else next(
+        (config["member"] for kind, config in planned if kind == "baseline"), None)
+    adapters = {} if bank is None else {n: adapter_expert_name(bank["backbone"], n) for n in bank["nodes"]}
 
     def bank_stored(quiet: bool = True) -> bool:
-        return bank_reusable(library, adapters, bname, bank_name, shared.adapter, log, quiet, shared.adapter_scaled)
+        assert bank is not None
+        return bank_reusable(library, adapters, bank["baseline"], bank["bank"], shared.adapter, log, quiet,
+                             shared.adapter_scaled)
 
-    def reuse(kind: str, name: str) -> None:
-        """What the local build says of a member it finds stored (and, for the EPN, checks)."""
-        if kind == "full_expert":
+    def reuse(kind: str, config: dict[str, Any]) -> None:
+        """What the build says of a member it finds stored (and, for the EPN, checks)."""
+        name = config["member"]
+        if kind == "baseline":
+            log(f"baseline {name} already in the library: reusing it")
+        elif kind == "full_expert":
             log(f"expert {name} already in the library: reusing it")
         elif kind == "epn":
-            reuse_epn(library, name, epn_settings(nodes, shared.epn, shared.seed), log)
+            reuse_epn(library, name, epn_settings(config["nodes"], shared.epn, shared.seed), log)
         else:
             log(f"adapter experts of {bname} already in the library: reusing {len(adapters)} experts")
 
     store = RecordStore(library.path / staging.STAGED)
     lib_path = library_key(library.path)
+    worker = WorkerContext(ctx.device, ctx.progress).seed_with([library])
+    worker.seed_object((SPLITS, lib_path), (train, holdout))
+
+    def spec_of(kind: str, config: dict[str, Any]) -> UnitSpec:
+        name = config["member"]
+        if kind == "adapter_bank":
+            bank_stored(quiet=False)  # says why a stored bank is trained again
+        if checkpoints is not None:  # one left by a run without --resume is refused here, before any unit runs
+            checkpoints.unit(name, **_identity(kind, config, shared))
+        folder = staging.folder(library.path, f"{kind}.{store.key(kind, config)}")
+        if store.has(kind, config) and not (folder / staging.STAGED_FILE).is_file():
+            store.path(kind, config).unlink()  # recorded, but its staged members are gone: train it again
+        options = {"stage": str(folder.resolve()), "data": shared.data,
+                   "checkpoint": (shared.checkpoint_every or 0) if shared.checkpointing else None}
+        return UnitSpec(kind, config, {"library": lib_path}, options)
+
+    def run(batch: list[tuple[str, dict[str, Any]]], desc: str) -> None:
+        """The units of ``batch`` on the executor (the longest first), then their members committed
+        in the order of ``batch``."""
+        specs = [spec_of(kind, config) for kind, config in batch]
+        order = sorted(range(len(specs)), key=lambda i: -_cost(specs[i].kind, specs[i].config))
+        done = drive([batch_plan([specs[i] for i in order])], executor, store, worker, ctx.progress, desc=desc,
+                     log=log)[0]
+        units = dict(zip(order, done))
+        for i, spec in enumerate(specs):
+            library.commit_staged(Path(spec.options["stage"]))
+            store.path(spec.kind, spec.config).unlink(missing_ok=True)
+            if not units[i].computed:
+                log(f"{spec.describe()}: committed as an earlier run left it staged")
+
     with contextlib.ExitStack() as claims:
-        specs: list[UnitSpec] = []
+        todo: list[tuple[str, dict[str, Any]]] = []
         for kind, config in planned:
-            name = config["member"]
-            if not claims.enter_context(library.claim(name, log, done=bank_stored if kind == "adapter_bank" else None)):
-                reuse(kind, name)
+            if not claims.enter_context(library.claim(config["member"], log,
+                                                      done=bank_stored if kind == "adapter_bank" else None)):
+                reuse(kind, config)
                 _forget(store, kind, config)
                 continue
-            if kind == "adapter_bank":
-                bank_stored(quiet=False)  # says why a stored bank is trained again
-            if checkpoints is not None:  # one left by a run without --resume is refused here, before any unit runs
-                checkpoints.unit(name, **_identity(kind, config, shared))
-            folder = staging.folder(library.path, f"{kind}.{store.key(kind, config)}")
-            if store.has(kind, config) and not (folder / staging.STAGED_FILE).is_file():
-                store.path(kind, config).unlink()  # recorded, but its staged members are gone: train it again
-            options = {"stage": str(folder.resolve()), "data": shared.data,
-                       "checkpoint": (shared.checkpoint_every or 0) if shared.checkpointing else None}
-            specs.append(UnitSpec(kind, config, {"library": lib_path}, options))
-        if specs:
-            worker = WorkerContext(ctx.device, ctx.progress).seed_with([library])
-            worker.seed_object((SPLITS, lib_path), (train, holdout))
-            done_units = drive([batch_plan(specs)], executor, store, worker, ctx.progress,
-                               desc="upstream units")[0]
-            for spec, unit in zip(specs, done_units):
-                for line in unit.metrics.get("log", []) if unit.computed else []:
-                    log(line)
-                folder = Path(spec.options["stage"])
-                staging.commit(library, folder)
-                store.path(spec.kind, spec.config).unlink(missing_ok=True)
-                if not unit.computed:
-                    log(f"{spec.describe()}: committed as an earlier run left it staged")
+            todo.append((kind, config))
+        if todo and todo[0][0] == "baseline":
+            run(todo[:1], "upstream: B")
+            todo = todo[1:]
+        if todo:
+            need = {config["baseline"] for _, config in todo if "baseline" in config}
+            for name in need:
+                if name not in library:
+                    raise LibraryError(f"the library at {library.path} has no baseline {name!r} to train experts from")
+            hashes = {name: library.verified_hash(name) for name in need}
+            run([(kind, {**config, "baseline_hash": hashes[config["baseline"]]} if "baseline" in config else config)
+                 for kind, config in todo], "upstream: experts, EPN, bank")
     with contextlib.suppress(OSError):
         store.units_dir.rmdir()
         store.root.rmdir()
-    return full + list(adapters.values())
 
 
 def _identity(kind: str, config: dict[str, Any], shared: UpstreamUnits) -> dict[str, Any]:
-    """A unit's checkpoint identity, the one the local build gives the same member."""
+    """A unit's checkpoint identity (what a checkpoint of its member must have been trained with)."""
+    if kind == "baseline":
+        return {"train": config["train"], "seed": shared.seed}
     if kind == "full_expert":
         return {"train": config["train"], "seed": shared.seed, "node": config["node"]}
     if kind == "epn":
