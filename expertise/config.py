@@ -1,5 +1,7 @@
-"""Named scale presets. A preset is a config, not a code path: ``tiny`` for tests (seconds),
-``cpu`` for the demo on two cores (minutes), ``gpu`` for an accelerator (BiT R50x1 at 128 px).
+"""Named scale presets. A preset is a config, not a code path: ``cpu`` for the demo on two cores
+(minutes) is the base, and every other preset is a small diff of it (``VARIANTS``): ``tiny`` for
+tests (seconds), ``gpu`` for an accelerator (BiT R50x1, whose input is 128 px, on 300,000
+upstream images rendered at 64 px).
 
 Every field can be overridden: ``get_preset("cpu", num_experts=4)`` or, from the command line,
 ``--set num_experts=4``.
@@ -44,50 +46,52 @@ class Preset:
 # World version 3: every domain, glyphs at 0.3 (docs/world.md); the cpu and gpu presets draw it.
 SIX_DOMAINS: dict[str, Any] = {"domains": ALL_DOMAINS, "domain_weights": (0.3,) + (1.0,) * (len(ALL_DOMAINS) - 1)}
 
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        name="tiny",
-        world=WorldConfig(seed=0, resolution=16, upstream_size=3_000, holdout_size=500, test_size=300),
-        backbone="bit_xs",
-        baseline=TrainConfig(steps=120, batch_size=64, lr=0.1, warmup_steps=10, weight_decay=1e-4),
-        expert=TrainConfig(steps=30, batch_size=64, lr=0.03, warmup_steps=5, weight_decay=1e-4),
-        num_experts=3,
-        finetune=TrainConfig(steps=40, batch_size=32, lr=0.01, warmup_steps=5),
-        epn=TrainConfig(steps=60, batch_size=64, lr=0.1, warmup_steps=5, weight_decay=1e-4),
-        adapter=TrainConfig(steps=10, batch_size=32, lr=0.05, warmup_steps=2, weight_decay=1e-4),
-        tasks=("glyph_digits", "count", "sklearn_digits"),
-        embed_batch=256,
-    ),
-    # World version 3 (six domains) and the settings that make choosing pay, docs/world.md: experts
-    # trained until they forget the other domains (1,000 steps at 0.1), fine-tunes short enough
-    # (150 steps) for the initialisation to matter, B shorter (3,000) to pay for both.
-    "cpu": Preset(
-        name="cpu",
-        world=WorldConfig(seed=0, resolution=32, upstream_size=60_000, holdout_size=5_000, test_size=1_000, **SIX_DOMAINS),
-        backbone="bit_s",
-        baseline=TrainConfig(steps=3_000, batch_size=128, lr=0.1, warmup_steps=200, weight_decay=1e-4),
-        expert=TrainConfig(steps=1_000, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
-        num_experts=8,
-        finetune=TrainConfig(steps=150, batch_size=64, lr=0.01, warmup_steps=15),
-        epn=TrainConfig(steps=500, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
-        # Scaled adapters (x + rms(x) A(x)) trained 600 steps at 0.1: plain ones add under 5% to the
-        # growing residual stream and stay B (docs/world.md, "Why adapter experts sit on B").
-        adapter=TrainConfig(steps=600, batch_size=64, lr=0.1, warmup_steps=30, weight_decay=1e-4),
-        adapter_scaled=True,
-    ),
-    "gpu": Preset(
-        name="gpu",
-        world=WorldConfig(seed=0, resolution=64, upstream_size=300_000, holdout_size=10_000, test_size=2_000, **SIX_DOMAINS),
-        backbone="bit_r50x1",
-        baseline=TrainConfig(steps=10_000, batch_size=256, lr=0.1, warmup_steps=500, weight_decay=1e-4),
-        expert=TrainConfig(steps=2_000, batch_size=256, lr=0.03, warmup_steps=100, weight_decay=1e-4),
-        num_experts=12,
-        finetune=TrainConfig(steps=500, batch_size=128, lr=0.01, warmup_steps=50),
-        epn=TrainConfig(steps=3_000, batch_size=256, lr=0.1, warmup_steps=200, weight_decay=1e-4),
-        adapter=TrainConfig(steps=2_000, batch_size=128, lr=0.05, warmup_steps=100, weight_decay=1e-4),
-        adapter_scaled=True,
-        embed_batch=256,
-    ),
+# The base preset, `cpu`: world version 3 (six domains) and the settings that make choosing pay,
+# docs/world.md: experts trained until they forget the other domains (1,000 steps at 0.1), fine-tunes
+# short enough (150 steps) for the initialisation to matter, B shorter (3,000) to pay for both.
+# Scaled adapters (x + rms(x) A(x)) trained 600 steps at 0.1: plain ones add under 5% to the growing
+# residual stream and stay B (docs/world.md, "Why adapter experts sit on B").
+CPU = Preset(
+    name="cpu",
+    world=WorldConfig(seed=0, resolution=32, upstream_size=60_000, holdout_size=5_000, test_size=1_000, **SIX_DOMAINS),
+    backbone="bit_s",
+    baseline=TrainConfig(steps=3_000, batch_size=128, lr=0.1, warmup_steps=200, weight_decay=1e-4),
+    expert=TrainConfig(steps=1_000, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
+    num_experts=8,
+    finetune=TrainConfig(steps=150, batch_size=64, lr=0.01, warmup_steps=15),
+    epn=TrainConfig(steps=500, batch_size=128, lr=0.1, warmup_steps=50, weight_decay=1e-4),
+    adapter=TrainConfig(steps=600, batch_size=64, lr=0.1, warmup_steps=30, weight_decay=1e-4),
+    adapter_scaled=True,
+)
+
+# Every other preset is the base with what differs (dotted fields, as --set takes them).
+VARIANTS: dict[str, dict[str, Any]] = {
+    # seconds, for tests and smoke runs: the three-domain world at 16 px, bit_xs, plain adapters
+    "tiny": {
+        "world.resolution": 16, "world.upstream_size": 3_000, "world.holdout_size": 500, "world.test_size": 300,
+        "world.domains": WorldConfig().domains, "world.domain_weights": WorldConfig().domain_weights,
+        "backbone": "bit_xs",
+        "baseline.steps": 120, "baseline.batch_size": 64, "baseline.warmup_steps": 10,
+        "expert.steps": 30, "expert.batch_size": 64, "expert.lr": 0.03, "expert.warmup_steps": 5,
+        "num_experts": 3,
+        "finetune.steps": 40, "finetune.batch_size": 32, "finetune.warmup_steps": 5,
+        "epn.steps": 60, "epn.batch_size": 64, "epn.warmup_steps": 5,
+        "adapter.steps": 10, "adapter.batch_size": 32, "adapter.lr": 0.05, "adapter.warmup_steps": 2,
+        "adapter_scaled": False,
+        "tasks": ("glyph_digits", "count", "sklearn_digits"), "embed_batch": 256,
+    },
+    # an accelerator: BiT R50x1 (128-px input) on 300,000 upstream images rendered at 64 px
+    "gpu": {
+        "world.resolution": 64, "world.upstream_size": 300_000, "world.holdout_size": 10_000, "world.test_size": 2_000,
+        "backbone": "bit_r50x1",
+        "baseline.steps": 10_000, "baseline.batch_size": 256, "baseline.warmup_steps": 500,
+        "expert.steps": 2_000, "expert.batch_size": 256, "expert.lr": 0.03, "expert.warmup_steps": 100,
+        "num_experts": 12,
+        "finetune.steps": 500, "finetune.batch_size": 128, "finetune.warmup_steps": 50,
+        "epn.steps": 3_000, "epn.batch_size": 256, "epn.warmup_steps": 200,
+        "adapter.steps": 2_000, "adapter.batch_size": 128, "adapter.lr": 0.05, "adapter.warmup_steps": 100,
+        "embed_batch": 256,
+    },
 }
 
 
@@ -155,3 +159,11 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def _variant(name: str, changes: dict[str, Any]) -> Preset:
+    return _apply(CPU, [(["name"], name, "name")] + [(key.split("."), value, key) for key, value in changes.items()])
+
+
+PRESETS: dict[str, Preset] = {"tiny": _variant("tiny", VARIANTS["tiny"]), "cpu": CPU,
+                              **{name: _variant(name, d) for name, d in VARIANTS.items() if name != "tiny"}}

@@ -22,6 +22,7 @@ from expertise.data.world import save_preview
 from expertise.io import atomic_write_json, atomic_write_text
 from expertise.runtime import RunContext
 from expertise.store import RecordStore
+import expertise.wiring  # noqa: F401  every built-in unit kind
 from expertise.bench.units import embed_plan
 from expertise.plots import pyplot, save_figure, short_name
 from expertise.records import make_record
@@ -77,7 +78,9 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
                      | set(names), key=library.names().index)
     embedded = drive([embed_plan(library, task, readers, cache, preset.seed, preset.embed_batch) for task in tasks],
                      executor, store, worker, progress, desc="embed units", log=log)
-    runs = [run_selection(library, task, "proxy", 1, "knn_loo", names, ctx.with_(cache=cache), preset.embed_batch)
+    # resamples=0: the demo reports scores and picks, which the bootstrap of the scores never changes
+    runs = [run_selection(library, task, "proxy", 1, "knn_loo", names, ctx.with_(cache=cache), preset.embed_batch,
+                          resamples=0)
             .embedded_by([u for u in units if u.config["member"] in names])
             for task, units in zip(tasks, embedded)]
     timings["select"] = time.perf_counter() - t0
@@ -85,7 +88,8 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     picks: list[dict[str, list[str]]] = []
     for task in tasks:
         picks.append({label: list(run_selection(library, task, strategy, budget, proxy or "knn_loo", names,
-                                                ctx.with_(cache=cache, progress=False), preset.embed_batch).selection.picks)
+                                                ctx.with_(cache=cache, progress=False), preset.embed_batch,
+                                                resamples=0).selection.picks)
                       for label, strategy, proxy, budget in DEMO_STRATEGIES})
     timings["other_strategies"] = time.perf_counter() - t0
 

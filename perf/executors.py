@@ -206,7 +206,7 @@ def main() -> None:
             preset = get_preset(args.preset)
             if args.library is not None:
                 from expertise.library import Library
-                from expertise.upstream.build import world_of_library
+                from expertise.library.upstream_meta import world_of_library
 
                 lib = Library.open(args.library)
                 world = world_of_library(lib)

@@ -46,7 +46,7 @@ def embed_rate(backbone: str, n: int = 2000) -> float:
 
 def proxy_seconds(n: int = 1000, d: int = 256, classes: int = 10, z: int = 128) -> dict[str, float]:
     """Seconds each proxy takes to score one member on a 1,000-image task (best of 3)."""
-    from expertise.select.proxies import PROXIES
+    from expertise.select.proxy_registry import PROXIES
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, classes, n)
@@ -67,7 +67,7 @@ def pool_selection(members: int = 20, seed: int = 0) -> tuple[list[tuple[str, st
     from expertise.data.world import World, WorldConfig
     from expertise.library import Library, MemberInfo
     from expertise.select.embed import EmbeddingCache
-    from expertise.select.proxies import PROXIES
+    from expertise.select.proxy_registry import PROXIES
     from expertise.select.run import run_selection
 
     task = World(WorldConfig(resolution=32, test_size=1000)).task("glyph_unseen")

@@ -43,7 +43,7 @@ def measure(n: int, backbone: str = "bit_s", batch: int = 64, train_steps: int =
             size: int = 256) -> dict:
     from expertise.data.disk_layouts import read_folders
     from expertise.data.loaders import decode_image
-    from expertise.data.streaming import DiskBatches
+    from expertise.upstream.streaming import DiskBatches
     from expertise.models.backbones import BACKBONES, ExpertModel
     from expertise.train import TrainConfig, fit, multilabel_loss
 

@@ -42,7 +42,8 @@ from expertise.select.run import run_selection
 from expertise.store import RecordStore
 from expertise.transfer.protocol import finetune_member
 from expertise.upstream.baseline import baseline_name, leaf_accuracy
-from expertise.upstream.build import build_library, upstream_meta
+from expertise.library.upstream_meta import upstream_meta
+from expertise.upstream.build import build_library
 
 HERE = Path(__file__).resolve().parent
 KINDS = {"full": "full_expert", "adapter": "adapter_expert"}  # --kind -> the members' manifest kind

@@ -122,7 +122,7 @@ def test_cli_dat_reports_accuracy_and_cost_beside_knn(bench, tmp_path):
 
 
 def test_embed_units_measure_the_cold_cost_even_from_a_warm_cache(bench, tmp_path, monkeypatch):
-    from expertise.bench.runner import _embed_unit
+    from expertise.bench.units import _embed_unit
     from expertise.select.embed import EmbeddingCache, cache_key
 
     lib, tasks, out, _ = bench

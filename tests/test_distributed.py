@@ -153,7 +153,7 @@ def test_disk_batches_decode_only_their_shard(tmp_path):
     from disk_datasets import make_dataset
 
     from expertise.data.disk_layouts import read_manifest
-    from expertise.data.streaming import DiskBatches
+    from expertise.upstream.streaming import DiskBatches
     from expertise.models.backbones import Preprocessing
 
     index = read_manifest(make_dataset(tmp_path)["manifest"])

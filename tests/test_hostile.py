@@ -311,7 +311,7 @@ FILE_FAULTS = {
 @pytest.mark.parametrize("rehash", [True, False], ids=["hash updated", "hash stale"])
 @pytest.mark.parametrize("fault", FILE_FAULTS.values(), ids=FILE_FAULTS.keys())
 def test_hostile_files_are_one_line_errors(lib_path: Path, evil: Path, marker: Path, fault, rehash: bool) -> None:
-    from expertise.upstream.build import world_of_library
+    from expertise.library.upstream_meta import world_of_library
 
     member = fault(lib_path, evil)
     if rehash:

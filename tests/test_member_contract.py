@@ -1,6 +1,7 @@
-"""The pool-member contract, executable (in the spirit of scikit-learn's ``check_estimator`` and
-timm's registry-parametrised tests): every member class that a library can rebuild passes the same
-checks, on members built by the real upstream code where there are such members.
+"""The pool-member contract, executable (``expertise.testing.check_member``, in the spirit of
+scikit-learn's ``check_estimator`` and timm's registry-parametrised tests): every member class that a
+library can rebuild passes the same checks, on members built by the real upstream code where there
+are such members, and the check names the rule a broken member breaks.
 
 A member class registered with ``register_member_class`` and no case here fails
 ``test_every_registered_member_class_has_a_contract_case``: add a case to ``CASES``.
@@ -10,25 +11,21 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
 import pkgutil
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 
 import expertise
-from expertise.errors import ConfigError
 from expertise.library import KINDS, Library, MemberInfo
 from expertise.models import backbones
-from expertise.models.backbones import Preprocessing, model_from_config, prepare
-from expertise.models.external import ExternalSource, from_checkpoint
-from expertise.pool import add_external
-
-N = 5  # images per check
+from expertise.models.backbones import model_from_config
+from expertise.models.external import from_checkpoint
+from expertise.testing import ContractError, check_member
 
 
 @dataclass
@@ -110,30 +107,12 @@ def member(case: Case, request) -> Member:
     return case.make(request)
 
 
-def _images(size: int, n: int = N, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-
-
-def _x(model: torch.nn.Module) -> torch.Tensor:
-    return prepare(_images(model.preprocessing.size), model.preprocessing)
-
-
-def _outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Everything the contract lets a caller read from a member."""
-    with torch.inference_mode():
-        out = {"embed": model.embed(x)}
-        if model.has_upstream_head:
-            out["upstream_logits"] = model.upstream_logits(x)
-        return out
-
-
 def _registered_member_classes() -> set[str]:
     """Every member class the package registers (tests may register their own; those are left out).
     Every module of the package is imported first, so a class registered anywhere is seen."""
     for m in pkgutil.walk_packages(expertise.__path__, "expertise."):
         importlib.import_module(m.name)
-    return {name for name, build in backbones._BUILDERS.items() if build.__module__.startswith("expertise.")}
+    return {name for name, build in backbones.MEMBER_CLASSES.items() if build.__module__.startswith("expertise.")}
 
 
 def test_every_registered_member_class_has_a_contract_case() -> None:
@@ -153,99 +132,30 @@ def test_member_is_its_registered_class(case: Case, member: Member) -> None:
     assert type(model_from_config(cfg)) is type(member.model)
 
 
-def test_embed_is_float32_n_by_d_and_deterministic(member: Member) -> None:
-    model = member.model
-    x = _x(model)
-    assert x.dtype == torch.float32 and x.shape == (N, 3, model.preprocessing.size, model.preprocessing.size)
-    with torch.inference_mode():
-        first, second = model.embed(x), model.embed(x)
-        alone = model.embed(x[:1])
-    assert first.dtype == torch.float32 and first.shape == (N, member.embedding_dim)
-    assert model.num_features == member.embedding_dim
-    assert bool(torch.isfinite(first).all())
-    assert torch.equal(first, second)  # eval mode: no dropout, no batch statistics
-    torch.testing.assert_close(alone, first[:1], rtol=1e-4, atol=1e-5)  # each image embedded on its own
+def test_member_passes_the_contract(case: Case, member: Member) -> None:
+    """expertise.testing.check_member: embed, the upstream head, preprocessing, rebuilding from the
+    config, storing and loading, a task head (its module docstring lists the rules)."""
+    check_member(member.model, member.embedding_dim, member.upstream_outputs, member.preprocessing, case.kind)
 
 
-def test_upstream_logits_where_declared(member: Member) -> None:
-    model = member.model
-    x = _x(model)
-    assert model.has_upstream_head == (member.upstream_outputs > 0)
-    assert model.member_config()["num_outputs"] == member.upstream_outputs
-    if not model.has_upstream_head:
-        with pytest.raises(ConfigError, match="no upstream head"):
-            model.upstream_logits(x)
-        return
-    with torch.inference_mode():
-        logits = model.upstream_logits(x)
-        assert logits.dtype == torch.float32 and logits.shape == (N, member.upstream_outputs)
-        assert torch.equal(logits, model.upstream_logits(x))
-        assert torch.equal(logits, model(x))  # before reset_head, forward is the upstream head
+def _broken(request, how: str) -> torch.nn.Module:
+    model = copy.deepcopy(CASES["full_expert"].make(request).model)
+    if how == "noisy":
+        embed = model.embed
+        model.embed = lambda x: embed(x) + torch.rand(x.shape[0], model.num_features)  # type: ignore[method-assign]
+    elif how == "head":
+        def reset_head(self: torch.nn.Module, k: int) -> None:  # bound to each copy the check makes
+            type(self).reset_head(self, k)
+            torch.nn.init.normal_(self.head.weight)
+        model.reset_head = types.MethodType(reset_head, model)  # type: ignore[method-assign]
+    elif how == "width":
+        pass
+    return model
 
 
-def test_preprocessing_round_trips_through_json(member: Member) -> None:
-    prep = member.model.preprocessing
-    assert isinstance(prep, Preprocessing)
-    as_json = json.loads(json.dumps(prep.to_json()))
-    assert Preprocessing.from_json(as_json) == prep
-    assert member.model.member_config()["preprocessing"] == prep.to_json()
-    if member.preprocessing is not None:
-        assert member.preprocessing == prep.to_json()  # the manifest says what the weights need
-
-
-def test_rebuilding_from_member_config_gives_identical_outputs(member: Member) -> None:
-    model = member.model
-    cfg = json.loads(json.dumps(model.member_config()))  # what config.json holds
-    rebuilt = model_from_config(cfg)
-    assert rebuilt.state_dict().keys() == model.state_dict().keys()
-    rebuilt.load_state_dict(model.state_dict(), strict=True)
-    rebuilt.eval()
-    assert rebuilt.member_config() == model.member_config()
-    x = _x(model)
-    want, got = _outputs(model, x), _outputs(rebuilt, x)
-    assert got.keys() == want.keys()
-    for k in want:
-        assert torch.equal(got[k], want[k]), k
-
-
-def test_storing_in_a_library_and_loading_back_gives_identical_outputs(case: Case, member: Member,
-                                                                        tmp_path: Path) -> None:
-    lib = Library.create(tmp_path / "lib", None)
-    if case.kind == "external":
-        source = ExternalSource("checkpoint", member.model.architecture, "test")
-        info = add_external(lib, member.model, source, name="m")
-    else:
-        info = lib.add(MemberInfo("m", case.kind, None, None, 1, 0, 0, None, {}), member.model)
-    assert info.embedding_dim == member.embedding_dim and info.preprocessing == member.model.preprocessing.to_json()
-    loaded = Library.open(lib.path).load("m")
-    assert type(loaded) is type(member.model) and not loaded.training  # a library hands out members in eval mode
-    x = _x(member.model)
-    want, got = _outputs(member.model, x), _outputs(loaded, x)
-    assert got.keys() == want.keys()
-    for k in want:
-        assert torch.equal(got[k], want[k]), k
-    assert lib.verify() == []
-
-
-@pytest.mark.parametrize("k", [1, 3])
-def test_reset_head_gives_a_zero_task_head(member: Member, k: int, tmp_path: Path) -> None:
-    model = copy.deepcopy(member.model)
-    model.reset_head(k)
-    assert model.head.weight.shape == (k, member.embedding_dim) and model.head.bias.shape == (k,)
-    assert not model.head.weight.any() and not model.head.bias.any()
-    assert not model.has_upstream_head
-    cfg = model.member_config()
-    assert cfg["num_outputs"] == k and cfg["head_kind"] == "task"
-    x = _x(model)
-    with torch.inference_mode():
-        out = model(x)
-    assert out.dtype == torch.float32 and out.shape == (N, k) and not out.any()
-    with pytest.raises(ConfigError, match="no upstream head"):
-        model.upstream_logits(x)
-    with torch.inference_mode():  # the body is untouched
-        assert torch.equal(model.embed(x), member.model.embed(x))
-    # a member with a task head (a fine-tuned one) rebuilds from its config like any other
-    rebuilt = model_from_config(json.loads(json.dumps(cfg)))
-    rebuilt.load_state_dict(model.state_dict(), strict=True)
-    with torch.inference_mode():
-        assert torch.equal(rebuilt.eval()(x), out)
+@pytest.mark.parametrize("how, rule", [("noisy", "embed is not deterministic"), ("head", "reset_head must give a zero head"),
+                                       ("width", r"embed gives torch.float32 \(5, \d+\), not float32 \(5, 7\)")])
+def test_the_contract_check_names_the_rule_a_member_breaks(request, how: str, rule: str) -> None:
+    model = _broken(request, how)
+    with pytest.raises(ContractError, match=rule):
+        check_member(model, embedding_dim=7 if how == "width" else None, kind="full_expert")

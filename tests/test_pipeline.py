@@ -122,7 +122,7 @@ def test_a_library_of_an_earlier_world_version_is_refused(demo_run, tmp_path):
 
     from expertise.data.world import WORLD_VERSION
     from expertise.errors import LibraryError
-    from expertise.upstream.build import UPSTREAM_FILE, world_of_library
+    from expertise.library.upstream_meta import UPSTREAM_FILE, world_of_library
 
     _, out, _ = demo_run
     assert world_of_library(Library.open(out / "library")).cfg.resolution == get_preset("tiny").world.resolution

@@ -21,12 +21,10 @@ from threadpoolctl import threadpool_limits
 
 from expertise.data.tasks import TRAIN_SIZE
 from expertise.errors import ConfigError, DataError, ExpertiseError
+from expertise.select.proxy_registry import PROXIES, ProxySpec, get_proxy
 from expertise.select.proxies import (
     DEFAULT_N_TRAIN,
-    PROXIES,
     LinearProbeResult,
-    ProxySpec,
-    get_proxy,
     hard_source_labels,
     hscore,
     knn_val,

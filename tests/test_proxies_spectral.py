@@ -16,8 +16,9 @@ import numpy_reference_proxies as ref
 from expertise.errors import ConfigError
 from expertise.select import knn
 from expertise.select.proxies import (
-    PROXIES, LogMEConvergenceWarning, hscore, knn_loo, knn_val, logme, regularized_hscore, ridge_loo,
+    LogMEConvergenceWarning, hscore, knn_loo, knn_val, logme, regularized_hscore, ridge_loo,
 )
+from expertise.select.proxy_registry import PROXIES
 from expertise.select.scoring import FEATURE_PROXIES, score_pool
 from expertise.select.spectral import compute_spectrum, spectra_batched
 

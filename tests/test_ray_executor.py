@@ -130,7 +130,7 @@ def test_a_kind_the_workers_do_not_know_is_one_line(cluster, tmp_path):
         with pytest.raises(ConfigError) as e:
             drive([plan], RayExecutor(), RecordStore(tmp_path), WorkerContext(), progress=False)
     finally:
-        KINDS.pop("test_coordinator_only", None)
+        KINDS.remove("test_coordinator_only")
     assert "unknown unit kind 'test_coordinator_only'" in str(e.value) and "\n" not in str(e.value)
     assert "transfer_retrain" in str(e.value) and not (tmp_path / "units").exists()
 

@@ -63,7 +63,7 @@ def test_a_registered_strategy_is_one_entry_everywhere(monkeypatch):
     from expertise.select import registry
     from expertise.select.registry import Row
 
-    monkeypatch.setattr(registry, "STRATEGIES", dict(registry.STRATEGIES))
+    monkeypatch.setattr(registry, "STRATEGIES", registry.STRATEGIES.copy())
     register("smallest", {"metadata"}, "fewest parameters first", (Row("smallest", 9),))(
         lambda i: task_agnostic([i.library.info(n) for n in i.pool], i.budget))
     assert "smallest" in importlib.reload(runner).parse_strategies(["smallest"])[0].label

@@ -12,7 +12,7 @@ import torch
 from disk_datasets import CORRUPT, DOG, make_dataset
 
 from expertise.data.disk_layouts import read_folders, read_manifest, read_shards
-from expertise.data.streaming import DecodeImages, DiskBatches
+from expertise.upstream.streaming import DecodeImages, DiskBatches
 from expertise.errors import ConfigError, DataError
 from expertise.models.backbones import BACKBONES, ExpertModel
 from expertise.train import TrainConfig, fit, multilabel_loss

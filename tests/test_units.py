@@ -23,7 +23,7 @@ def square_kind():
     register_kind(UnitKind("test_square", _square, help="a test-only kind"), replace=True)
     RUNS.clear()
     yield
-    KINDS.pop("test_square", None)
+    KINDS.remove("test_square")
 
 
 def _plan(xs, then=None):
@@ -89,7 +89,7 @@ def test_a_failing_unit_keeps_what_finished(tmp_path):
             drive([Plan(steps(), 3)], LocalExecutor(), store, WorkerContext(), progress=False)
         assert [r["config"] for r in store.all("test_square")] == [{"x": 5}]
     finally:
-        KINDS.pop("test_boom", None)
+        KINDS.remove("test_boom")
 
 
 def _free_port() -> int:

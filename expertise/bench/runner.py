@@ -23,25 +23,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
 
 from expertise.bench.folder import expected_best, task_domains, write_task_meta
+from expertise.bench.units import HALVING_KINDS, StrategySpec, bench_plans
+from expertise.library.upstream_meta import world_of_library
+from expertise.units import LocalExecutor, WorkerContext, drive
 from expertise.bench.pools import parse_pool
 from expertise.bench.report import SUMMARY, write_report
 from expertise.transfer.protocol import SweepConfig
-from expertise.store import RecordStore, UnitResult
+from expertise.store import RecordStore
 from expertise.data.tasks import GROUPS, Task
-from expertise.errors import ConfigError, DataError, ExpertiseError
-from expertise.library import Library, MemberInfo
-from expertise.select.embed import EmbeddingCache, cache_key, embed_pool
+from expertise.errors import ConfigError, DataError
+from expertise.library import Library
+from expertise.select.embed import EmbeddingCache
 from expertise.runtime import RunContext
-from expertise.select.proxies import get_proxy
+from expertise.select.proxy_registry import get_proxy
 from expertise.select.registry import default_rows, proxy_strategies
-from expertise.select.run import run_selection
 from expertise.train import TrainConfig
 
 __all__ = ["HALVING_KINDS", "SUMMARY", "StrategySpec", "expected_best", "parse_strategies", "run_bench", "suite_tasks", "write_report"]
@@ -51,22 +51,10 @@ if TYPE_CHECKING:
 
 
 
-@dataclass(frozen=True)
-class StrategySpec:
-    """A row of the benchmark: a label, the strategy of :func:`run_selection`, and its proxy."""
-
-    label: str
-    strategy: str
-    proxy: str = "knn_loo"
-
-
 # The registry's default rows (expertise.select.registry): a strategy added there is a row here.
 DEFAULT_STRATEGIES: tuple[StrategySpec, ...] = tuple(
     StrategySpec(row.label, strategy.name, row.proxy or "knn_loo") for row, strategy in default_rows())
 DEFAULT_POOLS: tuple[str, ...] = ("all", "experts", "full_experts", "adapter_experts", "baseline")
-# The strategy kinds bench --halving also runs by successive halving: those a proxy alone ranks (a
-# hybrid's pick at budget 1 is the task-agnostic one, which halving does not touch).
-HALVING_KINDS: tuple[str, ...] = ("proxy",)
 
 
 def parse_strategies(labels: Sequence[str] | None) -> tuple[StrategySpec, ...]:
@@ -88,12 +76,6 @@ def parse_strategies(labels: Sequence[str] | None) -> tuple[StrategySpec, ...]:
             raise ConfigError(f"unknown strategy {label!r}; choose from {', '.join(known)}, "
                               f"{' or '.join(f'{n}:<proxy>' for n in proxied)}")
     return tuple(out)
-
-
-def _member_json(info: MemberInfo) -> dict[str, Any]:
-    d = info.to_json()
-    d.pop("files", None)
-    return d
 
 
 def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: TrainConfig,
@@ -125,12 +107,7 @@ def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: Trai
     pool_members = {k: v for k, v in pool_members.items() if v}
     if not pool_members:
         raise ConfigError(f"none of the pools {list(pools)} has a member in the library at {library.path}")
-    from expertise.bench.units import bench_plans
-    from expertise.units import LocalExecutor, WorkerContext, drive
-
     if domains is None:
-        from expertise.upstream.build import world_of_library
-
         domains = task_domains(tasks, world_of_library(library))
     write_task_meta(out, domains)
     t0 = time.perf_counter()
@@ -146,56 +123,6 @@ def run_bench(library: Library, tasks: Sequence[Task], out: Path, finetune: Trai
         f": {len(store) - before} unit(s) recorded by the {executor.name} executor, {before} kept "
         f"({time.perf_counter() - t0:.0f}s)")
     return write_report(out)
-
-
-def _embed_unit(library: Library, task: Task, cache: EmbeddingCache, name: str, batch_size: int,
-                device: torch.device) -> UnitResult:
-    """The cold cost of one member embedding the task (loading and hash checks included), measured
-    without the cache even when an earlier run filled it, so compute accounting never counts a
-    cache hit as the price of selection; the features then fill the cache if it lacks them."""
-    emb = embed_pool([name], library.load, library.verified_hash, task, EmbeddingCache(None), "trainval", batch_size,
-                     device, False, preprocessing=lambda n: library.info(n).preprocessing)
-    key = cache_key(task, library.info(name).preprocessing)
-    if not cache.has(library.verified_hash(name), key, "trainval"):
-        entry = {"features": emb.features[name]}
-        if name in emb.upstream_logits:
-            entry["upstream_logits"] = emb.upstream_logits[name]
-        cache.put(library.verified_hash(name), key, "trainval", entry)
-    return UnitResult({"cold": True}, images={"embed": len(task.trainval)}, seconds={"embed": emb.stats.seconds})
-
-
-def _selection_unit(library: Library, task: Task, strat: StrategySpec, members: list[str], cache: EmbeddingCache,
-                    seed: int, device: torch.device, batch_size: int) -> UnitResult:
-    try:
-        # resamples=0: a unit records the ranking alone, so the scores' bootstrap would go unused.
-        run = run_selection(library, task, strat.strategy, len(members), strat.proxy, members,
-                            RunContext(device, seed, False, cache=cache), batch_size, resamples=0)
-    except ExpertiseError as e:  # e.g. domain prediction on a pool without experts: recorded, not fatal
-        return UnitResult({"error": str(e)}, images={}, seconds={"score": 0.0})
-    rec = run.to_json()
-    scoring = sum(v for k, v in run.selection.seconds.items() if k != "embed")  # hybrid: agnostic + aware + combine
-    return UnitResult({"ranking": rec["ranking"], "picks": rec["picks"], "members_embedded": rec["members_embedded"],
-                       "select_seconds": rec["seconds"]}, images={"needed": rec["images_needed"]},
-                      seconds={"score": scoring})
-
-
-def _halving_unit(library: Library, task: Task, strat: StrategySpec, members: list[str], seed: int,
-                  device: torch.device, batch_size: int) -> UnitResult:
-    """Successive halving (budget 1) of one proxy strategy on one pool and task, on a cold cache
-    (no cache at all: the embed units filled it, and a cache hit is not the cost of a search), so its
-    seconds and images are what halving costs from scratch, to set against the embed units' cold
-    cost of full scoring. The report compares its ranking with the ``selection`` unit's
-    (:mod:`expertise.bench.halving`)."""
-    try:
-        run = run_selection(library, task, strat.strategy, 1, strat.proxy, members,
-                            RunContext(device, seed, False, cache=None), batch_size, resamples=0, search="halving")
-    except ExpertiseError as e:  # recorded, not fatal, as a selection unit's error
-        return UnitResult({"error": str(e)}, images={}, seconds={"halving": 0.0})
-    rec, report = run.to_json(), run.search
-    assert report is not None
-    return UnitResult({"ranking": rec["ranking"], "picks": rec["picks"], **report.to_json()},
-                      images={"embedded": report.images_embedded},
-                      seconds={"halving": sum(run.selection.seconds.values())})
 
 
 def group_of(task: Task) -> str:

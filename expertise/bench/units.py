@@ -6,12 +6,15 @@ a unit) and its ``protocol`` record, which the coordinator writes from its fine-
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from expertise.bench.runner import HALVING_KINDS, StrategySpec, _embed_unit, _halving_unit, _member_json, _selection_unit
-from expertise.errors import ConfigError
-from expertise.select.embed import EmbeddingCache
+from expertise.errors import ConfigError, ExpertiseError
+from expertise.runtime import RunContext
+from expertise.select.embed import EmbeddingCache, cache_key, embed_pool
+from expertise.select.run import run_selection
+from expertise.store import UnitResult
 from expertise.select.halving import ETA
 from expertise.transfer.units import protocol_units, unit_task
 from expertise.units.context import library_key
@@ -20,12 +23,84 @@ from expertise.units.registry import UnitKind, register_kind
 from expertise.units.spec import UnitSpec, task_ref
 
 if TYPE_CHECKING:
+    import torch
+
     from expertise.data.tasks import Task
-    from expertise.library import Library
-    from expertise.store import RecordStore, UnitResult
+    from expertise.library import Library, MemberInfo
+    from expertise.store import RecordStore
     from expertise.train import TrainConfig
     from expertise.transfer.protocol import SweepConfig
     from expertise.units.context import WorkerContext
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A row of the benchmark: a label, the strategy of :func:`run_selection`, and its proxy."""
+
+    label: str
+    strategy: str
+    proxy: str = "knn_loo"
+
+
+# The strategy kinds bench --halving also runs by successive halving: those a proxy alone ranks (a
+# hybrid's pick at budget 1 is the task-agnostic one, which halving does not touch).
+HALVING_KINDS: tuple[str, ...] = ("proxy",)
+
+
+def _member_json(info: MemberInfo) -> dict[str, Any]:
+    d = info.to_json()
+    d.pop("files", None)
+    return d
+
+
+def _embed_unit(library: Library, task: Task, cache: EmbeddingCache, name: str, batch_size: int,
+                device: torch.device) -> UnitResult:
+    """The cold cost of one member embedding the task (loading and hash checks included), measured
+    without the cache even when an earlier run filled it, so compute accounting never counts a
+    cache hit as the price of selection; the features then fill the cache if it lacks them."""
+    emb = embed_pool([name], library.load, library.verified_hash, task, EmbeddingCache(None), "trainval", batch_size,
+                     device, False, preprocessing=lambda n: library.info(n).preprocessing)
+    key = cache_key(task, library.info(name).preprocessing)
+    if not cache.has(library.verified_hash(name), key, "trainval"):
+        entry = {"features": emb.features[name]}
+        if name in emb.upstream_logits:
+            entry["upstream_logits"] = emb.upstream_logits[name]
+        cache.put(library.verified_hash(name), key, "trainval", entry)
+    return UnitResult({"cold": True}, images={"embed": len(task.trainval)}, seconds={"embed": emb.stats.seconds})
+
+
+def _selection_unit(library: Library, task: Task, strat: StrategySpec, members: list[str], cache: EmbeddingCache,
+                    seed: int, device: torch.device, batch_size: int) -> UnitResult:
+    try:
+        # resamples=0: a unit records the ranking alone, so the scores' bootstrap would go unused.
+        run = run_selection(library, task, strat.strategy, len(members), strat.proxy, members,
+                            RunContext(device, seed, False, cache=cache), batch_size, resamples=0)
+    except ExpertiseError as e:  # e.g. domain prediction on a pool without experts: recorded, not fatal
+        return UnitResult({"error": str(e)}, images={}, seconds={"score": 0.0})
+    rec = run.to_json()
+    scoring = sum(v for k, v in run.selection.seconds.items() if k != "embed")  # hybrid: agnostic + aware + combine
+    return UnitResult({"ranking": rec["ranking"], "picks": rec["picks"], "members_embedded": rec["members_embedded"],
+                       "select_seconds": rec["seconds"]}, images={"needed": rec["images_needed"]},
+                      seconds={"score": scoring})
+
+
+def _halving_unit(library: Library, task: Task, strat: StrategySpec, members: list[str], seed: int,
+                  device: torch.device, batch_size: int) -> UnitResult:
+    """Successive halving (budget 1) of one proxy strategy on one pool and task, on a cold cache
+    (no cache at all: the embed units filled it, and a cache hit is not the cost of a search), so its
+    seconds and images are what halving costs from scratch, to set against the embed units' cold
+    cost of full scoring. The report compares its ranking with the ``selection`` unit's
+    (:mod:`expertise.bench.halving`)."""
+    try:
+        run = run_selection(library, task, strat.strategy, 1, strat.proxy, members,
+                            RunContext(device, seed, False, cache=None), batch_size, resamples=0, search="halving")
+    except ExpertiseError as e:  # recorded, not fatal, as a selection unit's error
+        return UnitResult({"error": str(e)}, images={}, seconds={"halving": 0.0})
+    rec, report = run.to_json(), run.search
+    assert report is not None
+    return UnitResult({"ranking": rec["ranking"], "picks": rec["picks"], **report.to_json()},
+                      images={"embedded": report.images_embedded},
+                      seconds={"halving": sum(run.selection.seconds.values())})
 
 
 def _cache(spec: UnitSpec) -> EmbeddingCache:

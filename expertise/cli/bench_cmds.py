@@ -64,7 +64,7 @@ def bench(ctx: typer.Context,
     from expertise.data.loaders import BUILTIN_TASKS
     from expertise.errors import ConfigError
     from expertise.select.embed import EmbeddingCache
-    from expertise.upstream.build import world_of_library
+    from expertise.library.upstream_meta import world_of_library
 
     training_seeds = parse_seeds(seeds) if seeds is not None else (seed,)
     entries = suite_file.read(Path(suite)) if suite_file.is_suite_file(suite) else None  # checked whole, before any work

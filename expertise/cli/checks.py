@@ -38,7 +38,7 @@ def device(name: str) -> None:
 def strategy(name: str, proxy: str) -> None:
     """A registered strategy and proxy (the proxy is checked even where the strategy ignores it: a
     typo is a typo)."""
-    from expertise.select.proxies import get_proxy
+    from expertise.select.proxy_registry import get_proxy
     from expertise.select.registry import get_strategy
 
     get_strategy(name)

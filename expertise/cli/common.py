@@ -87,7 +87,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 def _registry_help() -> tuple[str, str, str]:
     """Option help from the strategy and proxy registries, so a new entry shows up here by itself."""
-    from expertise.select.proxies import PROXIES
+    from expertise.select.proxy_registry import PROXIES
     from expertise.select.registry import STRATEGIES, default_rows, proxy_strategies
 
     proxied = proxy_strategies()
@@ -296,7 +296,7 @@ def load_cli_task(lib, task: str, seed: int, skip_corrupt: bool, max_side: int, 
     """TASK of a command: a world task of the library's world, scikit-learn's digits at
     :func:`task_resolution`, or an ImageFolder at its source resolution capped at ``max_side``."""
     from expertise.data.loaders import load_task
-    from expertise.upstream.build import world_of_library
+    from expertise.library.upstream_meta import world_of_library
 
     world = world if world is not None else world_of_library(lib)
     return load_task(task, seed=seed, world=world, skip_corrupt=skip_corrupt, max_side=max_side,
@@ -315,6 +315,7 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
 def units_executor(name: str, ray_address: str | None, ray_cpus: int | None, jobs: int, threads: int, quiet: bool):
     """The executor a command's units run on (a context: its workers stop when it closes), from the
     options :func:`expertise.cli.checks.jobs` and :func:`~expertise.cli.checks.executor` checked."""
+    import expertise.wiring  # noqa: F401  every built-in unit kind, before any is planned or named
     from expertise.units import open_executor
 
     return open_executor(name, ray_address, ray_cpus, jobs=jobs, threads=threads, progress=not quiet)

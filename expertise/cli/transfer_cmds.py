@@ -186,12 +186,12 @@ def dat(library: LibOpt, task: TaskOpt,
     from expertise.dat.units import dat_result, dat_spec
     from expertise.store import RecordStore
     from expertise.units import WorkerContext, batch_plan, drive, task_ref
-    from expertise.upstream.build import config_digest
+    from expertise.library.upstream_meta import config_digest
     from expertise.upstream.units import TRAIN
     from expertise.units.context import library_key
     from expertise.errors import ConfigError, LibraryError
     from expertise.io import atomic_write_json
-    from expertise.upstream.build import upstream_meta, world_of_library
+    from expertise.library.upstream_meta import upstream_meta, world_of_library
     from expertise.upstream.data_spec import resolve
     from expertise.select.run import run_selection
 

@@ -45,7 +45,7 @@ def member_problems(lib: Library, name: str, info: MemberInfo, bank: str) -> lis
         return [f"member {name!r}: bank {bank!r} is not adapters/<bank>.safetensors; restore library.json"]
     if not isinstance(info.extra.get("node"), str):
         return [f"member {name!r}: its manifest entry names no bank node (extra.node); restore library.json"]
-    parent = lib._members.get(info.parent) if info.parent is not None else None
+    parent = lib.entries().get(info.parent) if info.parent is not None else None
     if parent is None:
         return [f"member {name!r}: its backbone member {info.parent!r} is not in the library; restore it or "
                 "re-create the adapter experts"]
@@ -81,10 +81,10 @@ def expert_state(lib: Library, name: str, info: MemberInfo, bank: str, verify: b
     if parent is None or parent not in lib:
         raise LibraryError(f"member {name!r}: its backbone member {parent!r} is not in the library; restore it or re-create the adapter experts")
     if verify:
-        lib._check_member(parent)
-    state = lib._load_tensors(lib.member_dir(parent) / WEIGHTS, parent)
+        lib.check_member(parent)
+    state = lib.load_tensors(lib.member_dir(parent) / WEIGHTS, parent)
     prefix = _prefix(info)
-    adapters = lib._load_tensors(lib.path / bank, name, prefix)
+    adapters = lib.load_tensors(lib.path / bank, name, prefix)
     state.update({f"adapters.{k[len(prefix):]}": v for k, v in adapters.items()})
     return state
 
@@ -115,7 +115,7 @@ def load_bank(lib: Library, bank: str, verify: bool) -> AdapterBank:
         raise LibraryError(f"bank {bank!r}: its experts name different backbones {sorted(map(str, parents))}; restore library.json")
     for m in members:
         if verify:
-            lib._check_member(m.name)
+            lib.check_member(m.name)
         lib.check_loadable(m.name)
     parent = lib.load(str(members[0].parent), verify=verify)
     if not isinstance(parent, ExpertModel):
@@ -123,7 +123,7 @@ def load_bank(lib: Library, bank: str, verify: bool) -> AdapterBank:
     nodes = [str(m.extra.get("node")) for m in members]
     model = AdapterBank(parent, nodes, *_architecture(lib, path))
     keys = {f"{expert_key(n)}." for n in nodes}
-    state = {k: v for k, v in lib._load_tensors(lib.path / path, bank).items() if k[:k.find(".") + 1] in keys}
+    state = {k: v for k, v in lib.load_tensors(lib.path / path, bank).items() if k[:k.find(".") + 1] in keys}
     try:
         model.adapters.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -235,10 +235,10 @@ def check_target(lib: Library, names: Sequence[str], bank_name: str, parent: str
     if bank_of(lib.info(parent)) is not None:
         raise LibraryError(f"the backbone {parent!r} of a bank must be a member stored whole, not an adapter expert")
     bank_path = f"{ADAPTERS}/{bank_name}.safetensors"
-    old = [n for n, m in lib._members.items() if bank_of(m) == bank_path]
+    old = [n for n, m in lib.entries().items() if bank_of(m) == bank_path]
     if (old or (lib.path / bank_path).exists()) and not overwrite:
         raise LibraryError(f"the library already has an adapter bank {bank_name!r}; pass overwrite=True to replace it and its experts")
-    taken = [n for n in names if n in lib._members and n not in old]
+    taken = [n for n in names if n in lib and n not in old]
     if taken and not overwrite:
         raise LibraryError(f"the library already has members {taken}; remove them first or pick other names")
     if parent in names:
@@ -252,7 +252,7 @@ def commit_bank(lib: Library, infos: Mapping[str, MemberInfo], bank_dir: Path, m
     ``old`` experts, in one :class:`Transaction` that the manifest rewrite commits."""
     adapters_dir, members_dir = lib.path / ADAPTERS, lib.path / MEMBERS
     manifest: dict[str, MemberInfo] = {}
-    for n, m in lib._members.items():
+    for n, m in lib.entries().items():
         if n in infos:
             manifest[n] = infos[n]  # a replaced member keeps its place
         elif n not in old:
@@ -266,7 +266,7 @@ def commit_bank(lib: Library, infos: Mapping[str, MemberInfo], bank_dir: Path, m
             tx.remove(members_dir / n)
         for n, d in member_dirs.items():
             tx.put(d, members_dir / n)
-        tx.commit(lambda: lib._write_manifest(manifest))
+        tx.commit(lambda: lib.write_manifest(manifest))
 
 
 def add_bank(lib: Library, bank: AdapterBank, parent: str, members: Mapping[str, MemberInfo],
@@ -282,12 +282,12 @@ def add_bank(lib: Library, bank: AdapterBank, parent: str, members: Mapping[str,
     in by one :class:`Transaction`, which the manifest rewrite commits; on error nothing changes.
     """
     prep = prepare_bank(lib, bank, parent, members, label_priors, bank_name)
-    with lib._locked():
+    with lib.writing():
         pinfo = lib.info(parent)
         if bank_of(pinfo) is not None:
             raise LibraryError(f"the backbone {parent!r} of a bank must be a member stored whole, not an adapter expert")
-        lib._check_member(parent)
-        stored = lib._load_tensors(lib.member_dir(parent) / WEIGHTS, parent)
+        lib.check_member(parent)
+        stored = lib.load_tensors(lib.member_dir(parent) / WEIGHTS, parent)
         if stored.keys() != prep.base_state.keys() or any(not torch.equal(stored[k], prep.base_state[k]) for k in stored):
             raise LibraryError(
                 f"the bank's backbone is not the stored {parent!r}: train the bank on library.load({parent!r}) "

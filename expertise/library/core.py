@@ -26,8 +26,6 @@ from expertise.library.manifest import (
 from expertise.library.admission import check_prior, complete_info, shareless_state_dict
 from expertise.library.transaction import Transaction
 from expertise.library.verify import verify
-from expertise.models import external  # noqa: F401  registers ExternalModel for model_from_config
-from expertise.models import hf_transformers  # noqa: F401  registers TransformersModel (transformers imported when used)
 from expertise.models.adapters import AdapterBank
 
 
@@ -64,11 +62,11 @@ class Library:
         except OSError as e:
             raise disk_error(e, path) from None
         lib = cls(path, hierarchy, {}, {})
-        with lib._locked():
+        with lib.writing():
             if hierarchy is not None:
                 hierarchy.save(path / HIERARCHY)
                 lib._top_files = {HIERARCHY: sha256_file(path / HIERARCHY)}
-            lib._write_manifest()  # last: its presence is what makes the folder a library
+            lib.write_manifest()  # last: its presence is what makes the folder a library
         return lib
 
     @classmethod
@@ -82,10 +80,11 @@ class Library:
             raise LibraryError(f"{path} is not a model library (no {MANIFEST}); pass a folder made by Library.create")
         manifest = Manifest.read(path)
         lib = cls(path, None, manifest.members, manifest.files)
-        lib.hierarchy = lib._read_hierarchy()
+        lib.hierarchy = lib.read_hierarchy()
         return lib
 
-    def _read_hierarchy(self) -> Hierarchy | None:
+    def read_hierarchy(self) -> Hierarchy | None:
+        """``hierarchy.json``, checked against its recorded sha256 (None when the library has none)."""
         return top_files.read_hierarchy(self, self._top_files)
 
     def read_meta(self, fname: str) -> dict[str, Any] | None:
@@ -100,10 +99,10 @@ class Library:
         """Write a top-level JSON file and record its sha256 in the manifest, under the lock."""
         if fname not in TOP_FILES or fname == HIERARCHY:
             raise ValueError(f"{fname!r} is not a metadata file; use one of {TOP_FILES[1:]}")
-        with self._locked():
+        with self.writing():
             atomic_write_json(self.path / fname, data)
             self._top_files = {**(self._top_files or {}), fname: sha256_file(self.path / fname)}
-            self._write_manifest()
+            self.write_manifest()
 
     def refresh(self) -> None:
         """Re-read the manifest, e.g. after another process added members."""
@@ -159,7 +158,7 @@ class Library:
         handle): cached embeddings and records keyed by it are never used for a member whose files
         fail verification."""
         if name not in self._verified:
-            self._check_member(name)
+            self.check_member(name)
             self._verified[name] = self.member_hash(name)
         return self._verified[name]
 
@@ -177,7 +176,8 @@ class Library:
         """What is wrong with one member's files; [] when intact (see :func:`member_files.problems`)."""
         return member_files.problems(self, name)
 
-    def _check_member(self, name: str) -> None:
+    def check_member(self, name: str) -> None:
+        """Every file of member ``name`` is the one its manifest entry's sha256 names (a one-line error otherwise)."""
         member_files.check_intact(self, name)
 
     def config(self, name: str) -> dict[str, Any]:
@@ -196,11 +196,11 @@ class Library:
 
         info = self.info(name)  # unknown names fail here, with a did-you-mean
         if verify:
-            self._check_member(name)
+            self.check_member(name)
         cfg = self.check_loadable(name)
         model = model_from_config(cfg)
         bank = bank_of(info)
-        state = self._load_tensors(self.member_dir(name) / WEIGHTS, name) if bank is None else \
+        state = self.load_tensors(self.member_dir(name) / WEIGHTS, name) if bank is None else \
             banks.expert_state(self, name, info, bank, verify)
         try:
             model.load_state_dict(state, strict=True)
@@ -217,7 +217,7 @@ class Library:
         """float64 [num_label_nodes], or None when the member has no label prior. Always verified."""
         return member_files.label_prior(self, name)
 
-    _load_tensors = staticmethod(member_files.load_tensors)
+    load_tensors = staticmethod(member_files.load_tensors)  # a safetensors file's tensors, checked: for the library's writers
 
     def clean(self) -> list[Path]:
         """Remove what interrupted writes left behind (temporary files, staging folders) and return
@@ -225,7 +225,7 @@ class Library:
         found = checks.leftovers(self.path)
         if found:
             with contextlib.suppress(LibraryError, DiskError):
-                with self._locked(wait_s=0):  # taking the lock removes what dead writers left
+                with self.writing(wait_s=0):  # taking the lock removes what dead writers left
                     pass
         return [f for f in found if not f.exists()]
 
@@ -236,7 +236,7 @@ class Library:
 
     # -- writing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _locked(self, wait_s: float | None = None) -> Iterator[None]:
+    def writing(self, wait_s: float | None = None) -> Iterator[None]:
         """Exclusive writer lock (see :mod:`expertise.library.locking`), waited for while another
         writer holds it (at most ``wait_s``, default ``locking.LOCK_WAIT_S``). Under it nobody else is
         writing, so the manifest is re-read (never clobber another writer's members) and what dead
@@ -263,7 +263,14 @@ class Library:
 
         return staging.commit(self, folder)
 
-    def _write_manifest(self, members: dict[str, MemberInfo] | None = None) -> None:
+    def entries(self) -> dict[str, MemberInfo]:
+        """Every member's manifest entry by name, in manifest order (a copy: change the library
+        through its writers, never through this)."""
+        return dict(self._members)
+
+    def write_manifest(self, members: dict[str, MemberInfo] | None = None) -> None:
+        """Write the manifest with ``members`` (default: the current ones); for the library's writers,
+        under :meth:`writing`, as the commit of a :class:`~expertise.library.transaction.Transaction`."""
         members = self._members if members is None else members
         if self._top_files is None:  # a library written before top-level files were hashed: record them now
             self._top_files = {f: sha256_file(self.path / f) for f in TOP_FILES if (self.path / f).is_file()}
@@ -295,7 +302,7 @@ class Library:
         """
         info, config, state, prior = self.prepare(info, model, label_prior)  # what can fail before the disk is touched
         name = info.name
-        with self._locked():
+        with self.writing():
             if name in self._members and not overwrite:
                 raise LibraryError(f"the library already has a member {name!r}; pass overwrite=True to replace it, "
                                    "or pick another name")
@@ -304,7 +311,7 @@ class Library:
                 info = replace(info, files=member_files.write_member(staging, name, config, state, prior))
                 with Transaction() as tx:
                     tx.put(staging, self.path / MEMBERS / name)
-                    tx.commit(lambda: self._write_manifest({**self._members, name: info}))
+                    tx.commit(lambda: self.write_manifest({**self._members, name: info}))
             except OSError as e:
                 raise disk_error(e, staging) from None
             finally:
@@ -325,7 +332,7 @@ class Library:
         Removing an adapter expert leaves its bank to the bank's other experts, and deletes the bank
         files with the last one. A backbone that adapter experts are built on cannot be removed
         before them: they hold no copy of its weights."""
-        with self._locked():
+        with self.writing():
             self.info(name)
             dependents = [n for n, m in self._members.items() if n != name and bank_of(m) is not None and m.parent == name]
             if dependents:
@@ -335,6 +342,6 @@ class Library:
                 )
             with Transaction() as tx:
                 tx.remove(self.member_dir(name))
-                tx.commit(lambda: self._write_manifest({n: m for n, m in self._members.items() if n != name}))
+                tx.commit(lambda: self.write_manifest({n: m for n, m in self._members.items() if n != name}))
             banks.prune(self)
 

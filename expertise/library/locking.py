@@ -198,7 +198,7 @@ def claim(lib: Library, name: str, log: Callable[[str], None] = print, done: Cal
     builders never train the same thing: a second process waits while the claim is held.
     Yields True when this process should build it, False when it is done (``done()``, by
     default: the member exists), perhaps by the process this one waited for."""
-    is_done = done or (lambda: name in lib._members)
+    is_done = done or (lambda: name in lib)
     lock = lib.path / CLAIMS / check_name(name)
     try:
         lock.parent.mkdir(exist_ok=True)

@@ -130,7 +130,7 @@ def commit(lib: Library, staged: Path, overwrite: bool = False) -> list[MemberIn
     infos = entries(staged)
     for info in infos:
         _check_files(staged, info)
-    with lib._locked():
+    with lib.writing():
         if all(bank_of(i) is None for i in infos):
             taken = [i.name for i in infos if i.name in lib and not overwrite]
             if taken:
@@ -138,7 +138,7 @@ def commit(lib: Library, staged: Path, overwrite: bool = False) -> list[MemberIn
             with Transaction() as tx:
                 for i in infos:
                     tx.put(staged / MEMBERS / i.name, lib.member_dir(i.name))
-                tx.commit(lambda: lib._write_manifest({**lib._members, **{i.name: i for i in infos}}))
+                tx.commit(lambda: lib.write_manifest({**lib.entries(), **{i.name: i for i in infos}}))
         else:
             parents = {i.parent for i in infos}
             hashes = {i.extra.get("parent_hash") for i in infos}

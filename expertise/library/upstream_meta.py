@@ -1,5 +1,6 @@
 """``upstream.json``: which preset, world config and world version built a library, checked against
-its schema before a world is rendered from it (a world of 10^9 test images is refused, not built).
+its schema before a world is rendered from it (a world of 10^9 test images is refused, not built),
+and what every stage reads from it: the world a library was built on (:func:`world_of_library`).
 
 ``{"preset": name, "world": WorldConfig fields, "settings": {"world": ..., "world_version": int,
 "backbone": name, "baseline": {...}, "expert": {...}, "seed": int}}``
@@ -12,14 +13,21 @@ size (see :mod:`expertise.upstream.data_spec`); ``settings.data`` holds the fing
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import fields
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from expertise import schema
-from expertise.data.world import DOMAINS, WorldConfig
+from expertise.data.world import DOMAINS, WORLD_VERSION, World, WorldConfig
 from expertise.data.world.catalogue import ALL_DOMAINS
-from expertise.errors import ConfigError
+from expertise.errors import ConfigError, LibraryError
+from expertise.library.manifest import UPSTREAM as UPSTREAM_FILE
+
+if TYPE_CHECKING:
+    from expertise.library.core import Library
 
 # Bounds on a stored world config (WorldConfig itself checks the lower ones).
 _WORLD_INTS = {"seed": (0, 1 << 62), "resolution": (8, 256), "upstream_size": (1, 20_000_000),
@@ -94,3 +102,41 @@ def check_upstream(meta: Any, where: str) -> dict[str, Any]:
     if settings.get("world"):
         check_world(settings["world"], f"{where}.settings.world")
     return dict(meta)
+
+
+def config_digest(obj: Any) -> str:
+    """A short digest of a JSON object (a build's settings), independent of key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def upstream_meta(library: Library) -> dict[str, Any] | None:
+    """``upstream.json`` of a library, checked against its recorded hash and its schema (None for a
+    library of external models)."""
+    meta = library.read_meta(UPSTREAM_FILE)
+    if meta is None:
+        return None
+    try:
+        return check_upstream(meta, str(library.path / UPSTREAM_FILE))
+    except ConfigError as e:
+        raise LibraryError(f"{e}; restore it from a backup or rebuild the library") from None
+
+
+def world_of_library(library: Library) -> World | None:
+    """The embedded world a library was trained on, when it was (``upstream.json`` says so)."""
+    meta = upstream_meta(library)
+    if meta is None or not meta.get("world"):
+        return None
+    version = meta["settings"].get("world_version", 1)
+    if version != WORLD_VERSION:
+        raise LibraryError(f"the library at {library.path} was trained on version {version} of the embedded world; "
+                           f"this expertise renders version {WORLD_VERSION}: build a new library (expertise upstream --library NEW, "
+                           "or expertise demo --fresh)")
+    return World(world_config(meta["world"], str(library.path / UPSTREAM_FILE)))
+
+
+def upstream_meta_at(path: Path) -> dict[str, Any] | None:
+    """``upstream.json`` of the library at ``path``, checked; None when there is no library yet."""
+    from expertise.library.core import Library
+    from expertise.library.manifest import MANIFEST
+
+    return upstream_meta(Library.open(path)) if (Path(path) / MANIFEST).exists() else None

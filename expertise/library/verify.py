@@ -25,7 +25,7 @@ def verify(lib: Library) -> list[str]:
     for fname in TOP_FILES:
         try:
             if fname == HIERARCHY:
-                lib._read_hierarchy()
+                lib.read_hierarchy()
             elif (meta := lib.read_meta(fname)) is not None:
                 check_upstream(meta, str(lib.path / fname))
         except ExpertiseError as e:
@@ -33,7 +33,7 @@ def verify(lib: Library) -> list[str]:
     for name in lib.names():
         member_problems = lib.problems(name)
         problems += member_problems
-        folder, listed = lib.member_dir(name), lib._members[name].files
+        folder, listed = lib.member_dir(name), lib.info(name).files
         if folder.is_dir():
             problems += [f"member {name!r}: {f} is not listed in the manifest; delete it or re-add the member"
                          for f in sorted(folder.iterdir()) if f.name not in listed]
@@ -53,5 +53,5 @@ def verify(lib: Library) -> list[str]:
     members_dir = lib.path / MEMBERS
     if members_dir.is_dir():
         problems += [f"{d} is not a member named in {MANIFEST}; delete it or re-add the member"
-                     for d in sorted(members_dir.iterdir()) if not d.name.startswith(".") and d.name not in lib._members]
+                     for d in sorted(members_dir.iterdir()) if not d.name.startswith(".") and d.name not in lib]
     return problems

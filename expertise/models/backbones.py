@@ -14,6 +14,7 @@ A pool member is an ``nn.Module`` with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 
 from expertise import schema
 from expertise.errors import ConfigError
+from expertise.registry import Registry
 from expertise.models.preprocess import MAX_INPUT_SIZE, Preprocessing, prepare
 
 __all__ = ["MAX_INPUT_SIZE", "Preprocessing", "prepare"]  # re-exported: the member contract's preprocessing
@@ -88,15 +90,15 @@ class BackboneConfig:
 
 
 # Named backbone shapes, like timm's registry: tests use bit_xs, the cpu demo bit_s, a GPU bit_r50x1.
-BACKBONES: dict[str, BackboneConfig] = {
-    "bit_xs": BackboneConfig("bit_xs", channels=(16, 32, 64, 128), groups=8, resolution=16, stem_stride=1),
-    "bit_s": BackboneConfig("bit_s", channels=(32, 64, 128, 256), groups=8, resolution=32, stem_stride=2),
-    "bit_m": BackboneConfig("bit_m", channels=(48, 96, 192, 384), layers=(1, 2, 2, 1), groups=8, resolution=32),
-    "bit_r50x1": BackboneConfig(
-        "bit_r50x1", channels=(256, 512, 1024, 2048), layers=(3, 4, 6, 3), basic=False,
-        stem="bit", stem_channels=64, groups=32, resolution=128,
-    ),
-}
+BACKBONES: Registry[BackboneConfig] = Registry("backbone")
+for _shape in (
+    BackboneConfig("bit_xs", channels=(16, 32, 64, 128), groups=8, resolution=16, stem_stride=1),
+    BackboneConfig("bit_s", channels=(32, 64, 128, 256), groups=8, resolution=32, stem_stride=2),
+    BackboneConfig("bit_m", channels=(48, 96, 192, 384), layers=(1, 2, 2, 1), groups=8, resolution=32),
+    BackboneConfig("bit_r50x1", channels=(256, 512, 1024, 2048), layers=(3, 4, 6, 3), basic=False,
+                   stem="bit", stem_channels=64, groups=32, resolution=128),
+):
+    BACKBONES.register(_shape.name, _shape)
 
 
 def create_backbone(cfg: BackboneConfig) -> ResNetV2:
@@ -177,17 +179,19 @@ class ExpertModel(HeadMixin, nn.Module):
         }
 
 
-_BUILDERS: dict[str, Any] = {}
+def _builtin_member_classes() -> None:
+    """The member classes of this package beyond ExpertModel register themselves when imported."""
+    from expertise.models import adapters, external, hf_transformers  # noqa: F401
+
+
+# Builders ``config dict -> nn.Module`` by member class, so a library rebuilds every kind it stores.
+MEMBER_CLASSES: Registry[Callable[[dict[str, Any]], nn.Module]] = Registry("member class", loader=_builtin_member_classes)
 
 
 def register_member_class(name: str):
-    """Register a builder ``config dict -> nn.Module`` so libraries can rebuild other member kinds."""
-
-    def deco(fn):
-        _BUILDERS[name] = fn
-        return fn
-
-    return deco
+    """Register a builder ``config dict -> nn.Module`` so libraries can rebuild other member kinds
+    (a decorator; a name taken by another builder is refused)."""
+    return MEMBER_CLASSES(name)
 
 
 def head_fields(cfg: dict[str, Any], where: str) -> tuple[int, str, Preprocessing]:
@@ -208,10 +212,7 @@ def _build_expert_model(cfg: dict[str, Any]) -> ExpertModel:
 def model_from_config(cfg: dict[str, Any]) -> nn.Module:
     """Rebuild an (untrained) member from its ``member_config()``; load weights separately."""
     schema.obj(cfg, "member config")
-    kind = cfg.get("class")
-    if not isinstance(kind, str) or kind not in _BUILDERS:
-        raise ConfigError(f"unknown member class {kind!r}; known: {sorted(_BUILDERS)}")
-    return _BUILDERS[kind](cfg)
+    return MEMBER_CLASSES.get(cfg.get("class"))(cfg)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -37,7 +37,7 @@ from expertise.library import Library
 from expertise.models.forward import forward_batches, upstream_head
 from expertise.runtime import RunContext, derive_seed
 from expertise.select.embed import EmbeddingCache, EmbedStats, cache_key
-from expertise.select.proxies import get_proxy
+from expertise.select.proxy_registry import get_proxy
 from expertise.select.registry import UNSCORED, source_probabilities
 from expertise.select.strategies import Selection
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -417,43 +417,3 @@ def regularized_hscore(features: Any, labels: Any, name: str = "features") -> fl
     """
     x, codes, onehot = _tensors(features, labels, name)
     return float(regularized_hscore_value(x, compute_spectrum(x), onehot))
-
-
-# ---------------------------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class ProxySpec:
-    """One proxy: ``fn(x, labels, name=...) -> float`` (higher is better), where x is the
-    member's ``features`` [N, D] or its upstream ``source_probs`` [N, Z] as ``input`` says;
-    ``needs_split`` proxies also take ``n_train`` (rows [:n_train] train, the rest validate)."""
-
-    name: str
-    fn: Callable[..., float]
-    input: Literal["features", "source_probs"]
-    needs_split: bool
-    summary: str
-
-
-PROXIES: dict[str, ProxySpec] = {
-    spec.name: spec
-    for spec in (
-        ProxySpec("knn_loo", knn_loo, "features", False, "leave-one-out 1-NN accuracy (paper 000)"),
-        ProxySpec("knn_val", knn_val, "features", True, "1-NN validation accuracy on the 800/200 split (paper 002)"),
-        ProxySpec("linear_probe", linear_probe, "features", True, "logistic-regression validation accuracy, best over C"),
-        ProxySpec("ridge_loo", ridge_loo, "features", False, "exact leave-one-out ridge accuracy, best over alpha"),
-        ProxySpec("logme", logme, "features", False, "LogME: maximised Bayesian linear evidence per sample"),
-        ProxySpec("hscore", hscore, "features", False, "H-score: tr(pinv(cov f) cov E[f|y])"),
-        ProxySpec("regularized_hscore", regularized_hscore, "features", False, "H-score with Ledoit-Wolf shrinkage"),
-        ProxySpec("leep", leep, "source_probs", False, "LEEP: log-likelihood of the expected empirical predictor"),
-        ProxySpec("nce", nce_from_probs, "source_probs", False, "NCE: -H(Y | argmax source label)"),
-    )
-}
-
-
-def get_proxy(name: str) -> ProxySpec:
-    """The registered :class:`ProxySpec` called ``name``; ConfigError listing the names if none."""
-    try:
-        return PROXIES[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown proxy {name!r}; choose one of: {', '.join(PROXIES)}") from None

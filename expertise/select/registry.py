@@ -22,7 +22,6 @@ budgets up to the pool size always work.
 
 from __future__ import annotations
 
-import difflib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -32,11 +31,12 @@ import numpy as np
 import torch
 
 from expertise.data.tasks import Task
-from expertise.errors import ConfigError, LibraryError
+from expertise.errors import LibraryError
 from expertise.library import Library
 from expertise.runtime import derive_seed
 from expertise.select.embed import PoolEmbeddings
-from expertise.select.proxies import get_proxy
+from expertise.registry import Registry
+from expertise.select.proxy_registry import get_proxy
 from expertise.select.scoring import score_pool
 from expertise.select.source_proxies import leep_terms, nce_terms
 from expertise.select.strategies import (
@@ -104,7 +104,7 @@ class Strategy:
         return []
 
 
-STRATEGIES: dict[str, Strategy] = {}
+STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def register(name: str, reads: set[str], help: str, rows: tuple[Row, ...]):
@@ -114,18 +114,15 @@ def register(name: str, reads: set[str], help: str, rows: tuple[Row, ...]):
         raise ValueError(f"strategy {name!r} reads unknown inputs {sorted(unknown)}; known: {sorted(READS)}")
 
     def deco(fn: Callable[[Inputs], Selection]) -> Callable[[Inputs], Selection]:
-        STRATEGIES[name] = Strategy(name, frozenset(reads), help, fn, rows)
+        STRATEGIES.register(name, Strategy(name, frozenset(reads), help, fn, rows))
         return fn
 
     return deco
 
 
 def get_strategy(name: str) -> Strategy:
-    if name not in STRATEGIES:
-        close = difflib.get_close_matches(str(name), STRATEGIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown strategy {name!r}{hint}; choose one of: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+    """The registered strategy ``name``; one line naming the closest and every strategy otherwise."""
+    return STRATEGIES.get(name)
 
 
 def default_rows() -> list[tuple[Row, Strategy]]:

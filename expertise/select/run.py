@@ -19,7 +19,7 @@ from expertise.models.adapters import embed_images_with_experts
 from expertise.runtime import RunContext, derive_seed
 from expertise.select.embed import EmbeddingCache, EmbedStats, PoolEmbeddings, cache_key, embed_pool, upstream_head
 from expertise.select.halving import SEARCHES, HalvingReport, halving_selection
-from expertise.select.proxies import get_proxy
+from expertise.select.proxy_registry import get_proxy
 from expertise.select.registry import Inputs, get_strategy, proxy_strategies, source_probabilities
 from expertise.select.strategies import Selection
 from expertise.select.uncertainty import DEFAULT_RESAMPLES, PerImage, Uncertainty, check_resamples, paired_bootstrap

@@ -22,13 +22,12 @@ import torch
 from expertise.errors import ConfigError
 from expertise.select import knn
 from expertise.select import proxies as P
+from expertise.select.proxy_registry import PROXIES, Shared, get_proxy, pooled_proxies
 from expertise.select.spectral import Spectrum, compute_spectrum, spectra_batched
-from expertise.select.spectral_proxies import hscore_value, regularized_hscore_value
 from expertise.select.uncertainty import PerImage
 
 T = TypeVar("T")
-SPECTRAL = ("ridge_loo", "logme", "hscore", "regularized_hscore")
-FEATURE_PROXIES = ("knn_loo", "knn_val", "linear_probe", *SPECTRAL)
+FEATURE_PROXIES = tuple(pooled_proxies())  # every proxy the registry gives a pooled scorer
 # Working memory one member of a batch may take on an accelerator: features, Gram and eigenvectors.
 _BATCH_BYTES = 1 << 30
 
@@ -36,8 +35,7 @@ _BATCH_BYTES = 1 << 30
 def _check_proxies(proxies: Sequence[str]) -> list[str]:
     names = list(proxies)
     for p in names:
-        P.get_proxy(p)  # ConfigError naming the choices for an unknown name
-        if p not in FEATURE_PROXIES:
+        if get_proxy(p).pooled is None:  # an unknown name: one line naming the choices
             raise ConfigError(f"score_pool scores feature proxies ({', '.join(FEATURE_PROXIES)}); {p!r} reads "
                               "upstream predictions: call its function per member")
     if not names:
@@ -154,15 +152,16 @@ def score_pool(
 
 def _score_group(group: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], wanted: list[str], n_train: int,
                  clock: _Clock, want_terms: bool) -> list[tuple[str, dict[str, tuple[float, PerImage | None]]]]:
-    need_spectrum = any(p in SPECTRAL for p in wanted)  # kNN alone computes its distances blockwise
+    specs = [PROXIES[p] for p in wanted]
+    need_spectrum = any("spectrum" in s.shares for s in specs)  # kNN alone computes its distances blockwise
     spectra = clock.run("spectrum", lambda: _spectra(group)) if need_spectrum else [None] * len(group)
     out = []
     for (name, x, codes, onehot), spec in zip(group, spectra):
         rep = None
-        if any(p.startswith("knn") for p in wanted):
+        if any("duplicates" in s.shares for s in specs):
             rep = clock.run("duplicates", lambda: knn.duplicate_representatives(x))
-        out.append((name, {p: clock.run(p, lambda: _score_one(p, name, x, codes, onehot, spec, n_train, rep, want_terms))
-                           for p in wanted}))
+        shared = Shared(name, x, codes, onehot, spec, rep, n_train)
+        out.append((name, {s.name: clock.run(s.name, lambda: _score_one(s.pooled, shared, want_terms)) for s in specs}))
     return out
 
 
@@ -185,32 +184,10 @@ class _Clock:
         return out
 
 
-def _score_one(proxy: str, name: str, x: torch.Tensor, codes: torch.Tensor, onehot: torch.Tensor,
-               spec: Spectrum | None, n_train: int, rep: torch.Tensor | None,
-               want_terms: bool) -> tuple[float, PerImage | None]:
-    """The score and, when ``want_terms`` and the proxy has them, its per-image terms."""
-    gram = spec.gram if spec is not None else None
-    c = onehot.shape[1]
-    if proxy == "knn_loo":
-        correct = P._knn_loo_correct(x, codes, c, 1, "euclidean", gram, rep)
-        return float(correct.mean()), _per_image(correct[None], 0, want_terms)
-    if proxy == "knn_val":
-        n_tr = P._check_n_train(n_train, x.shape[0], name)
-        correct = P._knn_val_correct(x, codes, c, n_tr, 1, "euclidean", gram, rep)
-        return float(correct.mean()), _per_image(correct[None], n_tr, want_terms)
-    if proxy == "linear_probe":
-        per_c = P.linear_probe_correct(x.cpu().numpy(), codes.cpu().numpy(), n_train, P.DEFAULT_C_GRID, name)
-        score = max(float(np.mean(v)) for v in per_c.values())  # linear_probe's best over C
-        return score, _per_image(np.stack(list(per_c.values())), n_train, want_terms)
-    assert spec is not None
-    if proxy == "ridge_loo":
-        correct = P._ridge_loo_correct(spec, codes, onehot, P.DEFAULT_ALPHAS)
-        return P._ridge_loo_score(correct), _per_image(correct, 0, want_terms)
-    if proxy == "logme":
-        return float(P._logme_result(spec, onehot, 1e-10, 1000, False, name)), None
-    if proxy == "hscore":
-        return float(hscore_value(spec, onehot)), None
-    return float(regularized_hscore_value(x, spec, onehot)), None
+def _score_one(pooled: Any, shared: Shared, want_terms: bool) -> tuple[float, PerImage | None]:
+    """The score from the proxy's pooled scorer and, when ``want_terms`` and it has them, its per-image terms."""
+    score, terms, first = pooled(shared)
+    return score, None if terms is None else _per_image(terms, first, want_terms)
 
 
 def _per_image(terms: torch.Tensor | np.ndarray, first: int, wanted: bool) -> PerImage | None:

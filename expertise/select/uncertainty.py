@@ -51,20 +51,13 @@ import numpy as np
 
 from expertise.errors import ConfigError
 from expertise.select.proxies import _threadpools
+from expertise.select.proxy_registry import PROXIES, get_proxy
 
 DEFAULT_RESAMPLES = 1000
 LEVEL = 0.95
-# Accuracy-type proxies, whose chance level is the best constant guess.
-ACCURACY = ("knn_loo", "knn_val", "linear_probe", "ridge_loo")
-LOG_LIKELIHOOD = ("leep", "nce")
-_REFIT = ("a bootstrap would recompute each member's eigendecomposition per resample (measured on one core: "
-          "0.3 s per resample at 1,000 images x 512 dims, 5 minutes per member for 1,000 resamples); use knn_loo, "
-          "ridge_loo or linear_probe for an interval")
-NO_INTERVAL = {
-    "logme": "LogME is not a mean of per-image terms; " + _REFIT,
-    "hscore": "H-score is not a mean of per-image terms; " + _REFIT,
-    "regularized_hscore": "the shrinkage H-score is not a mean of per-image terms; " + _REFIT,
-}
+# Why a proxy gets no interval, from the registry (its spec's ``no_interval``); an accuracy proxy's
+# chance level is the best constant guess (its spec's ``measure``).
+NO_INTERVAL = {n: s.no_interval for n, s in PROXIES.items() if s.no_interval is not None}
 METHOD = "paired percentile bootstrap over the scored images (the same resamples for every member)"
 RULES = {
     "interval": "percentile interval of the member's score over the resamples of the scored images; "
@@ -244,8 +237,9 @@ def paired_bootstrap(proxy: str, scores: Mapping[str, float], per_image: Mapping
         raise ConfigError("paired_bootstrap needs at least 1 resample")
     if not 0 < level < 1:
         raise ConfigError(f"level must be in (0, 1), got {level!r}")
-    if proxy in NO_INTERVAL:
-        return unavailable(proxy, resamples, NO_INTERVAL[proxy])
+    spec = get_proxy(proxy)
+    if spec.no_interval is not None:
+        return unavailable(proxy, resamples, spec.no_interval)
     names = [n for n, s in scores.items() if math.isfinite(s) and n in per_image]
     if not names:
         return unavailable(proxy, resamples, "no member has per-image terms for this proxy")
@@ -256,7 +250,7 @@ def paired_bootstrap(proxy: str, scores: Mapping[str, float], per_image: Mapping
     best = max(names, key=lambda n: (scores[n], -names.index(n)))
     m = images.size
     y = np.asarray(labels)[images]
-    chance = chance_level(y) if proxy in ACCURACY else None
+    chance = chance_level(y) if spec.measure == "accuracy" else None
     stats: dict[str, list[np.ndarray]] = {n: [] for n in names}
     # One counts matrix per block of resamples, shared by every member; single-threaded BLAS: a
     # [1000, 1000] x [1000, S] product takes ~0.2 ms on one thread and ~16 ms on two contended

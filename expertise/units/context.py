@@ -85,7 +85,7 @@ class WorkerContext:
         return self._tasks[fingerprint]
 
     def world(self, lib: Library) -> Any:
-        from expertise.upstream.build import world_of_library
+        from expertise.library.upstream_meta import world_of_library
 
         key = library_key(lib.path)
         if key not in self._worlds:

@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 EXECUTORS = ("local", "ray")
 
 
-def timed(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
-    """Run one unit and fill in its wall time when its kind measured none."""
+def timed(spec: UnitSpec, ctx: WorkerContext, module: str | None = None, known: list[str] | None = None) -> UnitResult:
+    """Run one unit (its kind registered by ``module`` where this process does not know it yet;
+    ``known``: the coordinator's kinds, for the message when it cannot) and fill in its wall time
+    when its kind measured none."""
     t0 = time.perf_counter()
-    out = execute(spec, ctx)
+    out = execute(spec, ctx, module, known)
     if not isinstance(out, UnitResult):
         raise ConfigError(f"unit kind {spec.kind!r} returned {type(out).__name__}; an execute must return a UnitResult")
     if out.seconds is None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from expertise.errors import ConfigError, ExpertiseError
 from expertise.progress import RemoteBars, forward_to
 from expertise.store import UnitResult
-from expertise.units.registry import get_kind
+from expertise.units.registry import KINDS, get_kind
 
 if TYPE_CHECKING:
     from expertise.units.context import WorkerContext
@@ -124,7 +124,7 @@ class ProcessExecutor:
         kind = get_kind(spec.kind)
         width = self.jobs if kind.wide else 1
         settings = {"device": ctx.device.type, "threads": self.threads * width, "progress": self.progress,
-                    "module": kind.execute.__module__}  # a kind registered outside expertise: imported there
+                    "module": kind.module, "known": KINDS.names()}  # imported by the worker when new to it
         self._queue.append(_Queued(token, spec, settings, width))
 
     def _dispatch(self) -> None:

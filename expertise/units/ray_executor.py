@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from expertise.errors import ConfigError, ExpertiseError
 from expertise.store import UnitResult
-from expertise.units.registry import get_kind
+from expertise.units.registry import KINDS, get_kind
 
 if TYPE_CHECKING:
     from expertise.units.context import WorkerContext
@@ -105,7 +105,8 @@ class RayExecutor:
         if self._remote is None:
             self._connect()
         resources = kind.resources(ctx.device.type)
-        settings = {"device": ctx.device.type, "threads": max(1, int(kind.num_cpus))}
+        settings = {"device": ctx.device.type, "threads": max(1, int(kind.num_cpus)), "module": kind.module,
+                    "known": KINDS.names()}
         ref = self._remote.options(**resources, max_retries=self.max_retries, retry_exceptions=False,
                                    name=f"expertise:{spec.kind}").remote(spec.to_json(), settings)
         self._pending[ref] = (token, spec)

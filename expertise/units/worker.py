@@ -4,7 +4,6 @@ JSON out (the unit's metrics and cost). Everything else the unit needs it rebuil
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import torch
 
 from expertise.units.context import WorkerContext
-from expertise.units.registry import KINDS
 
 # A test hook: with this set to a folder, the first unit that finds the file ARMED there (holding its
 # kind, or nothing for any kind) renames it to FIRED and kills its worker process after doing its work
@@ -59,9 +57,8 @@ def run_unit_json(spec_json: dict[str, Any], settings: dict[str, Any]) -> dict[s
     from expertise.units.spec import UnitSpec
 
     spec = UnitSpec.from_json(spec_json)
-    module = settings.get("module")
-    if isinstance(module, str) and module and spec.kind not in KINDS:
-        importlib.import_module(module)  # registers a kind defined outside expertise, as the coordinator did
-    out = timed(spec, run_context(settings))
+    module, known = settings.get("module"), settings.get("known")  # where the coordinator's kind was registered
+    out = timed(spec, run_context(settings), module if isinstance(module, str) else None,
+                [str(k) for k in known] if isinstance(known, list) else None)
     _kill_if_armed(spec.kind)
     return {"metrics": out.metrics, "images": out.images, "seconds": out.seconds}

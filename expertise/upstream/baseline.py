@@ -74,7 +74,7 @@ class UpstreamBatches:
 def batch_source(data: Upstream, indices: np.ndarray, batch_size: int, prep: Preprocessing, seed: int,
                  steps: int) -> contextlib.AbstractContextManager[Callable[[int], tuple[torch.Tensor, torch.Tensor]]]:
     """The batch source of a stage over ``indices`` of ``data`` (multi-hot targets), as a context:
-    :class:`UpstreamBatches` for the embedded world, a :class:`~expertise.data.streaming.DiskBatches`
+    :class:`UpstreamBatches` for the embedded world, a :class:`~expertise.upstream.streaming.DiskBatches`
     for a dataset on disk (closing it stops its workers and reports unreadable images)."""
     if isinstance(data, UpstreamData):
         return contextlib.nullcontext(UpstreamBatches(data, indices, batch_size, prep, seed))

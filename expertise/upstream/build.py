@@ -5,18 +5,16 @@ built on (``upstream.json``, checked against its hash and schema)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from expertise.config import Preset
 from expertise.data.world import WORLD_VERSION, World
-from expertise.errors import ConfigError, LibraryError
-from expertise.library import UPSTREAM, Library
+from expertise.errors import LibraryError
+from expertise.library import Library
 from expertise.library.shared import shared_library
-from expertise.library.upstream_meta import check_upstream, world_config
+from expertise.library.upstream_meta import UPSTREAM_FILE, config_digest, upstream_meta_at
 from expertise.models.backbones import BACKBONES
 from expertise.runtime import RunContext
 from expertise.units.executors import LocalExecutor
@@ -27,45 +25,6 @@ from expertise.upstream.units import UpstreamUnits, build_units
 
 if TYPE_CHECKING:
     from expertise.units.plan import Executor
-
-UPSTREAM_FILE = UPSTREAM
-
-
-def config_digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def upstream_meta(library: Library) -> dict[str, Any] | None:
-    """``upstream.json`` of a library, checked against its recorded hash and its schema (None for a
-    library of external models)."""
-    meta = library.read_meta(UPSTREAM_FILE)
-    if meta is None:
-        return None
-    try:
-        return check_upstream(meta, str(library.path / UPSTREAM_FILE))
-    except ConfigError as e:
-        raise LibraryError(f"{e}; restore it from a backup or rebuild the library") from None
-
-
-def world_of_library(library: Library) -> World | None:
-    """The embedded world a library was trained on, when it was (``upstream.json`` says so)."""
-    meta = upstream_meta(library)
-    if meta is None or not meta.get("world"):
-        return None
-    version = meta["settings"].get("world_version", 1)
-    if version != WORLD_VERSION:
-        raise LibraryError(f"the library at {library.path} was trained on version {version} of the embedded world; "
-                           f"this expertise renders version {WORLD_VERSION}: build a new library (expertise upstream --library NEW, "
-                           "or expertise demo --fresh)")
-    return World(world_config(meta["world"], str(library.path / UPSTREAM_FILE)))
-
-
-def upstream_meta_at(path: Path) -> dict[str, Any] | None:
-    """``upstream.json`` of the library at ``path``, checked; None when there is no library yet."""
-    from expertise.library.manifest import MANIFEST
-
-    return upstream_meta(Library.open(path)) if (Path(path) / MANIFEST).exists() else None
-
 
 def build_library(preset: Preset, path: Path, ctx: RunContext = RunContext(), upstream_only: bool = False,
                   kinds: tuple[str, ...] | None = None, data: DataSpec | None = None,

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from expertise.data.disk_index import DiskIndex
 from expertise.data.hierarchy import ROOT, Hierarchy, csr_gather
-from expertise.data.streaming import DecodeImages, DiskBatches
+from expertise.upstream.streaming import DecodeImages, DiskBatches
 from expertise.errors import ConfigError, DataError
 from expertise.models.backbones import Preprocessing
 from expertise.runtime import derive_seed

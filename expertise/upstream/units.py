@@ -75,7 +75,7 @@ class UpstreamUnits:
 def check_upstream(lib: Library, spec: UnitSpec) -> dict[str, Any] | None:
     """The library's checked ``upstream.json``, which must be the one the unit was planned on (None
     for a library assembled without one, whose units run only in the process that has its data)."""
-    from expertise.upstream.build import config_digest, upstream_meta
+    from expertise.library.upstream_meta import config_digest, upstream_meta
 
     meta = upstream_meta(lib)
     if meta is None and spec.config["upstream"] is None:
@@ -275,7 +275,7 @@ def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, b
     ``adapter_bank`` unit) and stored in ``library``; returns their names in node order. A bank
     stored with these settings on this baseline is reused; one whose backbone changed is trained
     again. For a library assembled by hand (no ``upstream.json``), its unit runs only here."""
-    from expertise.upstream.build import config_digest, upstream_meta
+    from expertise.library.upstream_meta import config_digest, upstream_meta
 
     if not nodes:
         raise ConfigError("adapter experts need at least one expert domain (hierarchy node)")
