@@ -123,7 +123,9 @@ def run_demo(preset: Preset, out: Path, library_path: Path | None = None, device
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", results_markdown(rows, names, base, timings, preset.name))
     plot_knn(rows, names, out / "knn.png")
-    log(f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'knn.png'} in {timings['total']:.0f}s")
+    plot_gain(rows, base, out / "gain.png")
+    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'gain.png'} and {out / 'knn.png'} in "
+        f"{timings['total']:.0f}s")
     return result
 
 
@@ -203,5 +205,31 @@ def plot_knn(rows: list[dict], names: list[str], path: Path) -> None:
     ax.set_yticks(range(len(rows)), [f"{r['task']} ({r['group']})" for r in rows], fontsize=8)
     ax.set_title("kNN leave-one-out accuracy per task and member\n(colour: difference from the task's mean, clipped at ±0.05; bold: selected)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_gain(rows: list[dict], base: str, path: Path) -> None:
+    """What choosing gains: each task's test accuracy after fine-tuning B and after fine-tuning the
+    kNN pick, tasks grouped, the axis from 0 to 1."""
+    plt = pyplot()
+    order = sorted(rows, key=lambda r: (["natural", "specialized", "structured"].index(r["group"])
+                                        if r["group"] in ("natural", "specialized", "structured") else 3))
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.32 * len(order)))
+    for i, r in enumerate(order):
+        b, s = r["test_baseline"], r["test_selected"]
+        ax.plot([b, s], [i, i], color="#2a9d8f" if s >= b else "#e76f51", lw=2.5, zorder=1)
+        ax.scatter([b], [i], color="#7f7f7f", s=28, zorder=2, label="B (the generalist)" if i == 0 else None)
+        ax.scatter([s], [i], color="#264653", s=28, zorder=3, label="the kNN pick" if i == 0 else None)
+    ax.set_yticks(range(len(order)), [f"{r['task']} ({r['group']})" for r in order], fontsize=8)
+    ax.set_xlim(0, 1.01)
+    ax.set_xlabel("test accuracy after fine-tuning on 1,000 images")
+    nat = [r for r in rows if r["group"] == "natural"]
+    gain = 100 * sum(r["test_selected"] - r["test_baseline"] for r in nat) / len(nat) if nat else float("nan")
+    ax.set_title(f"Fine-tuning the member kNN picks instead of B: {gain:+.1f} points on the natural tasks",
+                 fontsize=9)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8, frameon=True)
     fig.tight_layout()
     save_figure(fig, path)

@@ -243,10 +243,10 @@ def main() -> None:
     # Sections written by their own commands (each splices its part into BENCHMARKS.md too), kept here in
     # this order: proxies_scale (make bench-proxies), threads, executors (make bench-executors; then
     # other presets' perf/executors_PRESET.md), upstream_data (make bench-data), ddp, preprocess, halving,
-    # demo_levers (make bench-levers).
+    # demo_levers (make bench-levers), demo_jobs (make bench-jobs).
     parts = ["proxies_scale", "threads", "executors",
              *sorted(p.stem for p in (ROOT / "perf").glob("executors_*.md")),
-             "upstream_data", "ddp", "preprocess", "halving", "demo_levers"]
+             "upstream_data", "ddp", "preprocess", "halving", "demo_levers", "demo_jobs"]
     for name in parts:
         part = ROOT / "perf" / f"{name}.md"
         if part.exists():
