@@ -27,6 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from expertise import reading
+from expertise.errors import ConfigError
 from expertise.io import atomic_save_safetensors
 
 if TYPE_CHECKING:
@@ -86,9 +88,9 @@ class Checkpoint:
             return 0
         meta, tensors = read
         try:
-            identity = json.loads(meta.get("identity", "null"))
+            identity = reading.loads_json(meta.get("identity", "null"), str(self.path))
             step, images, seconds = int(meta["step"]), int(meta["images"]), float(meta["seconds"])
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        except (KeyError, TypeError, ValueError, ConfigError):
             self.log(f"checkpoint {self.path}: its metadata is malformed; starting again from step 0")
             return 0
         if identity != self.identity:

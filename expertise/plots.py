@@ -22,15 +22,23 @@ def pyplot():
 def save_figure(fig: Any, path: Path | str, dpi: int = 120, tight: bool = False) -> Path:
     """Save ``fig`` as PNG under a temporary name in the target folder, then rename it into place;
     closes the figure. ``tight`` trims the margins to the drawn content."""
+    from expertise.errors import disk_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
         os.replace(tmp, path)
+    except OSError as e:  # the one line names the plot, not "a file"
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise disk_error(e, path) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     finally:
         pyplot().close(fig)

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from expertise import schema
+from expertise import reading
 from expertise.errors import ConfigError, ExpertiseError, LibraryError
 from expertise.library import Library, MemberInfo
 from expertise.library.manifest import check_name
@@ -99,10 +99,7 @@ def read(path: Path) -> list[PoolEntry]:
 
 
 def parse(text: str, path: Path) -> list[PoolEntry]:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    data = reading.loads_toml(text, str(path))
     extra = sorted(set(data) - {"member", "description"})
     if extra:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(map(repr, extra))}; a pool file holds "

@@ -73,7 +73,7 @@ def string(value: Any, where: str, max_len: int = 256, choices: Iterable[str] | 
 def token(value: Any, where: str) -> str:
     """A name such as an architecture, a tag or a layer: letters, digits and ``_ . + -`` only, so
     never a path, a URL or anything a loader could open."""
-    if not isinstance(value, str) or not _TOKEN.match(value) or ".." in value:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value) or ".." in value:
         raise ConfigError(f"{where}: expected a plain name (letters, digits, '_', '.', '+', '-'), got {str(value)[:60]!r}")
     return value
 

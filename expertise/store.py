@@ -8,6 +8,11 @@ exists is never computed again, so a killed run resumes where it stopped, and tw
 share units share their results. A crash mid-write leaves no record (writes go to a temporary
 name first), so a half-finished unit is simply redone.
 
+Each record carries an authentication ``tag`` (:mod:`expertise.tags`) made with this installation's
+key: a record without a valid one (edited, copied from another machine, written by an older
+expertise) is not believed. It counts as not finished, so its unit runs again, and one warning line
+says so; ``expertise records trust DIR`` accepts a folder's records after checking their form.
+
 Layout::
 
     DIR/
@@ -19,18 +24,50 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expertise.errors import ConfigError, DataError
+from expertise import reading, tags
+from expertise.errors import ConfigError, DataError, ExpertiseError
 from expertise.io import atomic_write_text
 from expertise.records import make_record, write_record
 
 UNITS = "units"
+
+
+class UntrustedWarning(UserWarning):
+    """Records or cache entries without a valid tag were found and are not believed."""
+
+
+def _content(rec: Mapping[str, Any]) -> bytes:
+    """What a record's tag covers: the record without its tag, as canonical JSON."""
+    return json.dumps({k: v for k, v in rec.items() if k != "tag"}, sort_keys=True, allow_nan=False).encode()
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _form_problem(rec: Mapping[str, Any]) -> str | None:
+    """What is wrong with a record's form (types and ranges of its fields), or None."""
+    if not isinstance(rec["kind"], str) or not _KIND.fullmatch(rec["kind"]):
+        return f"its kind {rec['kind']!r} is not a unit kind"
+    if not isinstance(rec["config"], dict) or not isinstance(rec["metrics"], dict):
+        return "its config and metrics must be JSON objects"
+    for field_name in ("seconds", "images"):
+        value = rec.get(field_name, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) and _number(v) for k, v in value.items()):
+            return f"its {field_name} must map names to numbers of at least 0"
+    accuracy = rec["metrics"].get("accuracy", rec["metrics"].get("test_accuracy"))
+    if accuracy is not None and not (_number(accuracy) and accuracy <= 1):
+        return f"its accuracy {accuracy!r} is not a fraction in [0, 1]"
+    return None
 _KIND = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -93,13 +130,15 @@ class RecordStore:
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"{self.root} is a file; a record store needs a folder")
         self.units_dir = self.root / UNITS
+        self.untrusted: set[str] = set()  # record files read without a valid tag
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"RecordStore({str(self.root)!r})"
 
     @staticmethod
     def _check_kind(kind: str) -> str:
-        if not isinstance(kind, str) or not _KIND.match(kind):
+        if not isinstance(kind, str) or not _KIND.fullmatch(kind):
             raise ConfigError(f"a unit kind must be 1-64 letters, digits, '_' or '-' (e.g. 'finetune'), got {kind!r}")
         return kind
 
@@ -113,21 +152,40 @@ class RecordStore:
         return self.units_dir / f"{kind}.{self.key(kind, config)}.json"
 
     @staticmethod
-    def _read(path: Path) -> dict[str, Any]:
+    def read_form(path: Path) -> dict[str, Any]:
+        """A record file's content, checked for its form (not its tag): one line naming the file otherwise."""
         try:
-            rec = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            rec = reading.read_json(path)
+        except (OSError, ConfigError) as e:
             raise DataError(f"record {path} cannot be read ({e}); delete it and the unit will be recomputed") from None
         if not isinstance(rec, dict) or not {"kind", "config", "metrics"} <= set(rec):
             raise DataError(f"{path} is not a unit record (needs kind, config, metrics); delete it to recompute the unit")
+        problem = _form_problem(rec)
+        if problem:
+            raise DataError(f"{path}: {problem}; delete it and the unit will be recomputed")
         return rec
 
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        """The record at ``path`` when its tag verifies; None (counted, and said once) otherwise."""
+        rec = self.read_form(path)
+        if tags.verify("record", path.name, _content(rec), rec.get("tag")):
+            return rec
+        self.untrusted.add(path.name)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"{self.units_dir}: records without a valid tag (written on another machine, by an older "
+                          "expertise, or edited) are not believed: their units run again; 'expertise records trust "
+                          f"{self.root}' accepts them after checking their form", UntrustedWarning, stacklevel=3)
+        return None
+
     def get_record(self, kind: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The unit's full record, or None when it has not finished."""
+        """The unit's full record, or None when it has not finished (or its record is not believed)."""
         path = self.path(kind, config)
         if not path.exists():
             return None
         rec = self._read(path)
+        if rec is None:
+            return None
         if rec["kind"] != kind or rec["config"] != _normalise(config):
             raise DataError(f"{path} holds a different unit than its name says; delete it to recompute the unit")
         return rec
@@ -138,7 +196,8 @@ class RecordStore:
         return None if rec is None else rec["metrics"]
 
     def has(self, kind: str, config: Mapping[str, Any]) -> bool:
-        return self.path(kind, config).exists()
+        """Whether the unit has finished (its record there and believed)."""
+        return self.path(kind, config).exists() and self.get_record(kind, config) is not None
 
     def put(self, kind: str, config: Mapping[str, Any], metrics: Mapping[str, Any],
             seconds: Mapping[str, float] | float | None = None,
@@ -153,8 +212,30 @@ class RecordStore:
             raise ConfigError(f"unit {kind}: metrics must be plain JSON without NaN (use None): {e}") from None
         record = make_record(kind, cfg, dict(metrics), _named(seconds, kind, float), _named(images, kind, int))
         record["key"] = key
-        write_record(self.units_dir / f"{kind}.{key}.json", record)
+        name = f"{kind}.{key}.json"
+        record["tag"] = tags.tag("record", name, _content(record))
+        write_record(self.units_dir / name, record)
+        self.untrusted.discard(name)
         return record
+
+    def trust(self) -> tuple[int, list[str]]:
+        """Tag every record of this store whose form checks with this installation's key (what
+        ``expertise records trust DIR`` does); (records tagged, one line per record refused)."""
+        done, refused = 0, []
+        for path in sorted(self.units_dir.glob("*.json")) if self.units_dir.is_dir() else []:
+            if path.name.startswith("."):
+                continue
+            try:
+                rec = self.read_form(path)
+                if path.name != f"{rec['kind']}.{self.key(rec['kind'], rec['config'])}.json":
+                    raise DataError(f"{path} is filed under another unit's name than its kind and config give")
+            except ExpertiseError as e:
+                refused.append(str(e))
+                continue
+            rec["tag"] = tags.tag("record", path.name, _content(rec))
+            write_record(path, rec)
+            done += 1
+        return done, refused
 
     def finished(self, kind: str, config: Mapping[str, Any]) -> Unit | None:
         """The unit as recorded (``computed`` False), or None when it has not finished."""
@@ -199,7 +280,8 @@ class RecordStore:
         if not self.units_dir.is_dir():
             return []
         pattern = f"{kind}.*.json" if kind else "*.json"
-        return [self._read(p) for p in sorted(self.units_dir.glob(pattern)) if not p.name.startswith(".")]
+        found = [self._read(p) for p in sorted(self.units_dir.glob(pattern)) if not p.name.startswith(".")]
+        return [r for r in found if r is not None]
 
     def __len__(self) -> int:
         return len(self.all())

@@ -73,18 +73,28 @@ def check_member(model: nn.Module, embedding_dim: int | None = None, upstream_ou
     ``upstream_outputs`` (0: no upstream head) are what the member should have, where known;
     ``manifest_preprocessing`` what a library's manifest says of it; ``kind`` the library kind it is
     stored as for rule 6 (``external`` for a class from outside the project)."""
-    from expertise.library import Library, MemberInfo
+    model = model.eval()
+    _registered(model)
+    x = _x(model)
+    dim = _embeds(model, x, embedding_dim)
+    _upstream_head(model, x, model.member_config().get("num_outputs") if upstream_outputs is None else upstream_outputs)
+    _preprocessing(model, manifest_preprocessing)
+    want = _outputs(model, x)
+    _rebuilds(model, x, want)
+    _stores(model, x, want, dim, kind)
+    _task_head(model, x, want, dim)
+
+
+def _registered(model: nn.Module) -> None:
     from expertise.models.backbones import MEMBER_CLASSES
 
-    model = model.eval()
-    cfg = model.member_config()
-    cls = type(model).__name__
-    # 1. the registered class
+    cfg, cls = model.member_config(), type(model).__name__
     _require(cfg.get("class") == cls, f"member_config()['class'] is {cfg.get('class')!r}, not its class {cls!r}")
     _require(cls in MEMBER_CLASSES, f"{cls} is not registered (register_member_class({cls!r}))")
     _require(type(model_from_config(cfg)) is type(model), f"model_from_config does not rebuild a {cls}")
-    # 2. embed
-    x = _x(model)
+
+
+def _embeds(model: nn.Module, x: torch.Tensor, embedding_dim: int | None) -> int:
     size = model.preprocessing.size
     _require(x.dtype == torch.float32 and x.shape == (N, 3, size, size), "prepare() must give float32 [N, 3, S, S]")
     with torch.inference_mode():
@@ -97,59 +107,77 @@ def check_member(model: nn.Module, embedding_dim: int | None = None, upstream_ou
     _require(torch.equal(first, second), "embed is not deterministic in eval mode (dropout? batch statistics?)")
     _require(torch.allclose(alone, first[:1], rtol=1e-4, atol=1e-5), "an image embedded alone differs from the same "
              "image in a batch (batch statistics?)")
-    # 3. the upstream head
-    outputs = cfg.get("num_outputs") if upstream_outputs is None else upstream_outputs
+    return dim
+
+
+def _no_upstream_head(model: nn.Module, x: torch.Tensor, when: str) -> None:
+    try:
+        model.upstream_logits(x)
+    except ConfigError as e:
+        _require("no upstream head" in str(e), f"upstream_logits {when} says {e!r}, not 'no upstream head'")
+    else:
+        raise ContractError(f"upstream_logits {when} must be a ConfigError")
+
+
+def _upstream_head(model: nn.Module, x: torch.Tensor, outputs: int) -> None:
+    cfg = model.member_config()
     _require(model.has_upstream_head == (outputs > 0), f"has_upstream_head is {model.has_upstream_head} with "
              f"{outputs} upstream outputs")
     _require(cfg.get("num_outputs") == outputs, f"member_config()['num_outputs'] is {cfg.get('num_outputs')}, not {outputs}")
-    if model.has_upstream_head:
-        with torch.inference_mode():
-            logits = model.upstream_logits(x)
-            _require(logits.dtype == torch.float32 and logits.shape == (N, outputs),
-                     f"upstream_logits gives {logits.dtype} {tuple(logits.shape)}, not float32 {(N, outputs)}")
-            _require(torch.equal(logits, model.upstream_logits(x)), "upstream_logits is not deterministic")
-            _require(torch.equal(logits, model(x)), "before reset_head, forward must be the upstream head")
-    else:
-        try:
-            model.upstream_logits(x)
-        except ConfigError as e:
-            _require("no upstream head" in str(e), f"upstream_logits without a head says {e!r}, not 'no upstream head'")
-        else:
-            raise ContractError("upstream_logits of a member without an upstream head must be a ConfigError")
-    # 4. preprocessing
+    if not model.has_upstream_head:
+        _no_upstream_head(model, x, "without an upstream head")
+        return
+    with torch.inference_mode():
+        logits = model.upstream_logits(x)
+        _require(logits.dtype == torch.float32 and logits.shape == (N, outputs),
+                 f"upstream_logits gives {logits.dtype} {tuple(logits.shape)}, not float32 {(N, outputs)}")
+        _require(torch.equal(logits, model.upstream_logits(x)), "upstream_logits is not deterministic")
+        _require(torch.equal(logits, model(x)), "before reset_head, forward must be the upstream head")
+
+
+def _preprocessing(model: nn.Module, manifest: dict | None) -> None:
     prep = model.preprocessing
     _require(isinstance(prep, Preprocessing), "preprocessing must be a Preprocessing")
     _require(Preprocessing.from_json(json.loads(json.dumps(prep.to_json()))) == prep, "preprocessing does not round-trip "
              "through JSON")
-    _require(cfg["preprocessing"] == prep.to_json(), "member_config()['preprocessing'] is not its preprocessing")
-    if manifest_preprocessing is not None:
-        _require(manifest_preprocessing == prep.to_json(), "the manifest's preprocessing is not the member's")
-    # 5. rebuilt from its config
-    want = _outputs(model, x)
+    _require(model.member_config()["preprocessing"] == prep.to_json(), "member_config()['preprocessing'] is not its "
+             "preprocessing")
+    if manifest is not None:
+        _require(manifest == prep.to_json(), "the manifest's preprocessing is not the member's")
+
+
+def _rebuilds(model: nn.Module, x: torch.Tensor, want: dict[str, torch.Tensor]) -> None:
+    cfg = model.member_config()
     rebuilt = model_from_config(json.loads(json.dumps(cfg)))
     _require(rebuilt.state_dict().keys() == model.state_dict().keys(), "its rebuild has other parameters")
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     rebuilt.eval()
     _require(rebuilt.member_config() == cfg, "its rebuild has another member_config()")
     _same_outputs(want, _outputs(rebuilt, x), "rebuilt from its config")
-    # 6. stored and loaded back
+
+
+def _stores(model: nn.Module, x: torch.Tensor, want: dict[str, torch.Tensor], dim: int, kind: str) -> None:
+    from expertise.library import Library, MemberInfo
+
     with tempfile.TemporaryDirectory(prefix="expertise-contract-") as tmp:
         lib = Library.create(Path(tmp) / "lib", None)
         if kind == "external":
             from expertise.models.external import ExternalSource
             from expertise.pool import add_external
 
-            info = add_external(lib, model, ExternalSource("checkpoint", getattr(model, "architecture", cls), "test"),
-                                name="m")
+            source = ExternalSource("checkpoint", getattr(model, "architecture", type(model).__name__), "test")
+            info = add_external(lib, model, source, name="m")
         else:
             info = lib.add(MemberInfo("m", kind, None, None, 1, 0, 0, None, {}), model)
-        _require(info.embedding_dim == dim and info.preprocessing == prep.to_json(), "the library records another "
-                 "embedding width or preprocessing than the member has")
+        _require(info.embedding_dim == dim and info.preprocessing == model.preprocessing.to_json(), "the library "
+                 "records another embedding width or preprocessing than the member has")
         loaded = Library.open(lib.path).load("m")
         _require(type(loaded) is type(model) and not loaded.training, "a library must hand it back as its class, in eval mode")
         _same_outputs(want, _outputs(loaded, x), "stored and loaded back")
         _require(lib.verify() == [], f"the library it was stored in does not verify: {lib.verify()}")
-    # 7. a task head
+
+
+def _task_head(model: nn.Module, x: torch.Tensor, want: dict[str, torch.Tensor], dim: int) -> None:
     for k in (1, 3):
         tuned = copy.deepcopy(model)
         tuned.reset_head(k)
@@ -158,22 +186,17 @@ def check_member(model: nn.Module, embedding_dim: int | None = None, upstream_ou
                  f"{tuple(head.weight.shape)}, not ({k}, {dim})")
         _require(not head.weight.any() and not head.bias.any(), "reset_head must give a zero head")
         _require(not tuned.has_upstream_head, "after reset_head there is no upstream head")
-        tcfg = tuned.member_config()
-        _require(tcfg["num_outputs"] == k and tcfg["head_kind"] == "task", "member_config() of a task head must say "
+        cfg = tuned.member_config()
+        _require(cfg["num_outputs"] == k and cfg["head_kind"] == "task", "member_config() of a task head must say "
                  f"num_outputs={k}, head_kind='task'")
         with torch.inference_mode():
             out = tuned(x)
         _require(out.dtype == torch.float32 and out.shape == (N, k) and not out.any(), "a zero task head must output "
                  "zeros of [N, k]")
-        try:
-            tuned.upstream_logits(x)
-        except ConfigError as e:
-            _require("no upstream head" in str(e), "upstream_logits after reset_head must say 'no upstream head'")
-        else:
-            raise ContractError("upstream_logits after reset_head must be a ConfigError")
+        _no_upstream_head(tuned, x, "after reset_head")
         with torch.inference_mode():
             _require(torch.equal(tuned.embed(x), want["embed"]), "reset_head changed the body")
-        again = model_from_config(json.loads(json.dumps(tcfg)))
+        again = model_from_config(json.loads(json.dumps(cfg)))
         again.load_state_dict(tuned.state_dict(), strict=True)
         with torch.inference_mode():
             _require(torch.equal(again.eval()(x), out), "a member with a task head does not rebuild from its config")

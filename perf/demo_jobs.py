@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from perf.timing import ROOT, machine, splice_section
@@ -95,13 +94,15 @@ def section(runs: dict[str, dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variants", default="j1,j2,j2-busy")
+    ap.add_argument("--variants", default="j1,j2,j2-busy,j1-busy")
     ap.add_argument("--fresh", action="store_true", help="run every variant again, even one already measured")
+    ap.add_argument("--rerun", default="", help="variants to run again although measured (comma-separated)")
     args = ap.parse_args()
+    again = set(filter(None, args.rerun.split(",")))
     runs: dict[str, dict[str, Any]] = {}
     for variant in args.variants.split(","):
         kept = RUNS / variant / "timing.json"
-        if kept.is_file() and not args.fresh:
+        if kept.is_file() and not args.fresh and variant not in again:
             runs[variant] = json.loads(kept.read_text())
         else:
             print(f"running {variant} ...", flush=True)

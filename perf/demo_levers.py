@@ -123,7 +123,7 @@ def measure(rounds: int, reps: int) -> dict[str, object]:
     return {"full": full_ms, "bank": bank_ms, "same_full": same_full, "same_bank": same_bank, "outputs": outputs}
 
 
-def section(m: dict, rounds: int, par: dict | None = None) -> str:
+def section(m: dict, rounds: int, par: dict | None = None, threads: int | None = None) -> str:
     full = {k: statistics.median(v) for k, v in m["full"].items()}
     bank = {k: statistics.median(v) for k, v in m["bank"].items()}
 
@@ -144,7 +144,7 @@ def section(m: dict, rounds: int, par: dict | None = None) -> str:
     return "\n".join([
         START, "## Where the demo's training time goes", "",
         f"Regenerate with `make bench-levers` (`python -m perf.demo_levers`) on an otherwise idle machine. {machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}. The `cpu` preset's shapes (bit_s, 32 px, "
+        f"{threads or torch.get_num_threads()} threads, torch {torch.__version__}. The `cpu` preset's shapes (bit_s, 32 px, "
         f"{m['outputs']} upstream outputs, scaled adapters); each time is the median over {rounds} rounds, the variants "
         "alternating; ratios are to the reference row above them, the median of the rounds' ratios [their range]. \"Same results\": the variant's logits and gradients "
         "on the same batch equal the reference's bit for bit; where they do not, adopting it would change every "
@@ -177,7 +177,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one short round, printed only")
     args = ap.parse_args()
     rounds, reps = (1, 2) if args.quick else (args.rounds, 20)
-    text = section(measure(rounds, reps), rounds, parallel_measure(rounds, args.quick))
+    threads = torch.get_num_threads()
+    main_rows = measure(rounds, reps)
+    text = section(main_rows, rounds, parallel_measure(rounds, args.quick), threads)
     print(text)
     if not args.quick:
         splice_section(ROOT / "perf" / "demo_levers.md", START, END, text)

@@ -83,7 +83,16 @@ def measure(lib, tasks, preset, scratch: Path, workers: int, repeats: int, warmu
 
     from expertise.units.ray_executor import RayExecutor
 
+    from expertise.units.processes import ProcessExecutor
+
     local = [one_run(lib, tasks, preset, scratch / "local", None) for _ in range(repeats)]
+    jobs = []
+    for _ in range(repeats):  # each run starts its workers, as a command does: their start is counted
+        executor = ProcessExecutor(workers, threads=1, progress=False)
+        try:
+            jobs.append(one_run(lib, tasks, preset, scratch / "jobs", executor))
+        finally:
+            executor.close()
     t0 = time.perf_counter()
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="warning")
     start = time.perf_counter() - t0
@@ -92,7 +101,8 @@ def measure(lib, tasks, preset, scratch: Path, workers: int, repeats: int, warmu
         warm = [one_run(lib, tasks, preset, scratch / "ray", RayExecutor()) for _ in range(repeats)]
     finally:
         ray.shutdown()
-    return {"local": local, "ray_first": first, "ray": warm, "ray_start": start, "warmup_tasks": len(tasks[:warmup])}
+    return {"local": local, "jobs": jobs, "ray_first": first, "ray": warm, "ray_start": start,
+            "warmup_tasks": len(tasks[:warmup])}
 
 
 def _median(runs: list[tuple[float, int, float]]) -> tuple[float, int, float]:
@@ -127,9 +137,9 @@ def section(m: dict, preset: str) -> str:
              f"{n} task{'s' if n != 1 else ''} of the built-in suite ({', '.join(tasks)})")
     first = ("its first run" if m["warmup_tasks"] == n else
              f"its first run, on {m['warmup_tasks']} task{'s' if m['warmup_tasks'] != 1 else ''},")
-    every = {k: ", ".join(f"{r[0]:.1f}" for r in m[k]) for k in ("local", "ray")}
+    every = {k: ", ".join(f"{r[0]:.1f}" for r in m[k]) for k in ("local", "ray", "jobs") if k in m}
     lines = [
-        start_marker, f"## The benchmark on Ray against the local executor (`{preset}`)", "",
+        start_marker, f"## The benchmark on worker processes and on Ray against one process (`{preset}`)", "",
         f"Regenerate with {command(preset, tasks if subset else None, m['warmup_tasks'], n, library)} on an otherwise idle machine. "
         f"`run_bench` on {which} with the `{preset}` preset (one retrain per member and task, every default strategy "
         f"and pool), into a fresh folder each run: the local executor with {threads} torch thread{'s' if threads != 1 else ''}, and Ray on the same "
@@ -139,7 +149,14 @@ def section(m: dict, preset: str) -> str:
         "| executor | wall (s) | units run | summed unit seconds | overhead per unit (ms) |",
         "|---|---:|---:|---:|---:|",
         f"| local, {threads} thread{'s' if threads != 1 else ''} | {lw:.1f} [{every['local']}] | {ln} | {ls:.1f} | {local_over:.0f} |",
+        *([] if "jobs" not in m else [
+            f"| local, --jobs {workers} (worker processes of one thread) | {_median(m['jobs'])[0]:.1f} [{every['jobs']}] | "
+            f"{_median(m['jobs'])[1]} | {_median(m['jobs'])[2]:.1f} | "
+            f"{(workers * _median(m['jobs'])[0] - _median(m['jobs'])[2]) / _median(m['jobs'])[1] * 1000:.0f} |"]),
         f"| Ray, {workers} workers | {rw:.1f} [{every['ray']}] | {rn} | {rs:.1f} | {ray_over:.0f} |", "",
+        *([] if "jobs" not in m else [
+            f"`--jobs {workers}` / one job: **{_median(m['jobs'])[0] / lw:.2f}x** (its workers' start and their "
+            "rendering of the world counted)."]),
         f"Ray / local wall time: **{rw / lw:.2f}x**. Starting the local Ray took {m['ray_start']:.1f} s and {first} "
         f"{fw:.1f} s (its workers import torch and open the library once), neither counted above. Overhead per unit is "
         f"`(workers x wall - summed unit seconds) / units`: time a worker was not running unit code (Ray's scheduling, "

@@ -12,7 +12,7 @@ it measures, on this machine:
 * bfloat16 autocast on one thread (other arithmetic: the loss after 20 steps against float32's);
 * ``torch.compile`` (inductor, C++ for the CPU) on one thread: the first call's compile time and
   the steady step, and what the compile costs against what it saves over the step counts of the
-  preset (how many steps it must run to pay for itself).
+  preset (how many steps it must run to pay for itself), from an empty cache of compiled artifacts.
 
 Every figure is the median of ``--rounds`` rounds; variants alternate within a round. The pair is
 measured by two fresh processes started together.
@@ -171,7 +171,13 @@ def _pair(kind: str, rounds: int, reps: int) -> list[float]:
 
 
 def measure(rounds: int, quick: bool = False) -> dict[str, Any]:
+    """Every kind's figures; torch.compile starts from an empty cache of compiled artifacts (a new
+    ``TORCHINDUCTOR_CACHE_DIR``), so its compile time is a first run's."""
+    import tempfile
+
     from expertise.runtime import default_threads
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="expertise-inductor-")
 
     cores = default_threads()
     kinds = ("train", "finetune", "bank", "embed")

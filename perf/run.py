@@ -7,6 +7,7 @@ they compare like with like. Throughputs are best-of-3 after a warm-up.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +186,7 @@ STRUCTURED_BEFORE = (" Its structured tasks are the built-in suite's before 2026
                      "not today's block tasks (docs/world.md).")
 
 
-# The demo timed against the earlier three-domain design on one machine (README.md, "What `make demo`
+# The demo timed against the earlier three-domain design on one machine (docs/demo.md, "What `make demo`
 # does", has both commands): runs/demo-v3time and runs/demo-v2time, each from scratch.
 SIDE_BY_SIDE = (("version 3 (the `cpu` preset)", "demo-v3time"), ("version 2 settings", "demo-v2time"))
 
@@ -197,7 +198,7 @@ def side_by_side_section(old: str = "") -> list[str]:
     if not all(path.exists() for _, path in recs):
         return [*kept_section(old, "### The demo against the version-2 design", "runs/demo-v3time` and `runs/demo-v2time",
                              " Both ran with the plain 300-step adapter bank of the time; the `cpu` preset has trained a scaled "
-                             "600-step bank since, which adds about 80-110 s to the demo (README.md)."), ""]
+                             "600-step bank since, which adds about 80-110 s to the demo (docs/demo.md)."), ""]
     secs = [(label, json.loads(path.read_text())["seconds"]) for label, path in recs]
     (a_label, a), (b_label, b) = secs
     rows = [f"| {k} | {a[k]:.0f} | {b[k]:.0f} | {a[k] / b[k]:.2f} |" for k in a if k in b and b[k] > 0]
@@ -263,6 +264,9 @@ def main() -> None:
                   "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.0f} |" for k, v in secs.items()], ""]
     lines += side_by_side_section(old)
     bench_md.write_text("\n".join(lines))
+    gain = ROOT / "runs" / "demo" / "gain.png"  # the README's picture: the last demo's
+    if gain.exists():
+        shutil.copyfile(gain, ROOT / "docs" / "demo_gain.png")
     print("\n".join(lines))
 
 

@@ -23,6 +23,8 @@ import torch
 os.environ.setdefault("EXPERTISE_PROGRESS", "0")
 # Commands run their units in this process unless a test asks for workers (--jobs N, tests/test_process_executor.py).
 os.environ.setdefault("EXPERTISE_JOBS", "1")
+# The key that tags caches and records (expertise/tags.py): the suite's own, never the user's ~/.cache one.
+os.environ.setdefault("EXPERTISE_KEY", "the test suite's key")
 
 from expertise.runtime import RunContext  # noqa: E402
 from expertise.config import Preset, get_preset  # noqa: E402  (after the progress switch)

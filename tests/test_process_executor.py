@@ -110,21 +110,65 @@ def _nap(spec, ctx):
 
 
 register_kind(UnitKind("test_nap", _nap, help="a test unit"), replace=True)
-register_kind(UnitKind("test_nap_wide", _nap, wide=True, help="a test unit the others wait for"), replace=True)
 
 
-def test_wide_units_take_every_workers_threads_and_errors_come_back_as_themselves(tmp_path):
-    specs = [UnitSpec("test_nap", {"x": 1}), UnitSpec("test_nap_wide", {"x": 2}), UnitSpec("test_nap", {"x": 3})]
+def test_every_unit_runs_on_the_workers_threads_and_errors_come_back_as_themselves(tmp_path):
+    specs = [UnitSpec("test_nap", {"x": i}) for i in range(3)]
     executor = ProcessExecutor(2, threads=1, progress=False)
     try:
         done = drive([batch_plan(specs)], executor, RecordStore(tmp_path), WorkerContext(), progress=False)[0]
-        assert [u.metrics["threads"] for u in done] == [1, 2, 1]
+        assert [u.metrics["x"] for u in done] == [0, 1, 2] and [u.metrics["threads"] for u in done] == [1, 1, 1]
         with pytest.raises(ConfigError, match="x must not be negative, got -1"):
             drive([batch_plan([UnitSpec("test_nap", {"x": -1})])], executor, RecordStore(tmp_path), WorkerContext(),
                   progress=False)
     finally:
         executor.close()
-    assert len(RecordStore(tmp_path).all("test_nap")) == 2  # the failed unit left no record
+    assert len(RecordStore(tmp_path).all("test_nap")) == 3  # the failed unit left no record
+
+
+_ORPHAN = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import test_process_executor  # registers test_nap, as the suite's coordinator does
+from expertise.units import UnitSpec, WorkerContext
+from expertise.units.processes import ProcessExecutor
+ex = ProcessExecutor(2, threads=1, progress=False)
+for token in range(2):
+    ex.submit(token, UnitSpec("test_nap", {"x": token, "sleep": 120.0}), WorkerContext())
+ex._dispatch()
+time.sleep(5)
+print(" ".join(str(p.pid) for p in ex._pool._processes.values()), flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow  # a fresh interpreter and its fork server (~10 s)
+def test_workers_end_when_their_coordinator_is_killed():
+    import signal
+    import subprocess
+    import sys
+
+    coordinator = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(Path(__file__).parent)], stdout=subprocess.PIPE,
+                                   text=True)
+    try:
+        workers = [int(p) for p in coordinator.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers)
+    finally:
+        coordinator.kill()
 
 
 def test_cancel_kills_every_worker_at_once(tmp_path):

@@ -39,7 +39,8 @@ def cluster(tmp_path_factory):
     kill = tmp_path_factory.mktemp("kill")
     root = str(Path(expertise.__file__).parent.parent)
     env = {KILL_ENV: str(kill), "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-           "EXPERTISE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+           "EXPERTISE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
+           "EXPERTISE_KEY": os.environ["EXPERTISE_KEY"]}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
              runtime_env={"env_vars": env})
     yield kill

@@ -15,7 +15,6 @@ all B-subsets of the pool (:func:`expected_best`) instead of one draw.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 from expertise import schema
 from expertise.bench import metrics
 from expertise.data.tasks import GROUPS
+from expertise import reading
 from expertise.errors import DataError
 from expertise.io import atomic_write_json
 from expertise.store import RecordStore
@@ -170,8 +170,8 @@ def read_task_meta(out: Path) -> dict[str, dict[str, str | None]]:
         return {}
     where = str(path)
     try:
-        data = schema.obj(json.loads(path.read_text()), where)
-    except ValueError:
+        data = schema.obj(reading.read_json(path), where)
+    except (ValueError, OSError):
         raise DataError(f"{path} is not JSON; delete it and rerun 'expertise bench'") from None
     schema.keys(data, where, required=("format", "tasks"))
     schema.integer(data["format"], f"{where}: format", TASKS_FORMAT, TASKS_FORMAT)

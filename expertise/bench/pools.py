@@ -186,9 +186,9 @@ def _term(term: str, spec: str) -> Pool:
     t = term.strip()
     if t.lower() in _WORDS:
         return _WORDS[t.lower()]()
-    if m := _COMPARE.match(t):
+    if m := _COMPARE.fullmatch(t):
         return compare(m.group(1), m.group(2), m.group(3).strip())
-    if m := _KEYED.match(t):
+    if m := _KEYED.fullmatch(t):
         key, value = m.group(1), m.group(2).strip()
         if key == "kind":
             return of_kind(value)

@@ -19,9 +19,7 @@ each problem one line naming the entry by position and, in TOML, line.
 
 from __future__ import annotations
 
-import json
 import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 
 from expertise import schema
 from expertise.data.tasks import GROUPS, Task
+from expertise import reading
 from expertise.errors import ConfigError
 
 SUFFIXES = (".toml", ".json")
@@ -66,10 +65,7 @@ def read(path: Path) -> list[SuiteEntry]:
         raise ConfigError(f"no suite file at {path}; check the path") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} cannot be read ({e})") from None
-    try:
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not valid {path.suffix.lower()[1:].upper()}: {e}") from None
+    data = reading.loads_toml(text, str(path)) if path.suffix.lower() == ".toml" else reading.loads_json(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected an object with a 'task' list")
     extra = sorted(set(data) - {"task", "description"})
@@ -101,7 +97,7 @@ def _entry(d: Any, position: int, line: int | None, path: Path) -> SuiteEntry:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(KEYS)}")
     name = d.get("name")
-    if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+    if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
         raise ConfigError(f"{where}: name must be a plain name (letters, digits, _ . + -), got {str(name)[:60]!r}")
     if d.get("path") is None:
         if name is None:

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from expertise.errors import ConfigError, ExpertiseError, disk_error
+from expertise.errors import DiskError, ConfigError, ExpertiseError, disk_error
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -79,6 +79,8 @@ library_app = Typer(no_args_is_help=True, help="Inspect and check a model librar
 app.add_typer(library_app, name="library")
 pool_app = Typer(no_args_is_help=True, help="Add external pre-trained models (timm, Hugging Face, checkpoints) to a library.")
 app.add_typer(pool_app, name="pool")
+records_app = Typer(no_args_is_help=True, help="The unit records of an output folder.")
+app.add_typer(records_app, name="records")
 bench_app = Typer(short_help="Benchmark selection strategies and pools on a suite of tasks (oracle, regret, compute).")
 app.add_typer(bench_app, name="bench")
 # A terminal gets its own width; piped output (a file, a CI log) is not squeezed into 80 columns.
@@ -152,7 +154,10 @@ def user_errors(fn):
                 finally:
                     _COMMAND_SCOPE.reset(token)
         except ExpertiseError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            message = str(e)
+            if isinstance(e, DiskError) and getattr(fn, "rerun", None):  # this command's own way to resume
+                message = message.replace("run the same command again", fn.rerun)
+            err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:  # a disk error our writers did not wrap (a folder made by a library call)
             if e.errno not in DISK_ERRNOS:

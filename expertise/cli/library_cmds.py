@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from expertise.cli.common import (LibOpt, open_library, err, library_app, out,
+from expertise.cli.common import (records_app, LibOpt, open_library, err, library_app, out,
                                   pool_app, user_errors)
 from expertise.library import staging
 
@@ -126,6 +126,13 @@ def library_verify(library: Annotated[Path, typer.Argument(help="Library folder.
     for f in lib.clean():
         out.print(f"removed {f}, left over from an interrupted write", highlight=False, soft_wrap=True)
     problems = lib.verify()
+    from expertise.select.embed import EmbeddingCache
+
+    entries, untagged = EmbeddingCache(lib.path / "cache").audit()
+    if untagged:
+        out.print(f"{len(untagged)} of {entries} cached embeddings in {lib.path / 'cache'} have no valid tag (copied "
+                  "from elsewhere, edited or truncated): they are never read, and a selection embeds those members "
+                  "again; delete them to drop them", highlight=False, soft_wrap=True)
     waiting = staging.pending(library)
     for folder, what in waiting:
         out.print(f"staged, not in the library: {folder} ({what})", highlight=False, soft_wrap=True)
@@ -137,3 +144,26 @@ def library_verify(library: Annotated[Path, typer.Argument(help="Library folder.
             err.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     out.print(f"[green]✓[/] {library}: {len(lib)} members, every one loadable and every file matching its hash")
+
+
+@records_app.command("trust")
+@user_errors
+def records_trust(folder: Annotated[Path, typer.Argument(help="An output folder (its units/ holds the records).")]) -> None:
+    """Accept the unit records of FOLDER (a benchmark or demo folder from another machine, or from an
+    older expertise): each one whose form checks (plain JSON within bounds, filed under the name its
+    kind and config give, accuracies that are fractions) is tagged with this installation's key, so
+    later runs read it instead of computing its unit again. Records are believed only after this:
+    run it only on a folder whose origin you trust."""
+    from expertise.store import RecordStore
+
+    if not (folder / "units").is_dir():
+        from expertise.errors import ConfigError
+
+        raise ConfigError(f"{folder} has no units/ folder of records; give an output folder of expertise demo, bench, "
+                          "transfer or dat")
+    done, refused = RecordStore(folder).trust()
+    for line in refused:
+        err.print(f"[red]✗[/] {line}", highlight=False, soft_wrap=True)
+    out.print(f"trusted {done} record(s) of {folder}" + (f"; {len(refused)} refused" if refused else ""), highlight=False)
+    if refused:
+        raise typer.Exit(1)

@@ -20,7 +20,6 @@ what to fix; empty class folders are skipped with a warning and listed in ``Disk
 from __future__ import annotations
 
 import csv
-import json
 import os
 import tarfile
 import warnings
@@ -31,7 +30,8 @@ from expertise.data.disk_index import DiskIndex, IndexBuilder
 from expertise.data.hierarchy import ROOT, Hierarchy
 from expertise.data.loaders import IMAGE_EXTENSIONS
 from expertise.data.wordnet import WordNet, check_wnid
-from expertise.errors import DataError
+from expertise import reading
+from expertise.errors import ConfigError, DataError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 LABEL_SEPARATOR = ";"
@@ -212,9 +212,9 @@ def _jsonl_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, str, li
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
+            obj = reading.loads_json(line, f"{path}, line {number}")
+        except ConfigError as e:
+            raise DataError(str(e)) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or not obj["path"].strip():
             raise DataError(f"{path}, line {number}: expected an object with a 'path' string and 'labels'")
         labels = obj.get("labels", obj.get("label"))
@@ -308,8 +308,8 @@ def _decode_label(raw: tuple[str, bytes], names: list[str] | None, where: str) -
     ext, data = raw
     try:
         text = data.decode("utf-8").strip()
-        value = json.loads(text) if ext == "json" else text
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        value = reading.loads_json(text, where) if ext == "json" else text
+    except (UnicodeDecodeError, ConfigError):
         raise DataError(f"{where}: its .{ext} label is not valid {'JSON' if ext == 'json' else 'text'}") from None
     if isinstance(value, dict):
         value = next((value[k] for k in ("labels", "label", "cls", "class") if k in value), None)

@@ -23,13 +23,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from expertise.errors import DataError
+from expertise import reading
+from expertise.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import torch
 
 ROOT = "root"
 MAX_NODES = 4_000_000  # a bound checked before a hierarchy file is built (ImageNet-21k with WordNet: about 32k)
+# Levels below the root: the ancestor table grows with the square of the depth (a chain of 20,000 nodes
+# would take 11 GB), so a deeper hierarchy is refused at once. WordNet's nouns are under 20 levels deep.
+MAX_LEVELS = 256
 
 
 def csr_gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +66,10 @@ class Hierarchy:
                 if p not in self.parents:
                     raise DataError(f"node {n!r} names parent {p!r}, which is not a node of the hierarchy")
         object.__setattr__(self, "nodes", tuple(self._topological_order()))
+        deepest = max(self._depths.values(), default=0)  # linear in the edges, before anything grows with depth
+        if deepest > MAX_LEVELS:
+            raise DataError(f"a hierarchy {deepest:,} levels deep; at most {MAX_LEVELS} levels below the root are "
+                            "supported (the ancestor table grows with the square of the depth)")
 
     def _topological_order(self) -> list[str]:
         children = self.children_map
@@ -290,13 +298,13 @@ class Hierarchy:
     def load(cls, path: Path) -> Hierarchy:
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = reading.read_json(path)
         except FileNotFoundError:
             raise DataError(f"no hierarchy file at {path}") from None
         except OSError as e:
             raise DataError(f"{path} cannot be read ({e.strerror or e})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{path} is not valid JSON ({e}); rewrite it or restore it from the library") from None
+        except ConfigError as e:
+            raise DataError(f"{e}; rewrite it or restore it from the library") from None
         return cls.from_json(data)
 
     @classmethod
@@ -314,6 +322,9 @@ class Hierarchy:
             raise DataError(f"no hierarchy file at {path}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"{path} cannot be read as text ({getattr(e, 'strerror', None) or e})") from None
+        lines = text.count("\n") + 1
+        if lines > 2 * MAX_NODES:  # counted before anything is built from them
+            raise DataError(f"a hierarchy has at most {MAX_NODES:,} edges here, {path} has {lines:,} lines")
         edges: list[tuple[str, str]] = []
         for number, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()

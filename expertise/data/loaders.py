@@ -11,6 +11,7 @@ message that says what to do.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import warnings
 from collections.abc import Sequence
@@ -142,7 +143,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 # What Pillow raises on broken or hostile files (its decoders are not uniform about it).
+MAX_PIXELS_ENV = "EXPERTISE_MAX_PIXELS"
+# An image larger than this (read from its header, before any decoding) is not decoded: a 144-Mpx PNG
+# takes seconds and gigabytes each time, and no member sees more than 2,048 px a side.
+MAX_PIXELS = int(os.environ.get(MAX_PIXELS_ENV, "") or 64_000_000)
+
+
+class ImageTooLarge(ValueError):
+    """An image over ``MAX_PIXELS``: unreadable here, like a corrupt one (skipped and counted where that is asked)."""
+
+
 UNREADABLE = (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def _bounded(img: Image.Image) -> None:
+    """An image larger than ``MAX_PIXELS`` (from its header, before decoding) is unreadable here."""
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageTooLarge(f"{w} x {h} pixels, more than the {MAX_PIXELS:,} this reader decodes "
+                            f"(set {MAX_PIXELS_ENV} to allow more)")
 
 
 def decode_image(source: Path | BinaryIO, resolution: int, draft: bool = False) -> np.ndarray:
@@ -152,6 +171,7 @@ def decode_image(source: Path | BinaryIO, resolution: int, draft: bool = False) 
     1/8 scale (libjpeg's DCT scaling, never below ``resolution``) before the resize: several times
     faster for large images, and slightly different pixels, so streaming uses it and tasks do not."""
     with Image.open(source) as img:
+        _bounded(img)
         if draft:
             img.draft(None, (resolution, resolution))
         img.load()
@@ -165,6 +185,7 @@ def decode_source(source: Path | BinaryIO, max_side: int = DEFAULT_MAX_SIDE) -> 
     and, when its longer side exceeds ``max_side``, shrunk to it keeping the aspect ratio (Pillow's
     antialiased bicubic; the shorter side at least 1 pixel). Raises one of ``UNREADABLE``."""
     with Image.open(source) as img:
+        _bounded(img)
         img.load()
         img = ImageOps.exif_transpose(img)
         rgb = _to_rgb(img)

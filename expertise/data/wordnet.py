@@ -40,7 +40,7 @@ TIMM_LISTS = ("imagenet21k_goog", "imagenet22k", "imagenet22k_ms", "imagenet21k_
 
 
 def check_wnid(wnid: str) -> str:
-    if not isinstance(wnid, str) or not WNID.match(wnid):
+    if not isinstance(wnid, str) or not WNID.fullmatch(wnid):
         raise DataError(f"{str(wnid)[:60]!r} is not a wnid: a wnid is 'n' and the 8-digit WordNet 3.0 noun offset, "
                         f"e.g. n02084071")
     return wnid

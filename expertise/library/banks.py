@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 def member_problems(lib: Library, name: str, info: MemberInfo, bank: str) -> list[str]:
     """An adapter expert also needs its bank path to be well-formed and its parent backbone to be
     the one its adapters were trained on."""
-    if not bank.endswith(".safetensors") or not BANK_FILE.match(bank):
+    if not bank.endswith(".safetensors") or not BANK_FILE.fullmatch(bank):
         return [f"member {name!r}: bank {bank!r} is not adapters/<bank>.safetensors; restore library.json"]
     if not isinstance(info.extra.get("node"), str):
         return [f"member {name!r}: its manifest entry names no bank node (extra.node); restore library.json"]
@@ -61,13 +61,14 @@ def _prefix(info: MemberInfo) -> str:
     return f"{expert_key(str(info.extra.get('node')))}."
 
 
-def expert_header_shapes(lib: Library, name: str, info: MemberInfo, bank: str) -> checks.Shapes:
+def expert_header_shapes(lib: Library, name: str, info: MemberInfo, bank: str, dtypes: bool = False) -> dict[str, Any]:
     """The tensors an adapter expert is assembled from, named as :class:`AdapterExpert` names them,
-    from the safetensors headers of its parent and its bank."""
+    from the safetensors headers of its parent and its bank: their shapes (``dtypes``: their dtypes)."""
     parent = str(info.parent)
-    shapes = checks.header_shapes(lib.member_dir(check_name(parent)) / WEIGHTS, parent)
+    read = checks.header_dtypes if dtypes else checks.header_shapes
+    shapes = read(lib.member_dir(check_name(parent)) / WEIGHTS, parent)
     prefix = _prefix(info)
-    adapters = checks.header_shapes(lib.path / bank, name, prefix)
+    adapters = read(lib.path / bank, name, prefix)
     if not adapters:
         raise LibraryError(f"member {name!r}: {lib.path / bank} holds no adapters for node {info.extra.get('node')!r}; "
                            "re-create the adapter experts")
@@ -133,7 +134,7 @@ def load_bank(lib: Library, bank: str, verify: bool) -> AdapterBank:
 
 
 def _referenced(lib: Library) -> set[str]:
-    return {f for m in lib.members() for f in m.files if BANK_FILE.match(f)}
+    return {f for m in lib.members() for f in m.files if BANK_FILE.fullmatch(f)}
 
 
 def prune(lib: Library) -> None:
@@ -144,7 +145,7 @@ def prune(lib: Library) -> None:
         return
     referenced = _referenced(lib)
     for f in adapters_dir.iterdir():
-        if f.is_file() and BANK_FILE.match(f"{ADAPTERS}/{f.name}") and f"{ADAPTERS}/{f.name}" not in referenced:
+        if f.is_file() and BANK_FILE.fullmatch(f"{ADAPTERS}/{f.name}") and f"{ADAPTERS}/{f.name}" not in referenced:
             f.unlink(missing_ok=True)
 
 
@@ -237,7 +238,7 @@ def check_target(lib: Library, names: Sequence[str], bank_name: str, parent: str
     bank_path = f"{ADAPTERS}/{bank_name}.safetensors"
     old = [n for n, m in lib.entries().items() if bank_of(m) == bank_path]
     if (old or (lib.path / bank_path).exists()) and not overwrite:
-        raise LibraryError(f"the library already has an adapter bank {bank_name!r}; pass overwrite=True to replace it and its experts")
+        raise LibraryError(f"the library already has an adapter bank {bank_name!r}; replace it and its experts with overwrite=True, or pick another bank name")
     taken = [n for n in names if n in lib and n not in old]
     if taken and not overwrite:
         raise LibraryError(f"the library already has members {taken}; remove them first or pick other names")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from expertise import reading
 from expertise.errors import ExpertiseError, LibraryError
 from expertise.io import TMP_SUFFIX
 from expertise.library.manifest import ADAPTERS, MEMBERS, RETIRED, STAGING
@@ -24,11 +25,13 @@ Shapes = dict[str, tuple[int, ...]]
 def read_json(f: Path, what: str, fix: str) -> dict[str, Any]:
     """A JSON object from ``f``; every failure is one LibraryError naming the file and ``fix``."""
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
+        data = reading.read_json(f)
     except FileNotFoundError:
         raise LibraryError(f"{f} is missing; {fix}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
         raise LibraryError(f"{f} cannot be read ({e}); {fix}") from None
+    except reading.ReadError as e:
+        raise LibraryError(f"{f} cannot be read ({e.reason}); {fix}") from None
     if not isinstance(data, dict):
         raise LibraryError(f"{f} is not {what} (a JSON object); {fix}")
     return data
@@ -41,16 +44,48 @@ def read_config(f: Path) -> dict[str, Any]:
     return cfg
 
 
-def expected_shapes(config: dict[str, Any], where: Path) -> Shapes:
-    """The state-dict shapes the config builds, on the meta device (no memory, no initialisation);
-    the config's schema is checked first, so a hostile config never reaches a constructor."""
+# safetensors' names of the dtypes a member's state dict holds
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+def expected_signature(config: dict[str, Any], where: Path) -> tuple[Shapes, dict[str, str]]:
+    """The state-dict shapes and dtypes (safetensors' names) the config builds, on the meta device
+    (no memory, no initialisation); the config's schema is checked first, so a hostile config never
+    reaches a constructor."""
     try:
         json.dumps(config)
         with torch.device("meta"):
             model = model_from_config(config)
-        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        state = model.state_dict()
+        return ({k: tuple(v.shape) for k, v in state.items()},
+                {k: _DTYPES.get(v.dtype, str(v.dtype)) for k, v in state.items()})
     except (ExpertiseError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise LibraryError(f"{where} does not rebuild a model ({e}); re-create the member") from None
+
+
+def expected_shapes(config: dict[str, Any], where: Path) -> Shapes:
+    """The state-dict shapes the config builds (:func:`expected_signature`)."""
+    return expected_signature(config, where)[0]
+
+
+def header_dtypes(f: Path, owner: str, prefix: str | None = None) -> dict[str, str]:
+    """Tensor names and dtypes (``F32``, ``I64``, ...) from a safetensors header, reading no tensor data."""
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            return {k: fh.get_slice(k).get_dtype() for k in fh.keys() if prefix is None or k.startswith(prefix)}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LibraryError(f"member {owner!r}: {f} is not a readable safetensors file ({e}); re-create the member") from None
+
+
+def match_dtypes(name: str, expected: dict[str, str], stored: dict[str, str]) -> None:
+    """Each stored tensor has the dtype its config builds (a float tensor relabelled as integers is refused)."""
+    wrong = sorted(k for k in expected.keys() & stored.keys() if expected[k] != stored[k])
+    if wrong:
+        raise LibraryError(f"member {name!r}: tensor {wrong[0]!r} is stored as {stored[wrong[0]]}, its config builds "
+                           f"{expected[wrong[0]]}" + (f" ({len(wrong)} such tensors)" if len(wrong) > 1 else "")
+                           + "; re-create the member")
 
 
 def header_shapes(f: Path, owner: str, prefix: str | None = None) -> Shapes:

@@ -166,7 +166,7 @@ class Library:
         """Where a file listed in a member's manifest entry lives: its own folder for a plain name, the
         library root for a bank file (``adapters/...``); None for anything else (a hand-edited
         manifest must not point outside the library)."""
-        if BANK_FILE.match(fname):
+        if BANK_FILE.fullmatch(fname):
             return self.path / fname
         if not fname or "/" in fname or "\\" in fname or fname in (".", ".."):
             return None
@@ -304,8 +304,8 @@ class Library:
         name = info.name
         with self.writing():
             if name in self._members and not overwrite:
-                raise LibraryError(f"the library already has a member {name!r}; pass overwrite=True to replace it, "
-                                   "or pick another name")
+                raise LibraryError(f"the library already has a member {name!r}; pick another name (--name), or "
+                                   "replace it (--overwrite on the command line, overwrite=True in Python)")
             staging = self.path / MEMBERS / f"{STAGING}{name}-{uuid.uuid4().hex[:8]}"
             try:
                 info = replace(info, files=member_files.write_member(staging, name, config, state, prior))

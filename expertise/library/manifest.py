@@ -11,7 +11,6 @@ order. Every entry is checked field by field when read, so a hand-edited or host
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from expertise import schema
+from expertise import reading
 from expertise.errors import ConfigError, LibraryError
 from expertise.io import atomic_write_json
 from expertise.models.backbones import MAX_OUTPUTS, Preprocessing
@@ -30,6 +30,8 @@ ADAPTERS, CLAIMS = "adapters", ".claims"  # folder of adapter banks; claims of m
 TOP_FILES = (HIERARCHY, UPSTREAM)  # top-level files whose sha256 the manifest keeps
 KINDS = ("baseline", "full_expert", "adapter_expert", "epn", "external")
 # A library-relative bank file named in a member's ``files``: adapters/<bank>.safetensors or .json.
+MAX_MEMBERS = 20_000          # members of one library (a manifest listing more is refused before it is read)
+MAX_MANIFEST_BYTES = 64 << 20  # library.json: about 40 MB at MAX_MEMBERS
 BANK_FILE = re.compile(r"^adapters/([A-Za-z0-9_-][A-Za-z0-9._-]{0,127})\.(safetensors|json)$")
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -38,7 +40,7 @@ STAGING, RETIRED = ".staging-", ".retired-"
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
         raise LibraryError(
             f"invalid member name {name!r}: use 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
             "(no spaces or path separators), e.g. 'bit_s.expert_animal'"
@@ -95,7 +97,7 @@ class MemberInfo:
             Preprocessing.from_json(prep, f"{where}.preprocessing")
         files = schema.obj(d.get("files", {}), f"{where}.files")
         for k, v in files.items():
-            if not isinstance(v, str) or not _SHA256.match(v) or len(k) > 256:
+            if not isinstance(v, str) or not _SHA256.fullmatch(v) or len(k) > 256:
                 raise ConfigError(f"{where}.files: {str(k)[:60]!r} needs a sha256 (64 hex digits), got {str(v)[:70]!r}")
         optional_name = [None if d[k] is None else schema.string(d[k], f"{where}.{k}") for k in ("parent", "domain")]
         return cls(
@@ -139,17 +141,22 @@ class Manifest:
     def read(cls, path: Path) -> Manifest:
         f = path / MANIFEST
         try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            data = reading.read_json(f, max_bytes=MAX_MANIFEST_BYTES)
+        except OSError as e:
             raise LibraryError(f"{f} cannot be read ({e}); restore it from a backup") from None
+        except reading.ReadError as e:
+            raise LibraryError(f"{f} cannot be read ({e.reason}); restore it from a backup") from None
         if not isinstance(data, dict) or "format" not in data or not isinstance(data.get("members"), dict):
             raise LibraryError(f"{f} is not a library manifest (needs 'format' and 'members'); restore it from a backup")
         if data["format"] != FORMAT:
             raise LibraryError(f"{f} has format {data['format']!r}; this version of expertise reads format {FORMAT}: upgrade expertise")
         top = data.get("files")
         if top is not None and (not isinstance(top, dict) or set(top) - set(TOP_FILES)
-                                or not all(isinstance(v, str) and _SHA256.match(v) for v in top.values())):
+                                or not all(isinstance(v, str) and _SHA256.fullmatch(v) for v in top.values())):
             raise LibraryError(f"{f}: 'files' must map {' or '.join(TOP_FILES)} to sha256 digests; restore library.json")
+        if len(data["members"]) > MAX_MEMBERS:
+            raise LibraryError(f"{f} lists {len(data['members']):,} members, more than the {MAX_MEMBERS:,} a library "
+                               "holds; restore it from a backup")
         members = {}
         for name, d in data["members"].items():
             check_name(name)  # a hand-edited manifest must not point outside members/

@@ -55,13 +55,16 @@ def check_loadable(lib: Library, name: str) -> dict[str, Any]:
     """The member's config, after checking, on the meta device and from the safetensors headers
     alone, that it builds exactly the tensors stored: nothing is allocated."""
     info, cfg = lib.info(name), lib.config(name)
-    expected = checks.expected_shapes(cfg, lib.member_dir(name) / CONFIG)
+    expected, dtypes = checks.expected_signature(cfg, lib.member_dir(name) / CONFIG)
     bank = bank_of(info)
     if bank is None:
         stored = checks.header_shapes(lib.member_dir(name) / WEIGHTS, name)
+        stored_dtypes = checks.header_dtypes(lib.member_dir(name) / WEIGHTS, name)
     else:
         stored = banks.expert_header_shapes(lib, name, info, bank)
+        stored_dtypes = banks.expert_header_shapes(lib, name, info, bank, dtypes=True)
     checks.match_shapes(name, expected, stored)
+    checks.match_dtypes(name, dtypes, stored_dtypes)
     if PRIOR in info.files:
         prior = checks.header_shapes(lib.member_dir(name) / PRIOR, name)
         n = None if lib.hierarchy is None else len(lib.hierarchy.label_nodes)

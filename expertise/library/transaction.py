@@ -58,7 +58,7 @@ class Transaction:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         if self._committed:
             for path in self._retired:
-                if path.is_dir():
+                if path.is_dir() and not path.is_symlink():  # a link is removed, never what it leads to
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)

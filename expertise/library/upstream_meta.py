@@ -73,7 +73,7 @@ def check_data(d: Any, where: str) -> dict[str, Any]:
     schema.keys(d, where, ("spec", "layout", "fingerprint", "images", "holdout"), ("hierarchy", "classes"))
     schema.string(d["spec"], f"{where}.spec", _PATH_LEN)
     schema.string(d["layout"], f"{where}.layout", choices=LAYOUTS)
-    if not isinstance(d["fingerprint"], str) or not _FINGERPRINT.match(d["fingerprint"]):
+    if not isinstance(d["fingerprint"], str) or not _FINGERPRINT.fullmatch(d["fingerprint"]):
         raise ConfigError(f"{where}.fingerprint: expected 64 hexadecimal digits")
     images = schema.integer(d["images"], f"{where}.images", 2, 1 << 40)
     schema.integer(d["holdout"], f"{where}.holdout", 1, images - 1)

@@ -25,7 +25,6 @@ fields of :data:`PRETRAINED_CFG_KEYS`. Anything else is refused in one line befo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from expertise import schema
+from expertise import reading
 from expertise.errors import ConfigError
 from expertise.models.backbones import HeadMixin, Preprocessing, head_fields, register_member_class
 from expertise.models.preprocess import timm_preprocessing
@@ -259,8 +259,8 @@ def from_hf_folder(folder: Path, size: int | None = None, location: str | None =
         extra = f" (it has {', '.join(pickled)}: pickled weights are never loaded)" if pickled else ""
         raise ConfigError(f"{folder} has no {HF_WEIGHTS}{extra}; expertise reads safetensors only")
     try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        cfg = reading.read_json(cfg_file)
+    except OSError as e:
         raise ConfigError(f"{cfg_file} cannot be read ({e})") from None
     cfg = schema.obj(cfg, str(cfg_file))
     pretrained_cfg = check_pretrained_cfg(cfg.get("pretrained_cfg") or {}, str(cfg_file))

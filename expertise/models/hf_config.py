@@ -23,12 +23,12 @@ This module imports nothing from transformers; :mod:`expertise.models.hf_transfo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from expertise import schema
+from expertise import reading
 from expertise.errors import ConfigError
 from expertise.models.backbones import MAX_INPUT_SIZE, MAX_OUTPUTS, MAX_WIDTH, Preprocessing
 from expertise.models.preprocess import APPROXIMATED
@@ -97,8 +97,8 @@ TORCH_RESAMPLE = {k: "nearest-exact" if v == "nearest" else APPROXIMATED[v] for 
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = reading.read_json(path)
+    except OSError as e:
         raise ConfigError(f"{path} cannot be read ({e})") from None
     return dict(schema.obj(data, str(path)))
 

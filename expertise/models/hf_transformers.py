@@ -46,7 +46,6 @@ only when a transformers member is built.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import tempfile
@@ -61,6 +60,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from expertise import schema
+from expertise import reading
 from expertise.errors import ConfigError
 from expertise.models import hf_config
 from expertise.models.backbones import HeadMixin, Preprocessing, head_fields, register_member_class
@@ -233,8 +233,8 @@ def is_transformers_folder(folder: Path) -> bool:
     if not f.is_file():
         return False
     try:
-        cfg = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        cfg = reading.read_json(f)
+    except (OSError, ConfigError):
         return False
     return isinstance(cfg, dict) and "model_type" in cfg and "architecture" not in cfg
 
@@ -260,7 +260,7 @@ def _listed_weights(folder: Path) -> list[Path]:
         index = hf_config.read_json(folder / INDEX)
         weight_map = schema.obj(index.get("weight_map"), f"{folder / INDEX}: weight_map")
         shards = sorted({schema.string(v, f"{folder / INDEX}: weight_map") for v in weight_map.values()})
-        bad = [s for s in shards if not _SHARD.match(s) or not (folder / s).is_file()]
+        bad = [s for s in shards if not _SHARD.fullmatch(s) or not (folder / s).is_file()]
         if bad or not shards:
             raise ConfigError(f"{folder / INDEX} names shards that are not safetensors files in the folder: {bad[:3]}")
         return [folder / INDEX] + [folder / s for s in shards]

@@ -5,20 +5,24 @@ fingerprint, the member's preprocessing)."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import nn
 
+from expertise import tags
+from expertise.errors import DiskError
 from expertise.data.ragged import Images
 from expertise.data.tasks import Split, Task
 from expertise.io import atomic_save_safetensors
 from expertise.models.forward import forward_batches, upstream_head
 from expertise.models.preprocess import Preprocessing
 from expertise.progress import progress_bar
+from expertise.store import UntrustedWarning
 
 
 def embed_images(model: nn.Module, images: Images, batch_size: int = 500,
@@ -50,16 +54,30 @@ def cache_key(task: Task, preprocessing: Preprocessing | Mapping) -> str:
     return f"{task.fingerprint()}.{prep.key()}"
 
 
+def _content(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """What a cache entry's tag covers: every tensor's name, dtype, shape and bytes, in name order."""
+    parts = []
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        parts += [name.encode(), str(t.dtype).encode(), repr(tuple(t.shape)).encode(),
+                  t.reshape(-1).view(torch.uint8).numpy().tobytes()]
+    return b"\0".join(parts)
+
+
 class EmbeddingCache:
     """Features on disk: ``DIR/<member hash>/<task fingerprint>.<preprocessing>.<split>.v3.safetensors``
     (the task key from :func:`cache_key`), holding ``features`` and, for members with an upstream
     head, ``upstream_logits``. A member's hash changes whenever any of its weight files does, so a
-    stale entry is never read."""
+    stale entry is never read. Each entry carries an authentication tag (:mod:`expertise.tags`) over
+    its tensors and where it is filed: one without a valid tag (copied from elsewhere, edited,
+    truncated) is not read, but counted in ``rejected`` and computed again."""
 
     VERSION = "v3"  # v1 files held features only, v2 keys lacked the preprocessing; both are ignored, not misread
 
     def __init__(self, root: Path | None) -> None:
         self.root = Path(root) if root is not None else None
+        self.rejected: list[Path] = []  # entries found without a valid tag (each is embedded again)
+        self._told = 0
 
     def _path(self, member_hash: str, task_key: str, split: str) -> Path | None:
         return None if self.root is None else self.root / member_hash / f"{task_key}.{split}.{self.VERSION}.safetensors"
@@ -68,16 +86,57 @@ class EmbeddingCache:
         path = self._path(member_hash, task_key, split)
         return path is not None and path.exists()
 
+    @staticmethod
+    def _identity(member_hash: str, task_key: str, split: str) -> str:
+        return f"{member_hash}/{task_key}/{split}/{EmbeddingCache.VERSION}"
+
     def get(self, member_hash: str, task_key: str, split: str) -> dict[str, torch.Tensor] | None:
+        """The entry's tensors, or None when there is none or it is not believed (no valid tag)."""
         path = self._path(member_hash, task_key, split)
         if path is None or not path.exists():
             return None
-        return load_file(str(path))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                given = (f.metadata() or {}).get("tag")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+        except Exception:  # noqa: BLE001 - a file that is not safetensors at all: not believed, recomputed
+            tensors, given = {}, None
+        if "features" in tensors and tags.verify("cache", self._identity(member_hash, task_key, split),
+                                                 _content(tensors), given):
+            return tensors
+        self.rejected.append(path)
+        return None
 
     def put(self, member_hash: str, task_key: str, split: str, tensors: dict[str, torch.Tensor]) -> None:
         path = self._path(member_hash, task_key, split)
         if path is not None:
-            atomic_save_safetensors(path, tensors)
+            tag = tags.tag("cache", self._identity(member_hash, task_key, split), _content(tensors))
+            try:
+                atomic_save_safetensors(path, tensors, metadata={"tag": tag})
+            except DiskError as e:  # a library on a read-only disk: the cache can live elsewhere
+                raise DiskError(f"{e}; or keep the embedding cache elsewhere (--cache DIR)") from None
+
+    def audit(self) -> tuple[int, list[Path]]:
+        """(entries, those without a valid tag) of the whole cache folder: what ``library verify`` reports."""
+        if self.root is None or not self.root.is_dir():
+            return 0, []
+        bad, total = [], 0
+        for path in sorted(self.root.glob(f"*/*.{self.VERSION}.safetensors")):
+            total += 1
+            stem = path.name.removesuffix(f".{self.VERSION}.safetensors")
+            task_key, _, split = stem.rpartition(".")
+            before = len(self.rejected)
+            if self.get(path.parent.name, task_key, split) is None and len(self.rejected) > before:
+                bad.append(path)
+        return total, bad
+
+    def tell_rejected(self) -> None:
+        """One warning line for the entries found without a valid tag since the last one."""
+        new = self.rejected[self._told:]
+        self._told = len(self.rejected)
+        if new:
+            warnings.warn(f"{len(new)} cached embedding(s) in {self.root} had no valid tag (copied from elsewhere, "
+                          "edited or truncated): not read, embedded again", UntrustedWarning, stacklevel=2)
 
 
 def task_split(task: Task, split: str) -> Split:
@@ -126,5 +185,6 @@ def embed_pool(names: Sequence[str], load: Callable[[str], nn.Module], member_ha
             if "upstream_logits" in entry:
                 out.upstream_logits[name] = entry["upstream_logits"]
             advance(1)
+    cache.tell_rejected()
     out.stats.seconds = time.perf_counter() - t0
     return out

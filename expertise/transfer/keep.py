@@ -18,6 +18,7 @@ from torch import nn
 
 from expertise.checkpoint import Checkpoint, differences
 from expertise.data.tasks import Task
+from expertise import reading
 from expertise.errors import ConfigError, ModelError
 from expertise.records import make_record
 from expertise.runtime import RunContext
@@ -57,8 +58,8 @@ def kept_record(out: Path) -> dict[str, Any] | None:
         return None
     try:
         verify_files(out, read_manifest(out)["files"])
-        record = json.loads((out / RESULT).read_text(encoding="utf-8"))
-    except (ModelError, OSError, ValueError):
+        record = reading.read_json(out / RESULT)
+    except (ModelError, OSError, ValueError, ConfigError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("config"), dict) else None
 

@@ -105,13 +105,24 @@ def predict(saved: SavedModel, files: Sequence[Path], top_k: int = 1, device: to
     return out
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one that begins like a formula (OWASP's CSV injection
+    rule: ``=``, ``+``, ``-``, ``@``, tab, carriage return) gets a leading apostrophe. Class names
+    and paths come from other people's files."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def to_csv(predictions: Sequence[Prediction], top_k: int) -> str:
-    """``path,label,probability`` and, for ``top_k`` > 1, ``label_2,probability_2`` ... ``label_k,probability_k``."""
+    """``path,label,probability`` and, for ``top_k`` > 1, ``label_2,probability_2`` ... ``label_k,probability_k``;
+    text cells escaped for spreadsheets (:func:`cell`)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "label", "probability", *[f"{c}_{k}" for k in range(2, top_k + 1) for c in ("label", "probability")]])
     for p in predictions:
-        w.writerow([p.path, *[x for label, prob in p.top for x in (label, f"{prob:.6f}")]])
+        w.writerow([cell(p.path), *[x for label, prob in p.top for x in (cell(label), f"{prob:.6f}")]])
     return buf.getvalue()
 
 

@@ -24,7 +24,6 @@ nothing is ever unpickled.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from expertise import schema
+from expertise import reading
 from expertise.errors import ConfigError, ExpertiseError, LibraryError, ModelError
 from expertise.io import atomic_save_safetensors, atomic_write_json, sha256_file
 from expertise.library import checks
@@ -66,7 +66,7 @@ class SavedModel:
 
     def result(self) -> dict[str, Any]:
         """The run's record (``result.json``), verified with the rest of the folder."""
-        return json.loads((self.path / RESULT).read_text(encoding="utf-8"))
+        return reading.read_json(self.path / RESULT)
 
 
 def save_model(folder: Path, model: nn.Module, classes: tuple[str, ...] | list[str], input_resolution: int,
@@ -118,8 +118,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if checks.outside(f, folder):
         raise _fail(folder, f"{MANIFEST} leads outside the folder (a symbolic link); copy the file into it")
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = reading.read_json(f)
+    except (OSError, ConfigError) as e:
         raise _fail(folder, f"{MANIFEST} cannot be read ({type(e).__name__}: {e}); fine-tune again") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise _fail(folder, f"{MANIFEST} is not a fine-tuned model's (needs kind {KIND!r}); fine-tune again")
@@ -171,8 +171,9 @@ def load_model(folder: Path) -> SavedModel:
     verify_files(folder, man["files"])
     try:
         config = checks.read_config(folder / CONFIG)
-        expected = checks.expected_shapes(config, folder / CONFIG)
+        expected, dtypes = checks.expected_signature(config, folder / CONFIG)
         checks.match_shapes(man["member"], expected, checks.header_shapes(folder / WEIGHTS, man["member"]))
+        checks.match_dtypes(man["member"], dtypes, checks.header_dtypes(folder / WEIGHTS, man["member"]))
     except LibraryError as e:
         raise _fail(folder, f"not a usable model ({e})") from None
     if config.get("head_kind") != "task" or config.get("num_outputs") != len(man["classes"]):

@@ -7,12 +7,15 @@ nothing live with the coordinator) and runs units exactly as a Ray worker does
 task rebuilt from the spec and kept for its next units). The coordinator alone writes records and
 commits to the library.
 
-- **Threads.** A unit runs with ``threads`` torch (and BLAS) threads; a *wide* unit (its kind's
-  ``wide``: one that nothing else can run beside, as B at the start of a build) takes every worker's
-  share, ``jobs x threads`` threads, and runs alone. Which units are wide is fixed by their kind, so
-  a unit's thread count, and with it its floating-point results, does not depend on timing.
-- **Order.** Units start in the order submitted (a wide unit waits for the running ones to finish,
-  and nothing starts beside it); the driver hands results to its plans as they finish.
+- **Threads.** Every unit runs with ``threads`` torch (and BLAS) threads, so its floating-point
+  results depend on that setting, never on timing. One thread per worker is the default because it
+  holds up beside other work: a unit on two threads beside one busy process waits at every parallel
+  region for its descheduled thread (B took over 6 times its idle time there), one on one thread
+  loses at most its share of the cores.
+- **Order.** Units start in the order submitted, as workers free up; the driver hands results to
+  its plans as they finish.
+- **The coordinator's death** (killed, out of memory) ends the workers too: each watches it and
+  exits when it is gone, so no orphan keeps training.
 - **Progress.** Workers forward their bars (:func:`expertise.progress.forward_to`), shown here as
   rows under the driver's bar, so a long unit on a worker is never silent.
 - **A worker that dies** (killed, out of memory) breaks the pool: a new one is started and every
@@ -28,6 +31,8 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -47,14 +52,26 @@ POLL_S = 0.2           # how often the coordinator looks at the workers' progres
 PRELOAD = ["expertise.units.worker"]  # what the fork server imports once for every worker
 
 
-def _init_worker(events: Any, progress: bool, env: dict[str, str]) -> None:
+def _init_worker(events: Any, progress: bool, env: dict[str, str], coordinator: int) -> None:
     """A worker's start: the coordinator's ``EXPERTISE_*`` settings (the fork server started with
-    the environment of its time), Ctrl-C left to the coordinator (it kills the workers), and bars
-    sent to it."""
+    the environment of its time), Ctrl-C left to the coordinator (it kills the workers), bars sent
+    to it, and a watch on it: the worker exits when the coordinator is gone."""
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if progress:
         forward_to(events.put)
+    threading.Thread(target=_watch, args=(coordinator,), daemon=True, name="expertise-watch").start()
+
+
+def _watch(coordinator: int, every_s: float = 1.0) -> None:
+    while True:
+        time.sleep(every_s)
+        try:
+            os.kill(coordinator, 0)
+        except ProcessLookupError:
+            os._exit(3)
+        except PermissionError:  # alive, under another user (cannot happen for our own parent): keep going
+            pass
 
 
 def _run(spec_json: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +89,6 @@ class _Queued:
     token: int
     spec: UnitSpec
     settings: dict[str, Any]
-    width: int        # workers it takes: 1, or every one for a wide unit
     tries: int = 0
 
 
@@ -93,7 +109,6 @@ class ProcessExecutor:
         self._queue: deque[_Queued] = deque()
         self._running: dict[cf.Future, _Queued] = {}
         self._finished: deque[tuple[int, UnitResult]] = deque()  # results kept when a broken pool was replaced
-        self._busy = 0
 
     # -- the pool ---------------------------------------------------------------------------------
     def _start(self) -> cf.ProcessPoolExecutor:
@@ -104,7 +119,7 @@ class ProcessExecutor:
                 self._events = ctx.Queue()
             env = {k: v for k, v in os.environ.items() if k.startswith("EXPERTISE_")}
             self._pool = cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(self._events, self.progress, env))
+                                                initargs=(self._events, self.progress, env, os.getpid()))
         return self._pool
 
     def _kill(self) -> None:
@@ -122,13 +137,12 @@ class ProcessExecutor:
     # -- the executor protocol --------------------------------------------------------------------
     def submit(self, token: int, spec: UnitSpec, ctx: WorkerContext) -> None:
         kind = get_kind(spec.kind)
-        width = self.jobs if kind.wide else 1
-        settings = {"device": ctx.device.type, "threads": self.threads * width, "progress": self.progress,
+        settings = {"device": ctx.device.type, "threads": self.threads, "progress": self.progress,
                     "module": kind.module, "known": KINDS.names()}  # imported by the worker when new to it
-        self._queue.append(_Queued(token, spec, settings, width))
+        self._queue.append(_Queued(token, spec, settings))
 
     def _dispatch(self) -> None:
-        while self._queue and self._busy + self._queue[0].width <= self.jobs:
+        while self._queue and len(self._running) < self.jobs:
             unit = self._queue.popleft()
             try:
                 fut = self._start().submit(_run, unit.spec.to_json(), unit.settings)
@@ -138,7 +152,6 @@ class ProcessExecutor:
                 continue
             unit.tries += 1
             self._running[fut] = unit
-            self._busy += unit.width
 
     def _drain_events(self) -> None:
         if self._events is None:
@@ -163,7 +176,6 @@ class ProcessExecutor:
                 continue
             fut = min(done, key=lambda f: self._running[f].token)
             unit = self._running.pop(fut)
-            self._busy -= unit.width
             try:
                 out = fut.result()
             except BrokenProcessPool:
@@ -182,7 +194,6 @@ class ProcessExecutor:
                 again.append(unit)
         again.sort(key=lambda u: u.token)
         self._running.clear()
-        self._busy = 0
         self._kill()
         self._bars.close_all()
         failed = next((u for u in again if u.tries >= self.max_tries), None)
@@ -196,7 +207,6 @@ class ProcessExecutor:
         self._queue.clear()
         self._finished.clear()
         self._running.clear()
-        self._busy = 0
         self._kill()
         self._drain_events()
         self._bars.close_all()

@@ -27,15 +27,13 @@ Execute = Callable[["UnitSpec", "WorkerContext"], "UnitResult"]
 class UnitKind:
     """A kind of unit: its name (the record kind), what runs one, and what one takes on a cluster:
     ``num_cpus`` (also its torch threads there) and, when the run's device is CUDA, ``num_gpus``
-    (a fraction lets light units share a GPU). A ``wide`` unit is one that the others wait for (B,
-    which every expert starts from): the local executor runs it alone, on every worker's threads."""
+    (a fraction lets light units share a GPU)."""
 
     name: str
     execute: Execute
     num_cpus: float = 1.0
     num_gpus: float = 1.0
     help: str = ""
-    wide: bool = False
 
     def resources(self, device_type: str) -> dict[str, float]:
         """Ray's resource request of one unit on a run whose device is ``device_type``."""

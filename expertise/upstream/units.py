@@ -214,7 +214,7 @@ def _execute_adapter_bank(spec: UnitSpec, ctx: WorkerContext) -> UnitResult:
     return _result(_staged(spec), stored, lines, stats.get("images", 0), stats.get("seconds", 0.0))
 
 
-register_kind(UnitKind("baseline", _execute_baseline, num_cpus=1.0, num_gpus=1.0, wide=True,
+register_kind(UnitKind("baseline", _execute_baseline, num_cpus=1.0, num_gpus=1.0,
                        help="the baseline B on all upstream data, staged for the coordinator"), replace=True)
 register_kind(UnitKind("full_expert", _execute_full_expert, num_cpus=1.0, num_gpus=1.0,
                        help="one full expert: B tuned on one node's slice, staged for the coordinator"), replace=True)
@@ -294,10 +294,10 @@ def build_adapter_experts(library: Library, train: Upstream, holdout: Holdout, b
 def run_units(library: Library, train: Upstream, holdout: Holdout, planned: list[tuple[str, dict[str, Any]]],
               shared: UpstreamUnits, executor: Executor, ctx: RunContext,
               checkpoints: UpstreamCheckpoints | None = None) -> None:
-    """Run the ``planned`` units (from :func:`_planned`) on ``executor``: B first when planned (every
-    other unit starts from it), then the rest at once, the longest first. Every member is claimed
-    before anything trains (a second builder waits, a member another stored is reused) and
-    committed in the planned order, one process's order."""
+    """Run the ``planned`` units (from :func:`_planned`) on ``executor``: B first when planned, beside
+    the EPN (which does not start from it), then the units that start from B at once, the longest
+    first. Every member is claimed before anything trains (a second builder waits, a member another
+    stored is reused) and committed in the planned order, one process's order."""
     from expertise.units.context import WorkerContext
 
     log = ctx.log
@@ -341,18 +341,20 @@ def run_units(library: Library, train: Upstream, holdout: Holdout, planned: list
                    "checkpoint": (shared.checkpoint_every or 0) if shared.checkpointing else None}
         return UnitSpec(kind, config, {"library": lib_path}, options)
 
-    def run(batch: list[tuple[str, dict[str, Any]]], desc: str) -> None:
-        """The units of ``batch`` on the executor (the longest first), then their members committed
-        in the order of ``batch``."""
+    def run(batch: list[tuple[str, dict[str, Any]]], desc: str) -> list[tuple[UnitSpec, Any]]:
+        """The units of ``batch`` on the executor, the longest first; (spec, unit) in batch order."""
         specs = [spec_of(kind, config) for kind, config in batch]
         order = sorted(range(len(specs)), key=lambda i: -_cost(specs[i].kind, specs[i].config))
         done = drive([batch_plan([specs[i] for i in order])], executor, store, worker, ctx.progress, desc=desc,
                      log=log)[0]
         units = dict(zip(order, done))
-        for i, spec in enumerate(specs):
+        return [(spec, units[i]) for i, spec in enumerate(specs)]
+
+    def commit(finished: list[tuple[UnitSpec, Any]]) -> None:
+        for spec, unit in finished:
             library.commit_staged(Path(spec.options["stage"]))
             store.path(spec.kind, spec.config).unlink(missing_ok=True)
-            if not units[i].computed:
+            if not unit.computed:
                 log(f"{spec.describe()}: committed as an earlier run left it staged")
 
     with contextlib.ExitStack() as claims:
@@ -364,17 +366,24 @@ def run_units(library: Library, train: Upstream, holdout: Holdout, planned: list
                 _forget(store, kind, config)
                 continue
             todo.append((kind, config))
+        finished: list[tuple[UnitSpec, Any]] = []
         if todo and todo[0][0] == "baseline":
-            run(todo[:1], "upstream: B")
-            todo = todo[1:]
+            # B first, and beside it whatever does not start from it (the EPN, trained from scratch);
+            # B is committed at once (the rest name it by hash), the others in the planned order below.
+            first = [todo[0]] + [(k, c) for k, c in todo[1:] if "baseline" not in c]
+            ran = run(first, "upstream: B" + (" and the EPN" if len(first) > 1 else ""))
+            commit(ran[:1])
+            finished, todo = ran[1:], [(k, c) for k, c in todo[1:] if "baseline" in c]
         if todo:
             need = {config["baseline"] for _, config in todo if "baseline" in config}
             for name in need:
                 if name not in library:
                     raise LibraryError(f"the library at {library.path} has no baseline {name!r} to train experts from")
             hashes = {name: library.verified_hash(name) for name in need}
-            run([(kind, {**config, "baseline_hash": hashes[config["baseline"]]} if "baseline" in config else config)
-                 for kind, config in todo], "upstream: experts, EPN, bank")
+            finished += run([(kind, {**config, "baseline_hash": hashes[config["baseline"]]} if "baseline" in config
+                              else config) for kind, config in todo], "upstream: experts, EPN, bank")
+        position = {c["member"]: i for i, (_, c) in enumerate(planned)}
+        commit(sorted(finished, key=lambda su: position[su[0].config["member"]]))  # one process's order
     with contextlib.suppress(OSError):
         store.units_dir.rmdir()
         store.root.rmdir()

@@ -41,7 +41,7 @@ class WorldConfig:
     classes, hierarchy and tasks follow ``ALL_DOMAINS``' order); the built-in tasks are those whose
     domains are all there. ``domain_weights`` scales each domain's share of the upstream images, one
     weight per entry of ``domains``. The default 0.3 for glyphs keeps the domain with the most leaves
-    one domain among several, as in ImageNet-21k; README.md has the measurements that chose it.
+    one domain among several, as in ImageNet-21k; docs/world.md has the measurements that chose it.
     """
 
     seed: int = 0
